@@ -1,0 +1,217 @@
+"""``capture``: run texts through a hooked model and stream per-site statistics (memory flat in token count)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.capture import tokens as tok
+from workbench.capture.accumulators import Moments, Reservoir, RowStore
+from workbench.capture.hooks import hooks_attached, resolve_sites
+from workbench.capture.result import CaptureResult, SiteStats
+from workbench.errors import BudgetError, SiteError, config_error
+from workbench.models.load import load_model
+from workbench.models.loaded import LoadedModel
+
+KEEP_OPTIONS = ("stats", "reservoir", "per_prompt", "full")
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the last site to fire: nothing after it is needed (e.g. the 49k-wide unembedding)."""
+
+
+@dataclass
+class _Site:
+    """Accumulators of one site, fed by its hook."""
+
+    name: str
+    moments: Moments
+    reservoir: Reservoir | None = None
+    last: RowStore | None = None
+    pooled: RowStore | None = None
+    full: RowStore | None = None
+    offsets: list[int] = field(default_factory=list)
+
+    def feed(self, x: torch.Tensor, batch: tok.Batch) -> None:
+        rows = x[batch.rows.to(x.device)]
+        self.moments.update(rows)
+        if self.reservoir is not None:
+            self.reservoir.update(rows)
+        if self.full is not None:
+            counts = batch.rows.sum(1).tolist()
+            for part, i in zip(rows.split(counts), batch.text_index, strict=True):
+                self.full.put(self.offsets[i], part)
+        if self.last is not None:
+            ends = (batch.lengths - 1).to(x.device)
+            self.last.rows[batch.text_index] = x[torch.arange(x.shape[0], device=x.device), ends].to(
+                self.last.rows.device, self.last.rows.dtype)
+            weights = batch.pooled.to(x.device, x.dtype)
+            means = (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+            self.pooled.rows[batch.text_index] = means.to(self.pooled.rows.device, self.pooled.rows.dtype)
+
+    def result(self) -> SiteStats:
+        m = self.moments
+        return SiteStats(
+            site=self.name, n=m.n, mean=m.mean, comoment=m.comoment,
+            reservoir=None if self.reservoir is None else self.reservoir.sample(),
+            last=None if self.last is None else self.last.rows,
+            mean_pooled=None if self.pooled is None else self.pooled.rows,
+            full=None if self.full is None else self.full.rows,
+        )
+
+
+def _check_keep(keep: str | Sequence[str]) -> set[str]:
+    chosen = {keep} if isinstance(keep, str) else set(keep)
+    if not chosen or not chosen <= set(KEEP_OPTIONS):
+        raise config_error("capture", "keep", f"one or more of {KEEP_OPTIONS}", keep)
+    return chosen | {"stats"}
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise config_error("capture", name, f"an int >= {minimum}", value)
+
+
+def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """One tiny forward to learn each site's shape and the order sites fire in (the last one stops the forward)."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(x: torch.Tensor, hook: object = None) -> None:
+            seen.setdefault(name, tuple(x.shape))
+        return hook
+
+    with hooks_attached(points, {s: record(s) for s in sites}), torch.inference_mode():
+        loaded.model(ids[None, :2].to(loaded.device))
+    missing = [s for s in sites if s not in seen]
+    if missing:
+        raise SiteError(f"capture(): sites {missing} did not fire during a forward pass (backward-only or unused)")
+    for site, shape in seen.items():
+        if len(shape) < 3 or shape[:2] != (1, min(2, len(ids))):
+            raise SiteError(f"capture(): site {site!r} gives activations of shape {list(shape)} for 1 text of "
+                            f"{min(2, len(ids))} tokens; capture needs [batch, position, ...] (attention patterns "
+                            f"and other per-head-pair sites are not token rows)")
+    return dict(seen)
+
+
+def capture(
+    model: LoadedModel | torch.nn.Module | str,
+    texts: str | Sequence[str],
+    *,
+    sites: str | Sequence[str],
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    max_length: int | None = None,
+    positions: str | int = "all",
+    keep: str | Sequence[str] = "stats",
+    exclude_bos: bool = True,
+    reservoir_size: int = 4096,
+    memory_budget: int = 1 << 30,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> CaptureResult:
+    """Stream ``texts`` through ``model`` and accumulate, per hook site, the token count, mean and centred Gram.
+
+    ``sites``: TransformerLens hook names or globs (``"blocks.*.hook_resid_post"``). Per-position activations of
+    any shape ``[batch, pos, ...]`` are flattened to ``[pos, d]`` rows. ``positions``: ``"all"`` tokens (pads
+    masked; the prepended BOS too when ``exclude_bos``), ``"last"``, or an int index into each text's tokens (BOS
+    included, negative from the end). ``max_length`` cuts each text, ``max_tokens`` the total fed to the model.
+    ``keep`` adds to the streamed ``"stats"``: ``"reservoir"`` (``reservoir_size`` uniformly sampled rows, seeded),
+    ``"per_prompt"`` (last-token and mean-pooled vectors per text) and ``"full"`` (every row; refused with
+    :class:`BudgetError` before any work if it would exceed ``memory_budget`` bytes). Statistics live on ``device``
+    (default: where the activations are). Hooks are removed on exit, also when a hook or the forward raises.
+    """
+    started = time.perf_counter()
+    loaded = load_model(model)
+    texts = tok.check_texts(texts)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("reservoir_size", reservoir_size, 1)
+    _check_int("memory_budget", memory_budget, 0)
+    chosen_keep = _check_keep(keep)
+    points = loaded.hook_points()
+    names = resolve_sites(points, sites)
+    tokenized = tok.tokenize(loaded, texts, max_length=max_length, max_tokens=max_tokens)
+    tok.check_positions(positions, tokenized)
+    shapes = _probe(loaded, points, names, tokenized.ids[0])
+    batches = list(tok.batches(tokenized, batch_size, _pad_id(loaded), positions, exclude_bos))
+    state = _allocate(names, shapes, batches, tokenized, chosen_keep, reservoir_size, memory_budget, seed,
+                      torch.device(device) if device is not None else loaded.device)
+    _run(loaded, points, state, batches, tokenized.n_tokens, progress)
+    return CaptureResult(
+        stats={name: site.result() for name, site in state.items()}, model=loaded.name, n_texts=len(tokenized.ids),
+        n_tokens=tokenized.n_tokens, positions=positions, exclude_bos=exclude_bos, has_bos=tokenized.has_bos,
+        batch_size=batch_size, seconds=time.perf_counter() - started, meta={"keep": sorted(chosen_keep)},
+    )
+
+
+def _pad_id(loaded: LoadedModel) -> int:
+    tokenizer = loaded.tokenizer
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _allocate(names, shapes, batches, tokenized, keep, reservoir_size, budget, seed, device) -> dict[str, _Site]:
+    widths = {n: int(torch.tensor(shapes[n][2:]).prod()) for n in names}
+    n_rows = sum(int(b.rows.sum()) for b in batches)
+    if "full" in keep:
+        needed = sum(widths.values()) * n_rows * 4
+        if needed > budget:
+            raise BudgetError(f"capture(): keep='full' needs {needed / 2**20:.1f} MiB for {n_rows} rows over "
+                              f"{len(names)} sites, over memory_budget={budget / 2**20:.1f} MiB; raise the budget, "
+                              f"capture fewer tokens, or use keep='reservoir'")
+    offsets = [0] * len(tokenized.ids)
+    for b in batches:
+        for row, i in enumerate(b.text_index):
+            offsets[i] = int(b.rows[row].sum())
+    starts = torch.tensor([0] + offsets[:-1]).cumsum(0).tolist()
+    n_texts = len(tokenized.ids)
+    state = {}
+    for i, name in enumerate(names):
+        d = widths[name]
+        site = _Site(name=name, moments=Moments(d, device), offsets=starts)
+        if "reservoir" in keep:
+            site.reservoir = Reservoir(reservoir_size, d, device, torch.float32, seed + i)
+        if "per_prompt" in keep:
+            site.last = RowStore(n_texts, d, device, torch.float32)
+            site.pooled = RowStore(n_texts, d, device, torch.float32)
+        if "full" in keep:
+            site.full = RowStore(n_rows, d, device, torch.float32)
+        state[name] = site
+    return state
+
+
+def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: list[tok.Batch], n_tokens: int,
+         progress: bool) -> None:
+    current: list[tok.Batch] = []
+    fired: set[str] = set()
+
+    def make_hook(site: _Site):
+        def hook(x: torch.Tensor, hook: object = None) -> None:
+            batch = current[0]
+            site.feed(x.detach().reshape(x.shape[0], x.shape[1], -1), batch)
+            fired.add(site.name)
+            if len(fired) == len(state):
+                raise _StopForward
+        return hook
+
+    bar = tqdm(total=n_tokens, unit="tok", desc="capture", disable=not progress)
+    try:
+        with hooks_attached(points, {name: make_hook(site) for name, site in state.items()}), torch.inference_mode():
+            for batch in batches:
+                current[:] = [batch]
+                fired.clear()
+                try:
+                    loaded.model(batch.tokens.to(loaded.device))
+                except _StopForward:
+                    pass
+                bar.update(int(batch.lengths.sum()))
+    finally:
+        bar.close()

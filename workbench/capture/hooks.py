@@ -1,0 +1,77 @@
+"""Hook sites: resolve names and glob patterns, and attach hooks that are always removed.
+
+Hooks are attached once per session through each HookPoint's ``add_hook`` (so TransformerLens' own layout
+conversions apply) and removed in ``finally`` — only ours, even when a hook or the forward raises. Registering once and
+then calling the plain forward avoids ``run_with_hooks``' per-call setup, which costs 35-45 % on the bridge
+(shared/MODELS.md, "What hooks cost").
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+
+from workbench.errors import SiteError
+
+HookFn = Callable[..., object]
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def resolve_sites(available: Iterable[str], sites: str | Iterable[str]) -> list[str]:
+    """Expand hook names and glob patterns (``blocks.*.hook_resid_post``) into hook names, in layer order.
+
+    Each entry must match at least one hook name; a miss raises :class:`SiteError` with the closest names.
+    """
+    names = sorted(set(available), key=_natural_key)
+    requested = [sites] if isinstance(sites, str) else list(sites)
+    if not requested:
+        raise SiteError("capture(): parameter 'sites' must name at least one hook site; received []")
+    chosen: list[str] = []
+    for pattern in requested:
+        if not isinstance(pattern, str):
+            raise SiteError(f"capture(): parameter 'sites' must hold hook names (str); received {pattern!r}")
+        matches = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+            hint = f" Closest: {', '.join(close)}." if close else ""
+            raise SiteError(f"capture(): site {pattern!r} matches no hook of this model ({len(names)} hooks, "
+                            f"TransformerLens names such as 'blocks.0.hook_resid_post').{hint}")
+        chosen.extend(m for m in matches if m not in chosen)
+    return sorted(chosen, key=_natural_key)
+
+
+@contextmanager
+def hooks_attached(points: Mapping[str, torch.nn.Module], hooks: Mapping[str, HookFn]) -> Iterator[None]:
+    """Attach ``hooks[name]`` (TL signature ``fn(tensor, hook=...)``) to ``points[name]``; remove them on exit."""
+    attached: list[tuple[torch.nn.Module, HookFn]] = []
+    try:
+        for name, fn in hooks.items():
+            points[name].add_hook(fn)
+            attached.append((points[name], fn))
+        yield
+    finally:
+        for point, fn in attached:
+            _remove(point, fn)
+
+
+def _remove(point: torch.nn.Module, fn: HookFn) -> None:
+    kept = []
+    for handle in point.fwd_hooks:
+        if handle.user_hook is fn:
+            handle.hook.remove()
+        else:
+            kept.append(handle)
+    point.fwd_hooks = kept
+
+
+def count_hooks(points: Mapping[str, torch.nn.Module]) -> int:
+    """Forward hooks currently attached to these points (torch-level, so nothing can hide)."""
+    return sum(len(point._forward_hooks) for point in {id(p): p for p in points.values()}.values())

@@ -1,0 +1,53 @@
+"""Exceptions raised by workbench, and the one message format they share.
+
+Every error about user input says *which parameter* of *which call* was wrong, *what was allowed* and *what was
+received* (the scikit-learn ``_param_validation`` habit), so a researcher can fix the call without reading our code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkbenchError(Exception):
+    """Base class of every error raised on purpose by workbench."""
+
+
+class ConfigError(WorkbenchError, ValueError):
+    """A parameter value is outside what the call accepts."""
+
+
+class ShapeError(WorkbenchError, ValueError):
+    """A tensor argument has the wrong number of dimensions, size, dtype or contents."""
+
+
+class SiteError(WorkbenchError, ValueError):
+    """A hook site (TransformerLens hook name or glob pattern) does not exist on the model."""
+
+
+class ModelLoadError(WorkbenchError, RuntimeError):
+    """A model could not be loaded; the message says what to do about it."""
+
+
+class BudgetError(WorkbenchError, MemoryError):
+    """A request would exceed the memory budget it was given."""
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def param_message(call: str, param: str, allowed: str, received: Any) -> str:
+    """The standard message: ``call(): parameter 'param' must be allowed; received value``."""
+    return f"{call}(): parameter {param!r} must be {allowed}; received {_short(received)}"
+
+
+def config_error(call: str, param: str, allowed: str, received: Any) -> ConfigError:
+    """Build a :class:`ConfigError` in the standard format (raise it at the call site)."""
+    return ConfigError(param_message(call, param, allowed, received))
+
+
+def shape_error(call: str, param: str, allowed: str, received: Any) -> ShapeError:
+    """Build a :class:`ShapeError` in the standard format (raise it at the call site)."""
+    return ShapeError(param_message(call, param, allowed, received))

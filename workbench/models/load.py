@@ -1,0 +1,105 @@
+"""``load_model``: the only entry point that reads model weights from disk.
+
+Accepted sources: a bundled name (converted once into the cache, see :mod:`workbench.models.bundled`), a local Hugging
+Face folder, an already-built TransformerLens model (TransformerBridge or HookedTransformer), or a ``LoadedModel``.
+Nothing here contacts a hub: every ``from_pretrained`` call passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from workbench.errors import ModelLoadError
+from workbench.models import bundled, cache
+from workbench.models.adapters import adapter_for
+from workbench.models.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin")
+
+
+def load_model(
+    source: str | Path | torch.nn.Module | LoadedModel = "smollm2-135m",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> LoadedModel:
+    """Load a model for analysis and return it with its tokenizer and adapter.
+
+    ``device`` is any torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``dtype`` the parameter dtype.
+    Raises :class:`ModelLoadError` with what to do: the pip command for a missing package, the known names for an
+    unknown one, the expected files for a folder without weights. A damaged cache is detected and rebuilt.
+    """
+    device = _device(device)
+    if isinstance(source, LoadedModel):
+        return source
+    if isinstance(source, torch.nn.Module):
+        return _wrap(source, getattr(source, "tokenizer", None), type(source).__name__, None, device)
+    if not isinstance(source, (str, Path)):
+        raise ModelLoadError(f"load_model(): parameter 'source' must be a bundled name, a folder or a TransformerLens "
+                             f"model; received {type(source).__name__}")
+    spec = bundled.get_bundled(str(source))
+    if spec is not None:
+        folder = _bundled_folder(spec)
+        return _load_folder(folder, spec.name, device, dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path, str(path), device, dtype)
+    known = ", ".join(bundled.bundled_names())
+    raise ModelLoadError(f"load_model(): unknown model {str(source)!r}: not a bundled name (known: {known}) and not "
+                         f"an existing folder. Pass one of the bundled names or the path of a local HF model folder.")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"load_model(): parameter 'device' must be a torch device such as 'cpu' or 'cuda'; "
+                             f"received {device!r} ({exc})") from None
+
+
+def _bundled_folder(spec: bundled.BundledSource) -> Path:
+    folder = spec.cache_folder()
+    problem = cache.verify(folder) if folder.exists() else None
+    if problem is not None:
+        log.warning("cached %s is damaged (%s); rebuilding it", spec.name, problem)
+    return bundled.ensure_converted(spec)
+
+
+def _check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a Hugging Face model folder: it has no config.json")
+    if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_GLOBS):
+        raise ModelLoadError(f"{folder} has a config.json but no weights (*.safetensors or *.bin): copy the weight "
+                             f"files into it, or point load_model at the folder that has them")
+
+
+def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _check_folder(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        bridge = TransformerBridge.boot_transformers(str(folder), hf_model=hf_model, tokenizer=tokenizer,
+                                                     device=device, dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load the model in {folder}: {type(exc).__name__}: {exc}") from exc
+    bridge.eval()
+    return _wrap(bridge, tokenizer, name, folder, device)
+
+
+def _wrap(model: torch.nn.Module, tokenizer: object, name: str, folder: Path | None,
+          device: torch.device) -> LoadedModel:
+    try:
+        adapter = adapter_for(model)
+    except Exception as exc:
+        raise ModelLoadError(str(exc)) from None
+    if tokenizer is None:
+        raise ModelLoadError(f"load_model(): the {type(model).__name__} passed in has no tokenizer; set "
+                             f"model.tokenizer before passing it")
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, name=name, folder=folder, device=device)

@@ -1,0 +1,68 @@
+"""``LoadedModel``: a hooked model, its tokenizer, and the adapter that explains it to analyses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, ModelAdapter, ModelFacts
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What :func:`workbench.load_model` returns.
+
+    ``model`` is a TransformerLens-hookable module (TransformerBridge by default), ``tokenizer`` its tokenizer, and
+    ``adapter`` the registered adapter that gives architecture facts and TL-oriented weights. ``name`` identifies the
+    source in reports (a bundled name, a folder path, or the class of a model passed in).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: ModelAdapter
+    name: str
+    folder: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self.adapter.facts(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        return self.facts.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.facts.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.facts.n_heads
+
+    def weight(self, kind: str, layer: int | None = None) -> torch.Tensor:
+        """A weight matrix in TransformerLens orientation (see :mod:`workbench.models.adapters`)."""
+        return self.adapter.weight(self.model, kind, layer)
+
+    def weights(self) -> Iterator[tuple[str, int | None, torch.Tensor]]:
+        """Every weight matrix as ``(kind, layer, tensor)``: per-layer kinds first, then W_E and W_U."""
+        facts = self.facts
+        for layer in range(facts.n_layers):
+            for kind in LAYER_KINDS:
+                if kind == "W_gate" and not facts.gated_mlp:
+                    continue
+                yield kind, layer, self.weight(kind, layer)
+        for kind in GLOBAL_KINDS:
+            yield kind, None, self.weight(kind)
+
+    def hook_points(self) -> dict[str, torch.nn.Module]:
+        """Every hook name (TransformerLens naming, aliases included) mapped to its HookPoint."""
+        return self.adapter.hook_points(self.model)
+
+    def __repr__(self) -> str:
+        f = self.facts
+        return (f"LoadedModel({self.name!r}, {type(self.model).__name__}, n_layers={f.n_layers}, "
+                f"d_model={f.d_model}, n_heads={f.n_heads}, device={self.device})")

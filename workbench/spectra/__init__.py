@@ -1,0 +1,33 @@
+"""Batched SVD engine and spectral metrics: pure tensor functions, no model (see svd.py and metrics.py)."""
+
+from workbench.spectra.metrics import (
+    condition_number,
+    effective_rank,
+    nuclear_norm,
+    numerical_rank,
+    participation_ratio,
+    rankme,
+    spectral_entropy,
+    stable_rank,
+)
+from workbench.spectra.svd import (
+    PrecisionWarning,
+    batched_singular_values,
+    singular_values,
+    singular_values_from_gram,
+)
+
+__all__ = [
+    "PrecisionWarning",
+    "batched_singular_values",
+    "condition_number",
+    "effective_rank",
+    "nuclear_norm",
+    "numerical_rank",
+    "participation_ratio",
+    "rankme",
+    "singular_values",
+    "singular_values_from_gram",
+    "spectral_entropy",
+    "stable_rank",
+]
