@@ -75,3 +75,9 @@ def _remove(point: torch.nn.Module, fn: HookFn) -> None:
 def count_hooks(points: Mapping[str, torch.nn.Module]) -> int:
     """Forward hooks currently attached to these points (torch-level, so nothing can hide)."""
     return sum(len(point._forward_hooks) for point in {id(p): p for p in points.values()}.values())
+
+
+def split_site(site: str) -> tuple[int | None, str]:
+    """``"blocks.12.hook_resid_post"`` -> ``(12, "hook_resid_post")``; sites outside blocks get layer ``None``."""
+    match = re.match(r"^blocks\.(\d+)\.(.+)$", site)
+    return (int(match.group(1)), match.group(2)) if match else (None, site)

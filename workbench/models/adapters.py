@@ -160,3 +160,16 @@ class HookedTransformerAdapter(_TransformerLensAdapter):
 
 register_adapter(BridgeAdapter())
 register_adapter(HookedTransformerAdapter())
+
+
+def as_matrix(kind: str, weight: torch.Tensor) -> torch.Tensor:
+    """One 2-D matrix per (kind, layer) with heads concatenated, in ``x @ W`` orientation.
+
+    ``W_Q/W_K/W_V [h, d_model, d_head] -> [d_model, h·d_head]``; ``W_O [h, d_head, d_model] -> [h·d_head, d_model]``
+    (the same matrices as the HF q/k/v/o projections, transposed); 2-D kinds are returned as they are.
+    """
+    if weight.ndim == 2:
+        return weight
+    if kind == "W_O":
+        return weight.reshape(-1, weight.shape[-1])
+    return weight.permute(1, 0, 2).reshape(weight.shape[1], -1)

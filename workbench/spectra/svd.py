@@ -115,8 +115,11 @@ def _svdvals(x: torch.Tensor, center: bool) -> torch.Tensor:
     return torch.linalg.svdvals(_centre_rows(x) if center else x)
 
 
+METHODS = ("auto", "svd", "gram")
+
+
 def batched_singular_values(
-    matrices: Sequence[torch.Tensor], *, center: bool = False, max_batch_bytes: int = 1 << 30
+    matrices: Sequence[torch.Tensor], *, center: bool = False, max_batch_bytes: int = 1 << 30, method: str = "auto"
 ) -> list[torch.Tensor]:
     """Singular values of each 2-D matrix in ``matrices``, returned as 1-D tensors in the same order.
 
@@ -124,15 +127,22 @@ def batched_singular_values(
     than one call per matrix (kernel launch and LAPACK workspace setup dominate for small matrices). Matrices are
     grouped by (shape, dtype, device), stacked, and decomposed in chunks of at most ``max_batch_bytes`` of stacked input
     (always at least one matrix per chunk). Dtype and device rules are those of :func:`singular_values`.
+
+    ``method``: ``"svd"`` (``svdvals``), ``"gram"`` (``eigvalsh`` of the float64 Gram of the smaller side) or
+    ``"auto"``: the Gram route for float32 and lower input, the SVD for float64. For float32 matrices the float64 Gram
+    is as accurate as a float32 SVD (its floor, ≈ sqrt(d·eps64)·σ_max ≈ 4e-7·σ_max at d = 576, matches float32's own
+    rounding) and 1.5-6x faster on CPU, most for non-square shapes (batched ``svdvals`` of 576 × 1536 is slow).
     """
     call = "batched_singular_values"
+    if method not in METHODS:
+        raise config_error(call, "method", f"one of {METHODS}", method)
     if isinstance(max_batch_bytes, bool) or not isinstance(max_batch_bytes, int) or max_batch_bytes < 1:
         raise config_error(call, "max_batch_bytes", "a positive int", max_batch_bytes)
     mats = [_prepare_listed(call, i, m) for i, m in enumerate(matrices)]
     out: list[torch.Tensor | None] = [None] * len(mats)
     for indices in _group_indices(mats).values():
         for chunk in _chunks(indices, mats[indices[0]], max_batch_bytes):
-            svals = _stacked_svdvals(call, [mats[i] for i in chunk], chunk, center)
+            svals = _stacked_svdvals(call, [mats[i] for i in chunk], chunk, center, method)
             for row, i in enumerate(chunk):
                 out[i] = svals[row]
     return out  # type: ignore[return-value]
@@ -160,13 +170,19 @@ def _chunks(indices: list[int], example: torch.Tensor, max_batch_bytes: int) -> 
     return [indices[k : k + per] for k in range(0, len(indices), per)]
 
 
-def _stacked_svdvals(call: str, group: list[torch.Tensor], indices: list[int], center: bool) -> torch.Tensor:
-    """One batched ``svdvals`` on a stacked chunk; a NaN/Inf is reported with the index of its matrix."""
+def _stacked_svdvals(call: str, group: list[torch.Tensor], indices: list[int], center: bool,
+                     method: str) -> torch.Tensor:
+    """One batched decomposition of a stacked chunk; a NaN/Inf is reported with the index of its matrix."""
     stacked = torch.stack(group)
     if not bool(torch.isfinite(stacked).all()):
         row = int((~torch.isfinite(stacked)).flatten(1).any(dim=1).nonzero()[0])
         _check_finite(call, f"matrices[{indices[row]}]", group[row])
-    return _svdvals(stacked, center)
+    if method == "svd" or (method == "auto" and stacked.dtype == torch.float64):
+        return _svdvals(stacked, center)
+    x = (_centre_rows(stacked) if center else stacked).to(torch.float64)
+    gram = x.mT @ x if x.shape[-2] >= x.shape[-1] else x @ x.mT
+    values = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0).sqrt()
+    return values.to(stacked.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

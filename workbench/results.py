@@ -1,0 +1,103 @@
+"""Base classes for analysis configs and results: frozen, JSON round-trippable, renderable.
+
+A result is a frozen dataclass whose fields are JSON values (str, int, float, bool, lists and dicts of them), stored
+column-wise so they serialise without custom code. ``to_dict`` adds a ``kind`` key naming the class, which
+``from_dict`` checks and :func:`workbench.registry.result_from_dict` uses to dispatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+from typing import Any, ClassVar
+
+from workbench.errors import ConfigError, config_error
+
+
+class Serialisable:
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass with JSON-valued fields."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        kind = data.pop("kind", cls.kind)
+        if kind != cls.kind:
+            raise config_error(f"{cls.__name__}.from_dict", "data['kind']", repr(cls.kind), kind)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise config_error(f"{cls.__name__}.from_dict", "data", f"only the keys {sorted(names)}", unknown)
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))
+
+
+class Config(Serialisable):
+    """Base of analysis configs: subclasses implement ``validate`` and raise ConfigError naming the field."""
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def check(self, name: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            raise config_error(type(self).__name__, name, allowed, getattr(self, name))
+
+
+class Result(Serialisable):
+    """Base of analysis results: ``plot()`` returns a plotly Figure, ``table()`` rows for the report."""
+
+    title: ClassVar[str] = "Result"
+
+    def plot(self):  # -> plotly.graph_objects.Figure
+        raise NotImplementedError
+
+    def figures(self) -> list:
+        """Every figure the report shows for this result (default: the one from ``plot``)."""
+        return [self.plot()]
+
+    def table(self) -> tuple[list[str], list[list[Any]]]:
+        """``(header, rows)`` shown under the figures."""
+        return [], []
+
+    def summary(self) -> str:
+        """A sentence or two in plain words: what the numbers say, including when they say little."""
+        return ""
+
+    def _repr_html_(self) -> str:
+        figs = "".join(f.to_html(full_html=False, include_plotlyjs="require") for f in self.figures())
+        return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>{figs}{table_html(*self.table())}"
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_html(header: list[str], rows: list[list[Any]]) -> str:
+    """A plain HTML table (escaped)."""
+    if not header:
+        return ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+__all__ = ["Config", "ConfigError", "Result", "Serialisable", "fmt", "table_html"]

@@ -1,0 +1,78 @@
+"""Run registered analyses: gather what they need once (one capture for all sites, the weights), then compute."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from workbench import registry
+from workbench.capture import CaptureResult, capture
+from workbench.errors import config_error
+from workbench.models import LoadedModel, ModelFacts, load_model
+from workbench.results import Config, Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What an analysis' ``compute`` receives. ``capture``/``weights`` are present when the analysis asked."""
+
+    model_name: str
+    facts: ModelFacts
+    capture: CaptureResult | None = None
+    weights: list[tuple[str, int | None, torch.Tensor]] | None = None
+
+
+def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> dict[str, Config]:
+    """Names (or name → config) to name → validated config (defaults where None)."""
+    items = analyses.items() if isinstance(analyses, Mapping) else ((name, None) for name in analyses)
+    out: dict[str, Config] = {}
+    for name, config in items:
+        spec = registry.get(name)
+        config = spec.config() if config is None else config
+        if not isinstance(config, spec.config):
+            raise config_error("run_analyses", f"analyses[{name!r}]", f"a {spec.config.__name__}", config)
+        out[name] = config
+    if not out:
+        raise config_error("run_analyses", "analyses", f"at least one of {registry.names()}", list(out))
+    return out
+
+
+def run_analyses(
+    model: LoadedModel | str,
+    analyses: Sequence[str] | Mapping[str, Config | None],
+    *,
+    texts: Sequence[str] | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Result]:
+    """Run several analyses on one model, sharing one capture over the union of the sites they need."""
+    lm = load_model(model) if device is None else load_model(model, device=device)
+    configs = resolve_configs(analyses)
+    facts = lm.facts
+    sites = [s for name, c in configs.items() if (f := registry.get(name).sites) for s in f(c, facts)]
+    captured = None
+    if sites:
+        if not texts:
+            raise config_error("run_analyses", "texts", "a non-empty list of texts (activation analyses need them)",
+                               texts)
+        captured = capture(lm, texts, sites=list(dict.fromkeys(sites)), batch_size=batch_size,
+                           max_tokens=max_tokens, progress=progress)
+    weights = list(lm.weights()) if any(registry.get(n).needs_weights for n in configs) else None
+    inputs = Inputs(model_name=lm.name, facts=facts, capture=captured, weights=weights)
+    results = {}
+    for name, config in configs.items():
+        log.info("computing %s", name)
+        results[name] = registry.get(name).compute(inputs, config)
+    return results
+
+
+def run_analysis(model: LoadedModel | str, name: str, config: Config | None = None, **kwargs) -> Result:
+    """One analysis by name (see :func:`run_analyses` for the keyword arguments)."""
+    return run_analyses(model, {name: config}, **kwargs)[name]
