@@ -1,0 +1,76 @@
+"""``workbench report``: fast runs on the tiny model's folder, and the end-to-end run on the real bundled model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.report import Report
+
+runner = CliRunner()
+
+
+def _report(*args: str):
+    return runner.invoke(app, ["report", *args])
+
+
+def test_report_on_a_local_folder(tiny_model, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("first prompt here\nsecond prompt, longer than the first\n")
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--prompts", str(prompts), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["provenance"]["n_texts"] == 2 and data["provenance"]["model"] == str(tiny_model.folder)
+    assert set(data["results"]) == {"activation_spectra", "weight_spectra"}
+    assert data["provenance"]["versions"]["torch"].startswith("2.")
+
+
+def test_sites_and_analyses_options(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--sites", "blocks.*.hook_resid_post",
+                     "--analyses", "activation_spectra", "--max-tokens", "40", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    res = Report.load(out).results["activation_spectra"]
+    assert res.site == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"] and res.n_tokens <= 40
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--analyses", "nope"], "'name'"),
+    (["--sites", "blocks.*.hook_nothing"], "matches no hook"),
+    (["--model", "no-such-model"], "unknown model"),
+])
+def test_bad_input_exits_2_with_one_line(tiny_model, tmp_path, args, message):
+    if "--model" not in args:
+        args = ["--model", str(tiny_model.folder), *args]
+    result = _report(*args, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_existing_out(tiny_model, tmp_path):
+    (tmp_path / "out").mkdir()
+    result = _report("--model", str(tiny_model.folder), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "--overwrite" in result.output
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_bundled_model(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "workbench", "report", "--max-tokens", "400", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (out / "report.html").read_text()
+    assert page.count('class="plotly-graph-div"') == 4 and "Weight spectra" in page
+    data = json.loads((out / "report.json").read_text())
+    assert Report.from_dict(data).to_dict() == data
+    prov = data["provenance"]
+    assert prov["model"] == "smollm2-135m" and prov["n_tokens"] == 400 and len(prov["sites"]) == 90
+    act = data["results"]["activation_spectra"]
+    assert all(1 < e < 576 for e in act["erank_centred"])
+    assert len(data["results"]["weight_spectra"]["matrix"]) == 30 * 7 + 2
