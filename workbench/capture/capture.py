@@ -77,25 +77,34 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """One tiny forward to learn each site's shape and the order sites fire in (the last one stops the forward)."""
-    seen: dict[str, tuple[int, ...]] = {}
+    """Two tiny forwards (2 and 3 tokens) to learn each site's shape and check it is per-token.
 
-    def record(name: str):
-        def hook(x: torch.Tensor, hook: object = None) -> None:
-            seen.setdefault(name, tuple(x.shape))
-        return hook
+    A site is per-token when dim 1 follows the sequence length and the trailing dims do not; probing two lengths
+    catches ``[batch, heads, pos, pos]`` patterns even when ``heads`` happens to equal a probe length.
+    """
+    ids = ids.repeat(3)[:3]
+    shapes: list[dict[str, tuple[int, ...]]] = []
+    for length in (2, 3):
+        seen: dict[str, tuple[int, ...]] = {}
 
-    with hooks_attached(points, {s: record(s) for s in sites}), torch.inference_mode():
-        loaded.model(ids[None, :2].to(loaded.device))
-    missing = [s for s in sites if s not in seen]
+        def record(name: str):
+            def hook(x: torch.Tensor, hook: object = None) -> None:
+                seen.setdefault(name, tuple(x.shape))
+            return hook
+
+        with hooks_attached(points, {s: record(s) for s in sites}), torch.inference_mode():
+            loaded.model(ids[None, :length].to(loaded.device))
+        shapes.append(seen)
+    missing = [s for s in sites if s not in shapes[0]]
     if missing:
         raise SiteError(f"capture(): sites {missing} did not fire during a forward pass (backward-only or unused)")
-    for site, shape in seen.items():
-        if len(shape) < 3 or shape[:2] != (1, min(2, len(ids))):
-            raise SiteError(f"capture(): site {site!r} gives activations of shape {list(shape)} for 1 text of "
-                            f"{min(2, len(ids))} tokens; capture needs [batch, position, ...] (attention patterns "
-                            f"and other per-head-pair sites are not token rows)")
-    return dict(seen)
+    for site in sites:
+        two, three = shapes[0][site], shapes[1][site]
+        if len(two) < 3 or two[:2] != (1, 2) or three[:2] != (1, 3) or two[2:] != three[2:]:
+            raise SiteError(f"capture(): site {site!r} gives activations of shape {list(two)} for 2 tokens and "
+                            f"{list(three)} for 3; capture needs [batch, position, ...] rows (attention patterns "
+                            f"and other per-position-pair sites are not token rows)")
+    return shapes[0]
 
 
 def capture(

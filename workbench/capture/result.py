@@ -14,7 +14,7 @@ class SiteStats:
     """Statistics of the token rows captured at one hook site (float64 unless noted).
 
     ``comoment`` is the centred ``Σ (x − μ)(x − μ)ᵀ``; :attr:`gram` gives the uncentred ``XᵀX``. Optional parts are
-    ``None`` unless asked for with ``keep=``: ``reservoir`` (a uniform sample of rows, activation dtype),
+    ``None`` unless asked for with ``keep=``: ``reservoir`` (a uniform sample of rows, float32),
     ``last`` / ``mean_pooled`` (one vector per text, in text order), ``full`` (every kept row, in text order).
     """
 

@@ -7,13 +7,14 @@ Nothing here contacts a hub: every ``from_pretrained`` call passes ``local_files
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import torch
 
 from workbench.errors import ModelLoadError
-from workbench.models import bundled, cache
+from workbench.models import bundled
 from workbench.models.adapters import adapter_for
 from workbench.models.loaded import LoadedModel
 
@@ -24,26 +25,28 @@ _WEIGHT_GLOBS = ("*.safetensors", "*.bin")
 def load_model(
     source: str | Path | torch.nn.Module | LoadedModel = "smollm2-135m",
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
     """Load a model for analysis and return it with its tokenizer and adapter.
 
-    ``device`` is any torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``dtype`` the parameter dtype.
+    ``device`` is any torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``); ``None`` means ``"cpu"`` for names and
+    folders, and wherever a passed-in model already lives (given explicitly, the model is moved there).
+    ``dtype`` is the parameter dtype of models loaded from disk.
     Raises :class:`ModelLoadError` with what to do: the pip command for a missing package, the known names for an
     unknown one, the expected files for a folder without weights. A damaged cache is detected and rebuilt.
     """
-    device = _device(device)
-    if isinstance(source, LoadedModel):
+    if isinstance(source, LoadedModel) and device is None:
         return source
-    if isinstance(source, torch.nn.Module):
-        return _wrap(source, getattr(source, "tokenizer", None), type(source).__name__, None, device)
+    if isinstance(source, (LoadedModel, torch.nn.Module)):
+        return _from_module(source, device)
+    device = _device("cpu" if device is None else device)
     if not isinstance(source, (str, Path)):
         raise ModelLoadError(f"load_model(): parameter 'source' must be a bundled name, a folder or a TransformerLens "
                              f"model; received {type(source).__name__}")
     spec = bundled.get_bundled(str(source))
     if spec is not None:
-        folder = _bundled_folder(spec)
+        folder = bundled.ensure_converted(spec)
         return _load_folder(folder, spec.name, device, dtype)
     path = Path(source).expanduser()
     if path.is_dir():
@@ -61,12 +64,15 @@ def _device(device: str | torch.device) -> torch.device:
                              f"received {device!r} ({exc})") from None
 
 
-def _bundled_folder(spec: bundled.BundledSource) -> Path:
-    folder = spec.cache_folder()
-    problem = cache.verify(folder) if folder.exists() else None
-    if problem is not None:
-        log.warning("cached %s is damaged (%s); rebuilding it", spec.name, problem)
-    return bundled.ensure_converted(spec)
+def _from_module(source: torch.nn.Module | LoadedModel, device: str | torch.device | None) -> LoadedModel:
+    """Wrap a built model, moving it to ``device`` when one is given; record where its parameters live."""
+    module = source.model if isinstance(source, LoadedModel) else source
+    if device is not None:
+        module.to(_device(device))
+    where = next(module.parameters(), torch.empty(0)).device
+    if isinstance(source, LoadedModel):
+        return dataclasses.replace(source, device=where)
+    return _wrap(module, getattr(module, "tokenizer", None), type(module).__name__, None, where)
 
 
 def _check_folder(folder: Path) -> None:
