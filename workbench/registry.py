@@ -25,6 +25,7 @@ class Analysis:
     compute: Callable[..., Result]
     sites: Callable[[Config, Any], list[str]] | None = None  # (config, ModelFacts) -> hook sites to capture
     needs_weights: bool = False
+    needs_model: bool = False  # generates, differentiates or captures its own data (Inputs.model is then set)
 
 
 _REGISTRY: dict[str, Analysis] = {}

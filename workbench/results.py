@@ -79,7 +79,8 @@ class Result(Serialisable):
         return ""
 
     def _repr_html_(self) -> str:
-        figs = "".join(f.to_html(full_html=False, include_plotlyjs="require") for f in self.figures())
+        # plotly.js is inlined with the first figure (never from a CDN: notebooks here are offline)
+        figs = "".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(self.figures()))
         return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>{figs}{table_html(*self.table())}"
 
 

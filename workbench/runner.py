@@ -25,6 +25,8 @@ class Inputs:
     facts: ModelFacts
     capture: CaptureResult | None = None
     weights: list[tuple[str, int | None, torch.Tensor]] | None = None
+    model: LoadedModel | None = None
+    progress: bool = False
 
 
 def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> dict[str, Config]:
@@ -53,7 +55,7 @@ def run_analyses(
     progress: bool = False,
 ) -> dict[str, Result]:
     """Run several analyses on one model, sharing one capture over the union of the sites they need."""
-    lm = load_model(model) if device is None else load_model(model, device=device)
+    lm = load_model(model, device=device)
     configs = resolve_configs(analyses)
     facts = lm.facts
     sites = [s for name, c in configs.items() if (f := registry.get(name).sites) for s in f(c, facts)]
@@ -65,7 +67,9 @@ def run_analyses(
         captured = capture(lm, texts, sites=list(dict.fromkeys(sites)), batch_size=batch_size,
                            max_tokens=max_tokens, progress=progress)
     weights = list(lm.weights()) if any(registry.get(n).needs_weights for n in configs) else None
-    inputs = Inputs(model_name=lm.name, facts=facts, capture=captured, weights=weights)
+    needs_model = any(registry.get(n).needs_model for n in configs)
+    inputs = Inputs(model_name=lm.name, facts=facts, capture=captured, weights=weights,
+                    model=lm if needs_model else None, progress=progress)
     results = {}
     for name, config in configs.items():
         log.info("computing %s", name)
