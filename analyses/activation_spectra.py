@@ -8,6 +8,7 @@ centred co-moment (exact, float64) — no token matrix is ever held in memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
@@ -89,7 +90,7 @@ class ActivationSpectraResult(Result):
                     fig.add_trace(go.Scatter(
                         x=x, y=y, mode="lines+markers", line={"color": color, "dash": dash},
                         name=f"{comp} ({'centred' if centred else 'uncentred'})", legendgroup=f"{comp}{centred}",
-                        showlegend=col == 1))
+                        showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(title_text="layer")
         fig.update_yaxes(title_text="rank", col=1)
         fig.update_layout(title=f"{self.model}: {self.n_tokens} tokens from {self.n_texts} texts "
@@ -97,12 +98,16 @@ class ActivationSpectraResult(Result):
         return fig
 
     def plot_spectra(self) -> go.Figure:
-        """Normalised leading singular values σ_i/σ_1 per layer of the first component (log colour scale)."""
+        """Normalised leading singular values log10(σ_i/σ_1) per layer of the first component.
+
+        Log scale: a few massive directions make σ_1 tens of times σ_2 in some layers, which a linear scale hides.
+        """
         comp = self.components()[0]
         idx = [i for i, c in enumerate(self.component) if c == comp]
-        z = [[v / sv[0] if sv and sv[0] > 0 else 0.0 for v in sv] for sv in (self.singular_values[i] for i in idx)]
-        fig = go.Figure(go.Heatmap(z=z, y=[self.layer[i] for i in idx], colorscale="Viridis", zmin=0, zmax=1,
-                                   colorbar={"title": "σ_i / σ_1"}))
+        z = [[math.log10(v / sv[0]) if sv[0] > 0 and v > 0 else None for v in sv]
+             for sv in (self.singular_values[i] for i in idx)]
+        fig = go.Figure(go.Heatmap(z=z, y=[self.layer[i] for i in idx], colorscale="Viridis", zmax=0,
+                                   colorbar={"title": "log10 σ_i/σ_1"}))
         fig.update_layout(title=f"{comp}: leading centred singular values per layer", xaxis_title="index i",
                           yaxis_title="layer", height=450)
         return fig

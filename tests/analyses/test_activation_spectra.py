@@ -54,3 +54,9 @@ def test_bad_config(field, value):
 def test_needs_texts(tiny_model):
     with pytest.raises(ConfigError, match="'texts'"):
         run_analysis(tiny_model, "activation_spectra")
+
+
+def test_both_panels_are_drawn(tiny_model):
+    fig = run_analysis(tiny_model, "activation_spectra", texts=TEXTS).plot()
+    axes = {trace.xaxis for trace in fig.data}
+    assert axes == {"x", "x2"}  # effective rank and RankMe panels each hold their lines
