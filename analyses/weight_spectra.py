@@ -1,39 +1,78 @@
-"""Spectra of every weight matrix: effective rank, stable rank, nuclear norm and top singular value per layer.
+"""Spectra of every weight matrix: effective rank, stable rank, nuclear norm, top singular value, WeightWatcher metrics.
 
 Per layer and matrix kind (heads concatenated, see :func:`workbench.models.adapters.as_matrix`), plus the embedding and
-unembedding. All singular values come from one batched ``svdvals`` call per distinct shape
+unembedding, and optionally (``per_head``) every Q/K/V/O head as its own row (``head`` >= 0; whole matrices have
+``head`` -1). All singular values come from one batched ``svdvals`` call per distinct shape
 (:func:`workbench.spectra.batched_singular_values`). Effective rank: Roy & Vetterli (2007), eq. (1)-(2); stable rank:
-‖W‖_F²/‖W‖₂² (Rudelson & Vershynin 2007).
+‖W‖_F²/‖W‖₂² (Rudelson & Vershynin 2007), which equals WeightWatcher's ``stable_rank`` Σλ/λ_max.
+
+WeightWatcher columns (:mod:`workbench.spectra.esd`, where the conventions read from weightwatcher 0.7.7 are listed):
+the ESD is λ = σ² of W, the eigenvalues of WᵀW *without* 1/N as WeightWatcher computes it (dividing by N would shift
+``log_norm`` and ``log_spectral_norm`` by −log10 N and leave everything else unchanged). ``alpha``: power-law tail
+exponent, xmin by minimum KS distance; ``alpha_weighted`` = α·log10 λ_max; ``log_norm`` = log10 Σλ;
+``log_spectral_norm`` = log10 λ_max; ``num_spikes`` and ``mp_softrank`` = λ₊/λ_max from the Marchenko–Pastur bulk
+edge λ₊ of a fitted σ². Metrics run batched over all matrices of one shape. Values that cannot be fitted are None.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
-from workbench.models.adapters import as_matrix
+from analyses._weight_plots import plot_alpha, plot_esd
+from workbench.errors import config_error
+from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, as_matrix
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result
 from workbench.runner import Inputs
-from workbench.spectra import batched_singular_values, effective_rank, nuclear_norm, stable_rank
+from workbench.spectra import (
+    alpha_weighted,
+    batched_singular_values,
+    effective_rank,
+    esd_eigenvalues,
+    log_norm,
+    log_spectral_norm,
+    mp_fit,
+    nuclear_norm,
+    powerlaw_fit,
+    stable_rank,
+)
+
+WW_COLUMNS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "xmin", "ks_distance", "num_pl_spikes",
+              "num_spikes", "mp_softrank")
 
 
 @dataclass(frozen=True)
 class WeightSpectraConfig(Config):
-    """``include_embeddings``: also W_E and W_U (each a d_vocab × d_model SVD, the slowest part)."""
+    """``include_embeddings``: also W_E and W_U (each a d_vocab × d_model SVD, the slowest part).
+
+    ``per_head``: also each Q/K/V/O head as its own row. ``esd_matrix``/``esd_layer``: the matrix whose ESD is plotted
+    with its fitted tail (``esd_layer`` -1 = the last layer; ignored for W_E/W_U).
+    """
 
     kind = "weight_spectra_config"
     include_embeddings: bool = True
+    per_head: bool = False
+    esd_matrix: str = "W_out"
+    esd_layer: int = -1
 
     def validate(self) -> None:
         self.check("include_embeddings", isinstance(self.include_embeddings, bool), "a bool")
+        self.check("per_head", isinstance(self.per_head, bool), "a bool")
+        self.check("esd_matrix", isinstance(self.esd_matrix, str) and self.esd_matrix in LAYER_KINDS + GLOBAL_KINDS,
+                   f"one of {LAYER_KINDS + GLOBAL_KINDS}")
+        ok = isinstance(self.esd_layer, int) and not isinstance(self.esd_layer, bool) and self.esd_layer >= -1
+        self.check("esd_layer", ok, "an int >= -1 (-1 = the last layer)")
 
 
 @dataclass(frozen=True)
 class WeightSpectraResult(Result):
-    """Column-wise: one entry per weight matrix (layer ``None`` for W_E/W_U)."""
+    """Column-wise: one entry per weight matrix (layer ``None`` for W_E/W_U, head -1 for whole matrices)."""
 
     kind = "weight_spectra"
     title = "Weight spectra per layer and matrix kind"
@@ -45,22 +84,37 @@ class WeightSpectraResult(Result):
     stable_rank: list[float]
     nuclear_norm: list[float]
     sigma_max: list[float]
+    head: list[int]
+    alpha: list[float | None]
+    alpha_weighted: list[float | None]
+    log_norm: list[float | None]
+    log_spectral_norm: list[float | None]
+    xmin: list[float | None]
+    ks_distance: list[float | None]
+    num_pl_spikes: list[int]
+    num_spikes: list[int]
+    mp_softrank: list[float | None]
+    esd_label: str
+    esd_eigenvalues: list[float]
+    esd_fit: dict[str, float | None]
 
     def kinds(self) -> list[str]:
         return [k for k in dict.fromkeys(self.matrix) if any(
             m == k and layer is not None for m, layer in zip(self.matrix, self.layer, strict=True))]
 
     def grid(self, column: str) -> tuple[list[int], list[str], list[list[float | None]]]:
-        """``(layers, kinds, z[layer][kind])`` of one metric over the per-layer matrices."""
+        """``(layers, kinds, z[layer][kind])`` of one metric over the whole per-layer matrices (head -1)."""
         layers = sorted({layer for layer in self.layer if layer is not None})
         kinds = self.kinds()
-        values = {(m, layer): v for m, layer, v in zip(self.matrix, self.layer, getattr(self, column), strict=True)}
+        values = {(m, layer): v for m, layer, h, v in zip(self.matrix, self.layer, self.head, getattr(self, column),
+                                                          strict=True) if h == -1}
         return layers, kinds, [[values.get((k, layer)) for k in kinds] for layer in layers]
 
     def plot(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=2, subplot_titles=("effective rank / min(shape)", "stable rank"))
         layers, kinds, erank = self.grid("erank")
-        full = {(m, layer): min(s) for m, layer, s in zip(self.matrix, self.layer, self.shape, strict=True)}
+        full = {(m, layer): min(s) for m, layer, s, h in zip(self.matrix, self.layer, self.shape, self.head,
+                                                             strict=True) if h == -1}
         ratio = [[None if v is None else v / full[(k, layer)] for k, v in zip(kinds, row, strict=True)]
                  for layer, row in zip(layers, erank, strict=True)]
         fig.add_trace(go.Heatmap(z=ratio, x=kinds, y=layers, colorscale="Viridis", customdata=erank,
@@ -82,39 +136,116 @@ class WeightSpectraResult(Result):
         return fig
 
     def figures(self) -> list[go.Figure]:
-        return [self.plot(), self.plot_sigma()]
+        return [self.plot(), self.plot_sigma(), plot_alpha(self), plot_esd(self)]
 
     def table(self):
-        header = ["matrix", "layer", "shape", "erank", "stable rank", "nuclear norm", "σ_max"]
-        rows = [[m, "-" if layer is None else layer, "×".join(map(str, s)), e, sr, nn, sm] for m, layer, s, e, sr, nn, sm
-                in zip(self.matrix, self.layer, self.shape, self.erank, self.stable_rank, self.nuclear_norm,
-                       self.sigma_max, strict=True)]
-        return header, rows
+        header = ["matrix", "layer", "head", "shape", "erank", "stable rank", "nuclear norm", "σ_max", "α", "α weighted",
+                  "log norm", "log spectral norm", "MP spikes", "MP softrank"]
+        cols = zip(self.matrix, self.layer, self.head, self.shape, self.erank, self.stable_rank, self.nuclear_norm,
+                   self.sigma_max, self.alpha, self.alpha_weighted, self.log_norm, self.log_spectral_norm,
+                   self.num_spikes, self.mp_softrank, strict=True)
+        rows = [[m, "-" if layer is None else layer, "-" if h == -1 else h, "×".join(map(str, s)), *rest]
+                for m, layer, h, s, *rest in cols]
+        return header, [["-" if v is None else v for v in row] for row in rows]
 
     def summary(self) -> str:
         layers, kinds, z = self.grid("erank")
-        full = {(m, layer): min(s) for m, layer, s in zip(self.matrix, self.layer, self.shape, strict=True)}
+        full = {(m, layer): min(s) for m, layer, s, h in zip(self.matrix, self.layer, self.shape, self.head,
+                                                             strict=True) if h == -1}
         frac = {k: sum(z[i][j] / full[(k, layer)] for i, layer in enumerate(layers)) / len(layers)
                 for j, k in enumerate(kinds)}
         lo, hi = min(frac, key=frac.get), max(frac, key=frac.get)
         return (f"{len(self.matrix)} matrices. Mean effective rank as a fraction of its maximum: lowest for {lo} "
-                f"({frac[lo]:.2f}), highest for {hi} ({frac[hi]:.2f}).")
+                f"({frac[lo]:.2f}), highest for {hi} ({frac[hi]:.2f}).{self._alpha_summary()}")
+
+    def _alpha_summary(self) -> str:
+        alphas = [a for a, h in zip(self.alpha, self.head, strict=True) if a is not None and h == -1]
+        if not alphas:
+            return " No power-law tail could be fitted."
+        inside = sum(2 <= a <= 6 for a in alphas)
+        return (f" Power-law α: median {sorted(alphas)[len(alphas) // 2]:.2f}, {inside} of {len(alphas)} matrices in "
+                "WeightWatcher's 2-6 range (small matrices give noisy fits).")
+
+
+def _rows(inputs: Inputs, config: WeightSpectraConfig) -> list[tuple[str, int | None, int, torch.Tensor]]:
+    """(kind, layer, head, 2-D matrix): whole matrices (head -1), then per-head Q/K/V/O slices if asked."""
+    rows = []
+    for kind, layer, w in inputs.weights:
+        if layer is None and not config.include_embeddings:
+            continue
+        w = w.detach()
+        rows.append((kind, layer, -1, as_matrix(kind, w)))
+        if config.per_head and layer is not None and w.ndim == 3:
+            rows.extend((kind, layer, h, w[h]) for h in range(w.shape[0]))
+    return rows
+
+
+def _value(x: torch.Tensor) -> float | int | None:
+    """A JSON value: int for integer tensors, None for NaN/Inf (so results round-trip and compare equal)."""
+    if not x.dtype.is_floating_point:
+        return int(x)
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _ww_columns(mats: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[dict[str, list], list]:
+    """WeightWatcher metrics, batched over the matrices of each shape; also every matrix's eigenvalues."""
+    out: dict[str, list] = {name: [None] * len(mats) for name in WW_COLUMNS}
+    evals: list = [None] * len(mats)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault(tuple(m.shape), []).append(i)
+    for shape, idx in groups.items():
+        lam = esd_eigenvalues(torch.stack([values[i] for i in idx]))
+        fit, mp = powerlaw_fit(lam), mp_fit(lam, shape)
+        cols = {"alpha": fit.alpha, "alpha_weighted": alpha_weighted(fit.alpha, lam), "log_norm": log_norm(lam),
+                "log_spectral_norm": log_spectral_norm(lam), "xmin": fit.xmin, "ks_distance": fit.D,
+                "num_pl_spikes": fit.num_pl_spikes, "num_spikes": mp.num_spikes, "mp_softrank": mp.mp_softrank}
+        for row, i in enumerate(idx):
+            evals[i] = lam[row]
+            for name, tensor in cols.items():
+                out[name][i] = _value(tensor[row])
+    return out, evals
+
+
+def _esd_row(rows: list, config: WeightSpectraConfig) -> int:
+    """Index of the matrix whose ESD is plotted (``esd_matrix``, ``esd_layer``; -1 = last layer)."""
+    layers = [layer for _, layer, _, _ in rows if layer is not None]
+    if config.esd_matrix in GLOBAL_KINDS:
+        want = None
+    else:
+        last = max(layers, default=-1)
+        want = last if config.esd_layer == -1 else config.esd_layer
+        if want > last:
+            raise config_error("WeightSpectraConfig", "esd_layer", f"-1 or an int in [0, {last}]", config.esd_layer)
+    for i, (kind, layer, head, _) in enumerate(rows):
+        if kind == config.esd_matrix and layer == want and head == -1:
+            return i
+    raise config_error("WeightSpectraConfig", "esd_matrix",
+                       f"a matrix this run computed ({sorted({k for k, _, _, _ in rows})})", config.esd_matrix)
 
 
 def compute(inputs: Inputs, config: WeightSpectraConfig) -> WeightSpectraResult:
-    chosen = [(k, layer, as_matrix(k, w).detach()) for k, layer, w in inputs.weights
-              if layer is not None or config.include_embeddings]
-    values = batched_singular_values([w for _, _, w in chosen])
+    rows = _rows(inputs, config)
+    mats = [w for _, _, _, w in rows]
+    values = batched_singular_values(mats)
+    ww, evals = _ww_columns(mats, values)
+    e = _esd_row(rows, config)
+    kind, layer, _, _ = rows[e]
     return WeightSpectraResult(
-        model=inputs.model_name, matrix=[k for k, _, _ in chosen], layer=[layer for _, layer, _ in chosen],
-        shape=[list(w.shape) for _, _, w in chosen], erank=[float(effective_rank(s)) for s in values],
+        model=inputs.model_name, matrix=[k for k, _, _, _ in rows], layer=[layer for _, layer, _, _ in rows],
+        shape=[list(w.shape) for w in mats], erank=[float(effective_rank(s)) for s in values],
         stable_rank=[float(stable_rank(s)) for s in values], nuclear_norm=[float(nuclear_norm(s)) for s in values],
-        sigma_max=[float(s[0]) for s in values],
+        sigma_max=[float(s[0]) for s in values], head=[h for _, _, h, _ in rows], **ww,
+        esd_label=kind if layer is None else f"{kind} layer {layer}",
+        esd_eigenvalues=[float(v) for v in evals[e].sort().values],
+        esd_fit={"alpha": ww["alpha"][e], "xmin": ww["xmin"][e]},
     )
 
 
 register(Analysis(
     name="weight_spectra",
-    description="Effective rank, stable rank, nuclear norm and top singular value of every weight matrix",
+    description="Effective rank, stable rank, nuclear norm, σ_max and WeightWatcher metrics (α, log norms, MP spikes) "
+                "of every weight matrix",
     config=WeightSpectraConfig, result=WeightSpectraResult, compute=compute, needs_weights=True,
 ))

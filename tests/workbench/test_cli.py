@@ -9,6 +9,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+import analyses  # noqa: F401
+from workbench import registry
 from workbench.cli import app
 from workbench.report import Report
 
@@ -27,7 +29,7 @@ def test_report_on_a_local_folder(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "report.json").read_text())
     assert data["provenance"]["n_texts"] == 2 and data["provenance"]["model"] == str(tiny_model.folder)
-    assert set(data["results"]) == {"activation_spectra", "weight_spectra"}
+    assert set(data["results"]) == set(registry.names())  # every registered analysis by default
     assert data["provenance"]["versions"]["torch"].startswith("2.")
 
 
@@ -62,13 +64,16 @@ def test_refuses_existing_out(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_end_to_end_on_the_bundled_model(tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "workbench", "report", "--max-tokens", "400", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "workbench", "report", "--max-tokens", "400", "--analyses",
+                           "activation_spectra,weight_spectra", "--out", str(out)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (out / "report.html").read_text()
-    assert page.count('class="plotly-graph-div"') == 4 and "Weight spectra" in page
     data = json.loads((out / "report.json").read_text())
-    assert Report.from_dict(data).to_dict() == data
+    report = Report.from_dict(data)
+    assert report.to_dict() == data
+    n_figures = sum(len(r.figures()) for r in report.results.values())
+    assert n_figures >= 4 and page.count('class="plotly-graph-div"') == n_figures and "Weight spectra" in page
     prov = data["provenance"]
     assert prov["model"] == "smollm2-135m" and prov["n_tokens"] == 400 and len(prov["sites"]) == 90
     act = data["results"]["activation_spectra"]

@@ -1,5 +1,16 @@
 """Batched SVD engine and spectral metrics: pure tensor functions, no model (see svd.py and metrics.py)."""
 
+from workbench.spectra.esd import (
+    EVALS_THRESH,
+    MPFit,
+    PowerLawFit,
+    alpha_weighted,
+    esd_eigenvalues,
+    log_norm,
+    log_spectral_norm,
+    mp_fit,
+    powerlaw_fit,
+)
 from workbench.spectra.metrics import (
     condition_number,
     effective_rank,
@@ -18,6 +29,15 @@ from workbench.spectra.svd import (
 )
 
 __all__ = [
+    "EVALS_THRESH",
+    "MPFit",
+    "PowerLawFit",
+    "alpha_weighted",
+    "esd_eigenvalues",
+    "log_norm",
+    "log_spectral_norm",
+    "mp_fit",
+    "powerlaw_fit",
     "PrecisionWarning",
     "batched_singular_values",
     "condition_number",
