@@ -1,19 +1,24 @@
 """Batched spectra: ``workbench.spectra`` vs a per-matrix scipy loop, on the model's weights and residual Grams.
 
-Target (the issue): ours is faster than scipy, i.e. ours / scipy < 1.0, on the per-layer weight matrices.
+Target (the issue): ours is faster than scipy, i.e. ours / scipy < 1.0. The RESULT line holds the *worse* of the
+two sets (weights, Grams), so PASS means faster on both; each set's own ratio is in the table.
 
 * Weights: every per-layer matrix from ``lm.weights()``, float32. Per-head 3-D tensors are flattened into one 2-D
   matrix per layer, ``[n_heads * d_head, d_model]``: W_Q [9, 576, 64] -> [576, 576], W_K / W_V [3, 576, 64] ->
   [192, 576], W_O [9, 64, 576] -> [576, 576]; W_in / W_gate stay [576, 1536] and W_out [1536, 576] (TL orientation).
-  That is 7 matrices x 30 layers = 210 in 4 shapes. Ours: one ``batched_singular_values(list)`` call (torch
-  ``svdvals``, batched per shape). Scipy: ``scipy.linalg.svdvals`` on each float32 numpy array, defaults.
-  W_E / W_U (49152 x 576) are timed separately, once, without warm-up (they would dominate the sum).
+  That is 7 matrices x 30 layers = 210 in 4 shapes. Ours: one ``batched_singular_values(list)`` call with its
+  default ``method="auto"``, batched per shape (for float32 input that is the float64 Gram of the smaller side and
+  a batched ``eigvalsh``); the row ``method="svd"`` times torch's batched ``svdvals`` for comparison. Scipy:
+  ``scipy.linalg.svdvals`` on each float32 numpy array, defaults. W_E / W_U (49152 x 576) are timed separately,
+  once, without warm-up (they would dominate the sum).
 * Grams: the 30 residual co-moments [30, 576, 576] (float64) of a real capture of ``blocks.*.hook_resid_post``.
   Ours: one ``singular_values_from_gram`` call (batched float64 ``eigvalsh``). Scipy: ``scipy.linalg.eigvalsh`` per
   matrix, then sqrt of the clipped eigenvalues.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import scipy.linalg
@@ -49,7 +54,7 @@ def compare(ours: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float
 
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0])
-    repeats = 3
+    repeats = args.repeats
     lm = common.load_model()
     n_layers = 6 if args.quick else lm.n_layers
 
@@ -76,6 +81,9 @@ def main() -> None:
     def ours_weights() -> None:
         out["w_ours"] = batched_singular_values(mats)
 
+    def ours_weights_svd() -> None:
+        batched_singular_values(mats, method="svd")
+
     def scipy_weights() -> None:
         out["w_scipy"] = [scipy.linalg.svdvals(a) for a in arrays]
 
@@ -85,8 +93,15 @@ def main() -> None:
     def scipy_grams() -> None:
         out["g_scipy"] = [np.sqrt(np.clip(scipy.linalg.eigvalsh(g), 0, None))[::-1] for g in gram_arrays]
 
-    best = common.best_of_interleaved({"w_ours": ours_weights, "w_scipy": scipy_weights,
-                                       "g_ours": ours_grams, "g_scipy": scipy_grams}, repeats=repeats, warmup=1)
+    variants = {"w_ours": ours_weights, "w_scipy": scipy_weights, "w_svd": ours_weights_svd, "g_ours": ours_grams,
+                "g_scipy": scipy_grams}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(mats):
+        groups.setdefault(tuple(m.shape), []).append(i)
+    for shape, idx in groups.items():  # per-shape breakdown of the weights row
+        variants[f"{shape}_ours"] = lambda idx=idx: batched_singular_values([mats[i] for i in idx])
+        variants[f"{shape}_scipy"] = lambda idx=idx: [scipy.linalg.svdvals(arrays[i]) for i in idx]
+    best = common.best_of_interleaved(variants, repeats=repeats, warmup=1)
     w_norm, w_elem = compare([s.numpy() for s in out["w_ours"]], out["w_scipy"])
     # σ below the Gram floor are returned as exactly 0 by ours: compare values above 1e-3 σ_max elementwise.
     g_norm, g_elem = compare(list(out["g_ours"].numpy()), out["g_scipy"])
@@ -96,23 +111,27 @@ def main() -> None:
     ours_err, _ = compare([s.numpy() for s in out["w_ours"]], ref)
     scipy_err, _ = compare(out["w_scipy"], ref)
 
-    rows = [
-        [f"weights: {len(mats)} matrices, float32", best["w_ours"], best["w_scipy"], best["w_ours"] / best["w_scipy"],
-         f"{w_norm:.1e}", f"{w_elem:.1e}"],
-        [f"Grams: [{grams.shape[0]}, 576, 576] float64", best["g_ours"], best["g_scipy"],
-         best["g_ours"] / best["g_scipy"], f"{g_norm:.1e}", f"{g_elem:.1e}"],
-    ]
+    rows = [[f"weights: {len(mats)} matrices, float32", best["w_ours"], best["w_scipy"],
+             best["w_ours"] / best["w_scipy"], f"{w_norm:.1e}", f"{w_elem:.1e}"]]
+    for shape, idx in groups.items():
+        o, sc = best[f"{shape}_ours"], best[f"{shape}_scipy"]
+        rows.append([f"  of which {len(idx)} x {shape[0]}x{shape[1]} (timed alone)", o, sc, o / sc, "", ""])
+    rows.append(['  same set, ours with method="svd"', best["w_svd"], best["w_scipy"], best["w_svd"] / best["w_scipy"],
+                 "", ""])
+    rows.append([f"Grams: [{grams.shape[0]}, 576, 576] float64", best["g_ours"], best["g_scipy"],
+                 best["g_ours"] / best["g_scipy"], f"{g_norm:.1e}", f"{g_elem:.1e}"])
     if not args.quick:
         rows.append(embedding_row(lm))
-    print(common.table(["set", "ours s", "scipy s", "ours/scipy", "max|Δ|/σmax", "max rel Δ (σ≥1e-3σmax)"], rows))
+    headers = ["set", "ours s", "scipy s", "ours/scipy", "max|Δ|/σmax", "max rel Δ (σ≥1e-3σmax)"]
+    print(common.table(headers, rows))
     print(f"\nweights vs a float64 reference, max |Δ|/σ_max: ours {ours_err:.1e}, scipy {scipy_err:.1e}")
     print(f"({common.load_note()})")
-    common.result("batched_spectra", best["w_ours"] / best["w_scipy"], TARGET, below=True)
+    worst = max(best["w_ours"] / best["w_scipy"], best["g_ours"] / best["g_scipy"])
+    common.result("batched_spectra", worst, TARGET, below=True)
 
 
 def embedding_row(lm) -> list[object]:
     """W_E (and W_U when it is not W_E transposed), one timed call each, no warm-up."""
-    import time
 
     w_e = lm.weight("W_E").detach().float().contiguous()
     w_u = lm.weight("W_U").detach().float()

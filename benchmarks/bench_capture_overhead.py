@@ -3,17 +3,24 @@
 Target (the issue): capture of all 30 ``blocks.*.hook_resid_post`` sites with streamed Gram statistics costs at most
 1.10x a bare ``lm.model(tokens)`` forward under ``torch.inference_mode`` over the same batches.
 
-Rows (all timed round-robin, best of 3 after one warm-up each):
+Rows (timed round-robin, order rotated each round, best of 3 after one warm-up each; the RESULT is
+best(capture 30) / best(bare)):
 
 * ``bare forward``: ``lm.model(tokens)`` per batch, full forward including the 49k-wide unembedding (the baseline).
-* ``bare, stopped after last resid_post``: the same forward, cut (by an exception from a no-op hook) exactly where
-  capture stops, i.e. without ``ln_final`` and the unembedding. ``bare / this`` is what early stopping saves.
 * ``capture 30 resid_post``: the measured call, ``capture(lm, texts, sites=..., batch_size=8)``; includes capture's own
   tokenization, its 2-token probe forward and batch building (the bare rows do not: their batches are pre-built).
+* ``bare, stopped after last resid_post``: the bare forward cut (by an exception from one hook) exactly where capture
+  stops, i.e. without ``ln_final`` and the unembedding. ``bare / this`` is what early stopping saves.
+* ``+ 29 no-op hooks``: the same, with a no-op hook on the 29 other resid_post sites: the cost of hook dispatch alone.
+  ``capture 30 / this`` is then the cost of the statistics (gather of kept rows, float64 centred Gram) and setup.
 * ``capture 30 + unembed.hook_in``: adds the last hook that fires before the unembedding matmul (hooks after it are
-  49,152 wide), so the stop moves past ``ln_final``; the unembedding itself is still skipped.
+  49,152 wide, too wide for a Gram), so the stop moves past ``ln_final``; the unembedding itself is still skipped,
+  so no capture can run the full forward: "without early stop" is derived as capture 30 + (bare − bare stopped).
 * ``capture 90``: resid_post + hook_attn_out + hook_mlp_out of every block (information).
 * ``run_with_cache 30 names``: TransformerLens' way, storing the 30 activations (full forward, no statistics).
+
+Because the machine is shared and a forward's time drifts by ±10-20 % from run to run, the table also gives the
+median, and the median over rounds of the paired ratio capture/bare (the two run close together in each round).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class _Stop(Exception):
 def main() -> None:
     args = common.parse_args(__doc__.splitlines()[0])
     n_prompts = 16 if args.quick else 64
-    repeats = 3
+    repeats = args.repeats
     lm = common.load_model()
     texts = common.default_prompts(n_prompts)
     points = lm.hook_points()
@@ -62,13 +69,18 @@ def main() -> None:
     def stop_hook(x: torch.Tensor, hook: object = None) -> None:
         raise _Stop
 
-    def bare_stopped() -> None:
-        with hooks_attached(points, {resid[-1]: stop_hook}), torch.inference_mode():
-            for b in batches:
-                try:
-                    lm.model(b.tokens.to(lm.device))
-                except _Stop:
-                    pass
+    def noop_hook(x: torch.Tensor, hook: object = None) -> None:
+        return None
+
+    def stopped_forward(hooks: dict):
+        def run() -> None:
+            with hooks_attached(points, hooks), torch.inference_mode():
+                for b in batches:
+                    try:
+                        lm.model(b.tokens.to(lm.device))
+                    except _Stop:
+                        pass
+        return run
 
     def cap(sites: list[str]):
         return lambda: workbench.capture(lm, texts, sites=sites, batch_size=8)
@@ -85,8 +97,10 @@ def main() -> None:
 
     variants = {
         "bare forward (baseline)": bare,
-        "bare, stopped after last resid_post": bare_stopped,
         "capture 30 resid_post": cap(resid),
+        "bare, stopped after last resid_post": stopped_forward({resid[-1]: stop_hook}),
+        "  + 29 no-op hooks on the other sites": stopped_forward({**{n: noop_hook for n in resid[:-1]},
+                                                                 resid[-1]: stop_hook}),
         "capture 30 + unembed.hook_in": cap(tail),
         "capture 90 (resid+attn_out+mlp_out)": cap(three),
         "run_with_cache 30 names": run_with_cache,
@@ -103,11 +117,16 @@ def main() -> None:
     rows.append(["  capture's tokenize + batching (in capture)", prep, "", prep / base, prep / stopped, ""])
     print(common.table(["variant", "best s", "median s", "vs bare", "vs bare-stopped", "tok/s"], rows))
     cap30 = best["capture 30 resid_post"]
+    noop = best["  + 29 no-op hooks on the other sites"]
     tail_cost = base - stopped
+    paired = sorted(c / b for c, b in zip(times["capture 30 resid_post"], times["bare forward (baseline)"],
+                                          strict=True))
     print(f"\nearly stop saves {tail_cost:.2f} s ({tail_cost / base:.1%} of the bare forward: ln_final + unembedding);"
-          f" capture 30 without early stop would be about {(cap30 + tail_cost) / base:.3f}x bare (derived: capture 30"
-          f" + that tail)")
-    print(f"statistics + hooks + capture's setup cost {(cap30 - stopped) / stopped:+.1%} over the forward they need")
+          f" capture 30 without early stop would be about {(cap30 + tail_cost) / base:.3f}x bare (derived)")
+    print(f"hook dispatch (29 no-op hooks): {(noop - stopped) / stopped:+.1%}; statistics + capture setup over that: "
+          f"{(cap30 - noop) / noop:+.1%}")
+    print(f"paired capture 30 / bare per round, sorted: {', '.join(f'{r:.3f}' for r in paired)} "
+          f"(median {paired[len(paired) // 2]:.3f})")
     common.result("capture_overhead", cap30 / base, TARGET)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import sys
 import threading
@@ -18,13 +19,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars in the output
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ROOT / "workbench" / "data" / "default_prompts.jsonl"
+SETTLE_S = 0.3  # pause before each timed call (see times_interleaved)
 
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant, best kept (default 3)")
     return parser.parse_args(argv)
 
 
@@ -63,17 +68,22 @@ def best_of_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
 
 def times_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
                       warmup: int = 1) -> dict[str, list[float]]:
-    """Wall-clock seconds of ``repeats`` calls of each function, timed round-robin (a, b, c, a, b, c, ...) so that
-    slow drifts of a noisy machine hit every variant alike. Each gets ``warmup`` untimed calls first;
-    ``gc.collect`` runs before each call."""
+    """Wall-clock seconds of ``repeats`` calls of each function, timed round-robin with the order rotated each round
+    (a, b, c, b, c, a, ...) so that slow drifts of a noisy machine hit every variant alike. Each gets ``warmup``
+    untimed calls first; ``gc.collect`` and a pause of ``SETTLE_S`` run before each timed call: BLAS/OpenMP worker
+    threads spin-wait for up to ~0.1 s after a call (OpenBLAS' for scipy, OpenMP's for torch), and on a 2-core
+    machine a spinning pool of one library would otherwise steal the CPUs from the next variant."""
     for _ in range(warmup):
         for fn in fns.values():
             gc.collect()
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no variant always runs first
+            fn = fns[name]
             gc.collect()
+            time.sleep(SETTLE_S)
             started = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - started)
@@ -82,8 +92,6 @@ def times_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 3,
 
 def load_note() -> str:
     """The 1-minute load average against the CPU count: other work on the machine makes every timing noisy."""
-    import os
-
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
 
 
