@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 import analyses  # noqa: F401  (registers the built-in analyses, so result kinds can be read back)
 from workbench import registry
+from workbench.atomic import replace_folder
 from workbench.errors import ConfigError
 from workbench.results import Result, table_html
 
@@ -71,6 +69,10 @@ class Report:
                 f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><h1>{title}</h1>"
                 f"{''.join(sections)}<h2>Provenance</h2>{prov}</body></html>")
 
+    def _fill(self, folder: Path) -> None:
+        (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=1))
+        (folder / "report.html").write_text(self.to_html(), encoding="utf-8")
+
     @staticmethod
     def _section(name: str, result: Result) -> str:
         figs = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in result.figures())
@@ -87,19 +89,7 @@ class Report:
                               f"--overwrite); received {str(out)!r}, which exists")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"Report.write(): parameter 'out' must be a folder; received {str(out)!r}, a file")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            (tmp / "report.json").write_text(json.dumps(self.to_dict(), indent=1))
-            (tmp / "report.html").write_text(self.to_html(), encoding="utf-8")
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.rename(out, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        replace_folder(out, self._fill)
         return out
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from workbench.atomic import replace_folder
 
 MANIFEST = "workbench-manifest.json"
 CACHE_ENV = "WORKBENCH_CACHE"
@@ -77,17 +77,5 @@ def build_atomically(target: Path, build: Callable[[Path], dict[str, object]]) -
     An existing ``target`` is replaced (the caller decided it was corrupt). On any error the temporary folder is
     removed and ``target`` is left as it was.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        provenance = build(tmp)
-        write_manifest(tmp, provenance)
-        if target.exists():
-            graveyard = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.rename(target, graveyard)
-            shutil.rmtree(graveyard, ignore_errors=True)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    replace_folder(target, lambda tmp: write_manifest(tmp, build(tmp)))
     return target

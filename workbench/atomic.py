@@ -1,0 +1,37 @@
+"""Folders that appear whole or not at all: fill a temporary sibling, then rename it into place.
+
+``os.rename`` of a folder is atomic on one filesystem, so a reader (or a kill mid-write) never sees half a folder.
+Used for the model cache and for reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def replace_folder(target: Path, fill: Callable[[Path], T]) -> T:
+    """Run ``fill(tmp)`` on a fresh temporary sibling of ``target``, then rename it to ``target``.
+
+    An existing ``target`` is replaced only once ``fill`` has succeeded. On any error the temporary folder is removed
+    and ``target`` is left as it was. Returns what ``fill`` returned.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        value = fill(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.rename(target, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return value
