@@ -42,7 +42,10 @@ def plot_esd(result) -> go.Figure:
         xs = [xmin * (max(evals) / xmin) ** (i / 49) for i in range(50)]
         ys = [tail * (alpha - 1) / xmin * (x / xmin) ** (-alpha) for x in xs]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"power law α={alpha:.2f}", line={"dash": "dash"}))
-        fig.add_vline(x=xmin, line_dash="dot", annotation_text="xmin")
+        # a trace, not add_vline: shapes on a log axis take log10 coordinates and would stretch the axis to 10^xmin
+        heights = [d for _, d in keep] + ys
+        fig.add_trace(go.Scatter(x=[xmin, xmin], y=[min(heights), max(heights)], mode="lines", name="xmin",
+                                 line={"dash": "dot", "color": "grey"}))
     fig.update_xaxes(type="log", title_text="eigenvalue λ of WᵀW")
     fig.update_yaxes(type="log", title_text="density")
     fig.update_layout(title=f"ESD of {result.esd_label} (log–log) with the fitted tail", height=420)
