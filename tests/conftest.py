@@ -21,6 +21,18 @@ def _char_tokenizer():
                                    pad_token="<pad>", unk_token="<unk>")
 
 
+def tiny_llama(folder, **overrides):
+    """Save a random tiny Llama (seed 0; ``overrides`` change the LlamaConfig) and the char tokenizer; load it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(LlamaConfig(**(config | overrides))).save_pretrained(folder)
+    _char_tokenizer().save_pretrained(folder)
+    return workbench.load_model(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A 2-layer random Llama (d_model 32, 4 heads, 2 KV heads) saved to a folder and loaded by ``load_model``.
@@ -29,17 +41,8 @@ def tiny_model(tmp_path_factory):
     that the local-folder path of ``load_model`` is exercised. Sets torch to one thread: at d_model 32 intra-op
     threads only add overhead, and on a busy 2-core machine their barriers made each tiny forward ~1000x slower.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    _char_tokenizer().save_pretrained(folder)
-    lm = workbench.load_model(folder)
+    lm = tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     assert int(lm.model.to_tokens("ab")[0, 0]) == 1, "the bridge must prepend BOS"
     return lm
 

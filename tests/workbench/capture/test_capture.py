@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import workbench
+from conftest import tiny_llama
 from workbench.capture import accumulators, resolve_sites
 from workbench.capture.accumulators import Moments, Reservoir
 from workbench.capture.hooks import count_hooks
@@ -51,16 +52,8 @@ def reference(tiny_model):
 @pytest.fixture(scope="module")
 def two_head_model(tiny_model, tmp_path_factory):
     """Like tiny_model with 2 heads: an attention pattern [batch, heads, q, k] has heads == the probe's 2 tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    folder = tmp_path_factory.mktemp("two-head-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tiny_model.tokenizer.save_pretrained(folder)
-    return workbench.load_model(folder)
+    return tiny_llama(tmp_path_factory.mktemp("two-head-llama"), num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1)
 
 
 def _close(actual, expected, rtol=1e-6):
