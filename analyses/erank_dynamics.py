@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from workbench.capture.hooks import hooks_attached
 from workbench.errors import config_error, shape_error
+from workbench.models.chat import prompt_ids, response_ids
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result
 from workbench.runner import Inputs
@@ -261,21 +262,14 @@ def _show(value: float | None) -> float | str:
 
 
 def _prompt_tokens(lm, config: ErankDynamicsConfig) -> torch.Tensor:
-    """[1, n] prompt ids: a chat-templated user turn (as the template writes it) or the bridge's ``to_tokens``."""
-    tok = lm.tokenizer
-    if config.chat_template and getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": config.prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor([ids], dtype=torch.long, device=lm.device)
-    return lm.model.to_tokens(config.prompt, truncate=False).to(lm.device)  # no silent cut at n_ctx
+    """[1, n] prompt ids (a chat-templated user turn, or the bridge's ``to_tokens``)."""
+    return prompt_ids(lm, config.prompt, chat_template=config.chat_template)
 
 
 def _full_tokens(lm, config: ErankDynamicsConfig, prompt: torch.Tensor, progress: bool) -> torch.Tensor:
     """Prompt + response ids: the given response's ids appended, or the model's continuation."""
     if config.response is not None:
-        ids = lm.tokenizer(config.response, add_special_tokens=False)["input_ids"]
-        return torch.cat([prompt, torch.tensor([ids], dtype=torch.long, device=prompt.device)], dim=1)
+        return torch.cat([prompt, response_ids(lm, config.response).to(prompt.device)], dim=1)
     torch.manual_seed(config.seed)
     with torch.no_grad():
         return lm.model.generate(prompt, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,

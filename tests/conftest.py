@@ -27,7 +27,7 @@ def tiny_llama(folder, **overrides):
 
     torch.manual_seed(0)
     config = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                  num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(LlamaConfig(**(config | overrides))).save_pretrained(folder)
     _char_tokenizer().save_pretrained(folder)
     return workbench.load_model(folder)

@@ -41,6 +41,8 @@ def report(
     max_tokens: Annotated[Optional[int], typer.Option(help="cap on the total tokens fed to the model")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
+    config: Annotated[Optional[Path], typer.Option(help="JSON file: {analysis name: {config field: value}} "
+                                                         "(e.g. RankMe prompt sets, gradient datasets)")] = None,
     seed: Annotated[int, typer.Option(help="seed for anything random")] = 0,
     out: Annotated[Path, typer.Option(help="output folder (report.html, report.json)")] = Path("reports/latest"),
     overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
@@ -62,14 +64,16 @@ def report(
             raise WorkbenchError(f"--out {out} exists; pass --overwrite to replace it")
         torch.manual_seed(seed)
         names = _split(analyses_) or registry.names()
-        configs = resolve_configs({n: _config_for(n, _split(sites)) for n in names})
+        overrides = _read_config(config, names)
+        configs = resolve_configs({n: _config_for(n, _split(sites), overrides.get(n, {})) for n in names})
         texts = read_prompts(prompts) if prompts else default_prompts()
         _say(f"loading {model} on {device} ...")
         lm = load_model(model, device=device)
         _say(f"{lm!r}; {len(texts)} prompts; analyses: {', '.join(configs)}")
         results = run_analyses(lm, configs, texts=texts, batch_size=batch_size, max_tokens=max_tokens,
                                progress=True)
-        provenance = _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started)
+        provenance = _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) | {
+            "config": overrides}
         path = Report(results=results, provenance=provenance | {"versions": package_versions()}).write(
             out, overwrite=overwrite)
     except WorkbenchError as exc:
@@ -80,13 +84,33 @@ def report(
     _say(f"wrote {path / 'report.html'} and {path / 'report.json'} in {time.perf_counter() - started:.0f} s")
 
 
-def _config_for(name: str, sites: Optional[list[str]]):
+def _config_for(name: str, sites: Optional[list[str]], fields: dict):
     from workbench import registry
 
     spec = registry.get(name)
     if sites and "sites" in spec.config.__dataclass_fields__:
-        return spec.config(sites=sites)
-    return None
+        fields = {"sites": sites} | fields
+    return spec.config.from_dict(fields) if fields else None
+
+
+def _read_config(path: Optional[Path], names: list[str]) -> dict[str, dict]:
+    """``--config`` JSON → {analysis: fields}; every error names the file and the offending key."""
+    import json
+
+    from workbench.errors import ConfigError
+
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"--config {path}: must be a JSON object of analysis name → object of config fields")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"--config {path}: configures {unknown}, which are not among the analyses run ({names})")
+    return data
 
 
 def _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) -> dict:

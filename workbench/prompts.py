@@ -6,15 +6,27 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, config_error
 
 MAX_PROMPT_FILE_BYTES = 64 * 2**20
 
 
-def default_prompts() -> list[str]:
-    """The 232 English passages written for this project (prose, dialogue, code, lists, maths, ...)."""
+def _default_records() -> list[dict]:
     text = resources.files("workbench.data").joinpath("default_prompts.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def default_prompts(category: str | None = None) -> list[str]:
+    """The 232 English passages written for this project, or those of one ``category`` (see :func:`categories`)."""
+    records = _default_records()
+    if category is not None and category not in categories():
+        raise config_error("default_prompts", "category", f"None or one of {categories()}", category)
+    return [r["text"] for r in records if category is None or r["category"] == category]
+
+
+def categories() -> list[str]:
+    """Categories of the bundled passages (prose, code, dialogue, maths, ...), in file order."""
+    return list(dict.fromkeys(r["category"] for r in _default_records()))
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -50,3 +62,49 @@ def _jsonl(path: Path, lines: list[str]) -> list[str]:
             raise ConfigError(f'read_prompts(): {path}:{number} must be an object with a non-empty "text" string')
         prompts.append(record["text"])
     return prompts
+
+
+PAIR_SETS = {"instruction": "instruction_pairs.jsonl", "reasoning": "reasoning_pairs.jsonl"}
+
+
+def bundled_pairs(name: str) -> list[tuple[str, str]]:
+    """A bundled (prompt, response) set written for this project: ``"instruction"`` (direct answers to everyday
+    requests) or ``"reasoning"`` (multi-step problems answered step by step)."""
+    if name not in PAIR_SETS:
+        raise config_error("bundled_pairs", "name", f"one of {list(PAIR_SETS)}", name)
+    text = resources.files("workbench.data").joinpath(PAIR_SETS[name]).read_text(encoding="utf-8")
+    return _pairs(f"bundled:{name}", text.splitlines())
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from a JSONL file of ``{"prompt": ..., "response": ...}`` objects (other keys are
+    ignored); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".jsonl":
+        raise ConfigError(f"read_pairs(): parameter 'path' must be an existing .jsonl file; received {str(path)!r}")
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise ConfigError(f"read_pairs(): {path} is over the {MAX_PROMPT_FILE_BYTES // 2**20} MiB limit")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"read_pairs(): {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return _pairs(str(path), lines)
+
+
+def _pairs(name: str, lines: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"read_pairs(): {name}:{number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "response")):
+            raise ConfigError(f'read_pairs(): {name}:{number} must be an object with "prompt" and "response" strings')
+        if not record["response"].strip():
+            raise ConfigError(f"read_pairs(): {name}:{number} has an empty response (the loss is on response tokens)")
+        pairs.append((record["prompt"], record["response"]))
+    if not pairs:
+        raise ConfigError(f"read_pairs(): {name} holds no (prompt, response) pairs")
+    return pairs

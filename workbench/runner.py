@@ -27,6 +27,7 @@ class Inputs:
     weights: list[tuple[str, int | None, torch.Tensor]] | None = None
     model: LoadedModel | None = None
     progress: bool = False
+    texts: tuple[str, ...] | None = None  # the run's prompts, for analyses that capture on their own (RankMe)
 
 
 def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> dict[str, Config]:
@@ -69,7 +70,8 @@ def run_analyses(
     weights = list(lm.weights()) if any(registry.get(n).needs_weights for n in configs) else None
     needs_model = any(registry.get(n).needs_model for n in configs)
     inputs = Inputs(model_name=lm.name, facts=facts, capture=captured, weights=weights,
-                    model=lm if needs_model else None, progress=progress)
+                    model=lm if needs_model else None, progress=progress,
+                    texts=None if texts is None else tuple(texts))
     results = {}
     for name, config in configs.items():
         log.info("computing %s", name)

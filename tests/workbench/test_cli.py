@@ -55,6 +55,38 @@ def test_bad_input_exits_2_with_one_line(tiny_model, tmp_path, args, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_config_file_sets_analysis_fields(tiny_model, tmp_path):
+    sets = tmp_path / "sets.txt"
+    sets.write_text("one prompt\nanother prompt\nand a third\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"rankme": {"prompt_sets": {"mine": str(sets), "code": "bundled:code"},
+                                             "poolings": ["last"]}}))
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--analyses", "rankme", "--config", str(config),
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = Report.load(out)
+    assert report.results["rankme"].set_sizes == {"mine": 3, "code": 3}
+    assert set(report.results["rankme"].pooling) == {"last"}
+    assert report.provenance["config"]["rankme"]["poolings"] == ["last"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "cannot read a JSON object"),
+    ('{"rankme": 3}', "analysis name"),
+    ('{"weight_spectra": {}}', "not among the analyses run"),
+    ('{"rankme": {"no_field": 1}}', "only the keys"),
+    ('{"rankme": {"eps": -1}}', "'eps'"),
+])
+def test_bad_config_file_exits_2(tiny_model, tmp_path, content, message):
+    config = tmp_path / "config.json"
+    config.write_text(content)
+    result = _report("--model", str(tiny_model.folder), "--analyses", "rankme", "--config", str(config),
+                     "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_existing_out(tiny_model, tmp_path):
     (tmp_path / "out").mkdir()
     result = _report("--model", str(tiny_model.folder), "--out", str(tmp_path / "out"))

@@ -8,7 +8,26 @@ from pathlib import Path
 
 import torch
 
-from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, ModelAdapter, ModelFacts
+from workbench.errors import ModelLoadError
+from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, ModelAdapter, ModelFacts, as_matrix
+
+
+@dataclass(frozen=True)
+class WeightParameter:
+    """The trainable tensor behind ``LoadedModel.weight(kind, layer)``, and how to read a tensor of its shape (its
+    gradient, say) in :func:`~workbench.models.adapters.as_matrix` orientation. ``layout``: ``"tl"`` (the parameter
+    is the TL-shaped weight itself), ``"same"`` (already the 2-D matrix) or ``"transposed"`` (a Hugging Face
+    ``[out, in]`` Linear weight)."""
+
+    kind: str
+    layer: int | None
+    param: torch.nn.Parameter
+    layout: str
+
+    def matrix(self, t: torch.Tensor) -> torch.Tensor:
+        if self.layout == "tl":
+            return as_matrix(self.kind, t)
+        return t if self.layout == "same" else t.T
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,18 @@ class LoadedModel:
         for kind in GLOBAL_KINDS:
             yield kind, None, self.weight(kind)
 
+    def parameters(self, kinds: tuple[str, ...] | list[str]) -> list[WeightParameter]:
+        """The parameters behind ``weight(kind, layer)`` for every layer (layer-major), found by shared storage and
+        checked value by value, so gradients can be taken with respect to what the forward pass really uses."""
+        by_storage = {p.untyped_storage().data_ptr(): p for p in self.model.parameters()}
+        out = []
+        for layer in range(self.facts.n_layers):
+            for kind in kinds:
+                w = self.weight(kind, layer)
+                param = w if isinstance(w, torch.nn.Parameter) else by_storage.get(w.untyped_storage().data_ptr())
+                out.append(WeightParameter(kind, layer, param, _layout(kind, w, param)))
+        return out
+
     def hook_points(self) -> dict[str, torch.nn.Module]:
         """Every hook name (TransformerLens naming, aliases included) mapped to its HookPoint."""
         return self.adapter.hook_points(self.model)
@@ -66,3 +97,15 @@ class LoadedModel:
         f = self.facts
         return (f"LoadedModel({self.name!r}, {type(self.model).__name__}, n_layers={f.n_layers}, "
                 f"d_model={f.d_model}, n_heads={f.n_heads}, device={self.device})")
+
+
+def _layout(kind: str, weight: torch.Tensor, param: torch.nn.Parameter | None) -> str:
+    if param is weight:
+        return "tl"
+    mat = as_matrix(kind, weight)
+    if param is not None and param.shape == mat.shape and torch.equal(param, mat):
+        return "same"
+    if param is not None and param.shape == mat.T.shape and torch.equal(param, mat.T):
+        return "transposed"
+    raise ModelLoadError(f"parameters(): no trainable parameter of this model holds {kind} "
+                         f"{tuple(weight.shape)} as a plain or transposed matrix; gradients of it are unsupported")

@@ -1,0 +1,292 @@
+"""RankMe of per-prompt embeddings across layers, for several prompt sets side by side, and of embedding files.
+
+RankMe: Garrido, Balestriero, Najman & LeCun, "RankMe: Assessing the Downstream Performance of Pretrained
+Self-Supervised Representations by Their Rank" (ICML 2023), eq. (1): RankMe(Z) = exp(−Σ_k p_k log p_k),
+p_k = σ_k(Z)/‖σ(Z)‖₁ + ε, ε = 1e-7, on the singular values of the ``[N, d]`` embedding matrix Z (one row per sample,
+*not* centred in the paper; ``center`` exposes it). For a language model a prompt's embedding at a layer is its
+last-token residual (what a next-token head reads) or its mean-pooled residual (a sentence embedding); both are
+reported. RankMe ≤ min(N, d): sets of different sizes are not comparable, so by default every set is subsampled
+(seeded) to the size of the smallest (``equal_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from analyses.activation_spectra import KINDS
+from workbench.capture import capture
+from workbench.errors import ConfigError, config_error
+from workbench.matrix_files import read_matrices
+from workbench.prompts import categories, default_prompts, read_prompts
+from workbench.registry import Analysis, register
+from workbench.results import Config, Result
+from workbench.runner import Inputs
+from workbench.spectra import batched_singular_values, effective_rank, rankme
+
+POOLINGS = ("last", "mean")
+DEFAULT_SETS = {"report prompts": "report", "prose": "bundled:prose", "code": "bundled:code",
+                "maths": "bundled:maths", "dialogue": "bundled:dialogue"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tensor functions (no model)
+# ---------------------------------------------------------------------------------------------------------------
+
+def rankme_of(matrices: Sequence[torch.Tensor], *, eps: float = 1e-7, center: bool = False) -> list[float]:
+    """RankMe of each ``[N, d]`` matrix (one batched SVD per shape). Needs N ≥ 2 (else ConfigError); NaN/inf raise a ShapeError."""
+    return [float(rankme(s, eps=eps)) for s in _spectra("rankme_of", matrices, center)]
+
+
+def _spectra(call: str, matrices: Sequence[torch.Tensor], center: bool) -> list[torch.Tensor]:
+    for i, m in enumerate(matrices):
+        if not isinstance(m, torch.Tensor) or m.ndim != 2 or m.shape[0] < 2:
+            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise config_error(call, f"matrices[{i}]", "a 2-D [n_samples >= 2, dim] tensor", shape)
+    return batched_singular_values(list(matrices), center=center)
+
+
+def rankme_of_file(path: str, *, eps: float = 1e-7, center: bool = False) -> dict[str, float]:
+    """RankMe of every matrix in an embedding file (``.npy``/``.pt``/``.safetensors``; see
+    :func:`workbench.matrix_files.read_matrices`), by name: serves any encoder, not only language models."""
+    mats = read_matrices(path)
+    return dict(zip(mats, rankme_of(list(mats.values()), eps=eps, center=center), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The analysis
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RankMeConfig(Config):
+    """``prompt_sets``: label → source, where a source is ``"report"`` (the run's prompts), ``"bundled"`` (all
+    bundled passages), ``"bundled:<category>"`` (see :func:`workbench.prompts.categories`) or a .txt/.jsonl path.
+    ``embedding_files``: label → .npy/.pt/.safetensors path, analysed as they are. ``kind``: the per-layer site
+    (a short name from ``activation_spectra.KINDS``). ``equal_size``: subsample every set to the smallest one's size
+    (seeded by ``seed``). ``max_length``: tokens kept per prompt."""
+
+    kind = "rankme_config"
+    prompt_sets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SETS))
+    embedding_files: dict[str, str] | None = None
+    site_kind: str = "resid_post"
+    poolings: list[str] = field(default_factory=lambda: list(POOLINGS))
+    eps: float = 1e-7
+    center: bool = False
+    equal_size: bool = True
+    max_length: int = 256
+    batch_size: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        self.check("prompt_sets", _is_str_dict(self.prompt_sets) and all(map(_valid_source, self.prompt_sets.values())),
+                   'a dict label → "report" | "bundled" | "bundled:<category>" | a .txt/.jsonl path '
+                   f"(categories: {categories()})")
+        self.check("embedding_files", self.embedding_files is None or (
+            _is_str_dict(self.embedding_files)
+            and all(v.endswith((".npy", ".pt", ".safetensors")) for v in self.embedding_files.values())),
+            "None or a dict label → .npy/.pt/.safetensors path")
+        self.check("site_kind", self.site_kind in KINDS, f"one of {list(KINDS)}")
+        self.check("poolings", isinstance(self.poolings, (list, tuple)) and bool(self.poolings)
+                   and all(p in POOLINGS for p in self.poolings) and len(set(self.poolings)) == len(self.poolings),
+                   f"a non-empty list drawn from {POOLINGS}")
+        self.check("eps", _number(self.eps) and self.eps >= 0, "a number >= 0")
+        self.check("center", isinstance(self.center, bool), "True or False")
+        self.check("equal_size", isinstance(self.equal_size, bool), "True or False")
+        for name in ("max_length", "batch_size"):
+            self.check(name, _int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+        self.check("seed", _int(self.seed), "an int")
+        if not self.prompt_sets and not self.embedding_files:
+            raise config_error("RankMeConfig", "prompt_sets", "at least one prompt set or embedding file", {})
+
+
+def _is_str_dict(d: object) -> bool:
+    return isinstance(d, dict) and all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in d.items())
+
+
+def _valid_source(source: str) -> bool:
+    if source in ("report", "bundled"):
+        return True
+    if source.startswith("bundled:"):
+        return source.removeprefix("bundled:") in categories()
+    return source.endswith((".txt", ".jsonl"))
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class RankMeResult(Result):
+    """Column-wise, one row per (source, pooling, matrix). ``pooling`` is ``"last"``/``"mean"`` for prompt sets and
+    ``"file"`` for embedding files; ``layer`` is None for files. ``bound`` = min(n_rows, dim), RankMe's ceiling."""
+
+    kind = "rankme"
+    title = "RankMe of per-prompt embeddings across layers"
+    model: str
+    eps: float
+    center: bool
+    site_kind: str
+    set_sizes: dict[str, int]  # prompts used per set (after equal_size subsampling)
+    source: list[str]
+    pooling: list[str]
+    layer: list[int | None]
+    matrix: list[str]
+    n_rows: list[int]
+    dim: list[int]
+    rankme: list[float]
+    erank: list[float]
+    bound: list[int]
+
+    def rows(self, source: str, pooling: str) -> list[int]:
+        return [i for i in range(len(self.source)) if self.source[i] == source and self.pooling[i] == pooling]
+
+    def sets(self) -> list[str]:
+        return list(self.set_sizes)
+
+    def files(self) -> list[str]:
+        return list(dict.fromkeys(s for s, p in zip(self.source, self.pooling, strict=True) if p == "file"))
+
+    def plot(self) -> go.Figure:
+        poolings = [p for p in POOLINGS if any(q == p for q in self.pooling)]
+        titles = {"last": "last token", "mean": "mean-pooled"}
+        fig = make_subplots(rows=1, cols=max(len(poolings), 1), subplot_titles=[titles[p] for p in poolings])
+        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+        for col, pooling in enumerate(poolings, 1):
+            for k, name in enumerate(self.sets()):
+                idx = self.rows(name, pooling)
+                fig.add_trace(go.Scatter(
+                    x=[self.layer[i] for i in idx], y=[self.rankme[i] for i in idx], mode="lines+markers",
+                    name=f"{name} (N={self.set_sizes[name]})", legendgroup=name, showlegend=col == 1,
+                    line={"color": palette[k % len(palette)]}), row=1, col=col)
+        fig.update_xaxes(title_text="layer")
+        fig.update_yaxes(title_text="RankMe", col=1)
+        bound = min((self.bound[i] for i in range(len(self.bound)) if self.pooling[i] != "file"), default=None)
+        fig.update_layout(title=f"{self.model}: RankMe of {self.site_kind} per layer (ε={self.eps:g}, "
+                                f"{'centred' if self.center else 'uncentred'}; ceiling min(N, d) = {bound})",
+                          height=450)
+        return fig
+
+    def plot_files(self) -> go.Figure:
+        fig = go.Figure()
+        for name in self.files():
+            idx = self.rows(name, "file")
+            fig.add_trace(go.Scatter(x=[self.matrix[i] for i in idx], y=[self.rankme[i] for i in idx],
+                                     mode="lines+markers", name=name))
+        fig.update_layout(title="RankMe of embedding files (per matrix in the file)", xaxis_title="matrix",
+                          yaxis_title="RankMe", height=400)
+        return fig
+
+    def figures(self) -> list[go.Figure]:
+        figs = [self.plot()] if self.sets() else []
+        return figs + ([self.plot_files()] if self.files() else [])
+
+    def table(self):
+        header = ["source", "pooling", "matrix", "N", "dim", "RankMe", "effective rank", "ceiling min(N, d)"]
+        return header, [[self.source[i], self.pooling[i], self.matrix[i], self.n_rows[i], self.dim[i], self.rankme[i],
+                         self.erank[i], self.bound[i]] for i in range(len(self.source))]
+
+    def summary(self) -> str:
+        parts = []
+        for pooling in POOLINGS:
+            means = {name: sum(self.rankme[i] for i in idx) / len(idx)
+                     for name in self.sets() if (idx := self.rows(name, pooling))}
+            if not means:
+                continue
+            order = sorted(means, key=means.get, reverse=True)
+            parts.append(f"{pooling} token{'s' if pooling == 'mean' else ''}: mean RankMe over layers "
+                         + ", ".join(f"{n} {means[n]:.1f}" for n in order))
+        sizes = set(self.set_sizes.values())
+        if len(sizes) == 1 and sizes:
+            n = sizes.pop()
+            parts.append(f"every set has N={n} prompts, so RankMe cannot exceed {n}: compare sets, not absolute values")
+        elif sizes:
+            parts.append("the sets differ in size (equal_size=False) and RankMe is bounded by N: compare with care")
+        for name in self.files():
+            idx = self.rows(name, "file")
+            parts.append(f"file {name}: RankMe " + ", ".join(f"{self.matrix[i]} {self.rankme[i]:.1f}" for i in idx[:6])
+                         + (" ..." if len(idx) > 6 else ""))
+        return "; ".join(parts) + "."
+
+
+def _texts_for(source: str, inputs: Inputs) -> list[str]:
+    if source == "report":
+        if not inputs.texts:
+            raise config_error("rankme", "prompt_sets", 'no "report" source when the run has no texts',
+                               "report")
+        return list(inputs.texts)
+    if source == "bundled":
+        return default_prompts()
+    if source.startswith("bundled:"):
+        return default_prompts(source.removeprefix("bundled:"))
+    return read_prompts(source)
+
+
+def _subsample(sets: dict[str, list[str]], n: int, seed: int) -> dict[str, list[str]]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, texts in sets.items():
+        keep = sorted(torch.randperm(len(texts), generator=gen)[:n].tolist())
+        out[name] = [texts[i] for i in keep]
+    return out
+
+
+def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
+    lm = inputs.model
+    sets = {name: _texts_for(source, inputs) for name, source in config.prompt_sets.items()}
+    for name, texts in sets.items():
+        if len(texts) < 2:
+            raise config_error("rankme", f"prompt_sets[{name!r}]", "a set of at least 2 prompts", f"{len(texts)}")
+    if config.equal_size and sets:
+        sets = _subsample(sets, min(map(len, sets.values())), config.seed)
+    files = {name: read_matrices(path) for name, path in (config.embedding_files or {}).items()}
+    cols: dict[str, list] = {k: [] for k in ("source", "pooling", "layer", "matrix", "n_rows", "dim")}
+    mats: list[torch.Tensor] = []
+    if sets:
+        sites = [KINDS[config.site_kind].format(layer=layer) for layer in range(inputs.facts.n_layers)]
+        max_length = min(config.max_length, inputs.facts.n_ctx)
+        for name, texts in sets.items():
+            cap = capture(lm, texts, sites=sites, keep="per_prompt", batch_size=config.batch_size,
+                          max_length=max_length, progress=inputs.progress)
+            for pooling in config.poolings:
+                for layer, site in enumerate(sites):
+                    z = cap[site].last if pooling == "last" else cap[site].mean_pooled
+                    _add(cols, mats, name, pooling, layer, site, z)
+    for name, named in files.items():
+        for key, z in named.items():
+            _add(cols, mats, name, "file", None, key, z)
+    svals = _spectra("rankme", mats, config.center)
+    return RankMeResult(
+        model=inputs.model_name if sets else "(embedding files)", eps=config.eps, center=config.center,
+        site_kind=config.site_kind, set_sizes={n: len(t) for n, t in sets.items()}, **cols,
+        rankme=[float(rankme(s, eps=config.eps)) for s in svals],
+        erank=[float(effective_rank(s)) for s in svals],
+        bound=[min(r, d) for r, d in zip(cols["n_rows"], cols["dim"], strict=True)])
+
+
+def _add(cols: dict[str, list], mats: list[torch.Tensor], source: str, pooling: str, layer: int | None, matrix: str,
+         z: torch.Tensor) -> None:
+    if z is None:
+        raise ConfigError(f"rankme: no per-prompt rows for {matrix}")
+    cols["source"].append(source)
+    cols["pooling"].append(pooling)
+    cols["layer"].append(layer)
+    cols["matrix"].append(matrix)
+    cols["n_rows"].append(int(z.shape[0]))
+    cols["dim"].append(int(z.shape[1]))
+    mats.append(z.float() if z.dtype in (torch.int32, torch.int64) else z)
+
+
+register(Analysis(
+    name="rankme",
+    description="RankMe of per-prompt embeddings (last token, mean-pooled) per layer for several prompt sets",
+    config=RankMeConfig, result=RankMeResult, compute=compute, needs_model=True,
+))
