@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-bundled.txt
 OUT    ?= reports/smollm2
 ARGS   ?=
 
-.PHONY: setup report test test-fast bench clean
+.PHONY: setup report test test-fast bench bench-ww clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+bench-ww: setup  # installs weightwatcher 0.7.7 into a temp folder (not the venv); ~7 min
+	$(PY) benchmarks/bench_weightwatcher.py
 
 clean:
 	rm -rf $(VENV) reports

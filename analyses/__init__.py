@@ -1,6 +1,6 @@
 """Built-in analyses, one module each; importing this package registers them all (see workbench.registry)."""
 
 from analyses import activation_spectra, weight_spectra  # noqa: F401
-from analyses import erank_dynamics, gradient_spectra, rankme  # noqa: F401
+from analyses import erank_dynamics, gradient_spectra, rankme, subspace_patching  # noqa: F401
 
-__all__ = ["activation_spectra", "erank_dynamics", "gradient_spectra", "rankme", "weight_spectra"]
+__all__ = ["activation_spectra", "erank_dynamics", "gradient_spectra", "rankme", "subspace_patching", "weight_spectra"]

@@ -21,15 +21,37 @@ def _char_tokenizer():
                                    pad_token="<pad>", unk_token="<unk>")
 
 
-def tiny_llama(folder, **overrides):
-    """Save a random tiny Llama (seed 0; ``overrides`` change the LlamaConfig) and the char tokenizer; load it."""
+def word_tokenizer(words):
+    """A word-level tokenizer (whitespace/punctuation split) knowing ``words``; anything else is <unk>."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + sorted(set(words)))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def ioi_words():
+    """Every word of the IOI templates, places, objects and the first 10 names."""
+    import re
+
+    from workbench.tasks import NAMES, OBJECTS, PLACES, TEMPLATES
+
+    return re.findall(r"\w+|[^\w\s]+", " ".join(TEMPLATES + PLACES + OBJECTS + NAMES[:10]))
+
+
+def tiny_llama(folder, tokenizer=None, **overrides):
+    """Save a random tiny Llama (seed 0; ``overrides`` change the LlamaConfig) and a tokenizer (default: the char
+    tokenizer); load it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(LlamaConfig(**(config | overrides))).save_pretrained(folder)
-    _char_tokenizer().save_pretrained(folder)
+    (tokenizer or _char_tokenizer()).save_pretrained(folder)
     return workbench.load_model(folder)
 
 
@@ -45,6 +67,13 @@ def tiny_model(tmp_path_factory):
     lm = tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     assert int(lm.model.to_tokens("ab")[0, 0]) == 1, "the bridge must prepend BOS"
     return lm
+
+
+@pytest.fixture(scope="session")
+def tiny_ioi_model(tmp_path_factory):
+    """The tiny Llama with a word-level tokenizer in which IOI names are single tokens (for patching analyses)."""
+    torch.set_num_threads(1)
+    return tiny_llama(tmp_path_factory.mktemp("tiny-ioi"), tokenizer=word_tokenizer(ioi_words()))
 
 
 @pytest.fixture(scope="session")

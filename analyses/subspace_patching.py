@@ -1,0 +1,295 @@
+"""Activation patching, 1-D DAS subspaces and their interpretability-illusion diagnostics on an IOI task.
+
+Makelov, Lange & Nanda, "Is This the Subspace You Are Looking for? An Interpretability Illusion for Subspace
+Activation Patching" (ICLR 2024), on the IOI *position* feature: base prompts "When Mary and John went to the store,
+John gave a drink to" (ABB; answer Mary) and sources with the first two names swapped (BAB), so a patch that
+transplants "where the subject sits" makes the base say the subject (John) instead. Steps: (1) check the model does
+the task (logit difference and accuracy per template), (2) whole-site patching of the residual stream by layer and
+position (a heatmap of FLDD), (3) DAS 1-D at the residual stream and at the MLP hidden layer (post-nonlinearity) of
+one layer at the last position, (4) the illusion diagnostics of each learned direction on held-out pairs
+(:mod:`workbench.intervene.illusion`), with a verdict in words.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+
+from workbench.errors import config_error
+from workbench.intervene import Patch, patching, record
+from workbench.intervene.das import train_das
+from workbench.intervene.illusion import diagnose
+from workbench.intervene.metrics import logit_diff, patch_effect
+from workbench.registry import Analysis, register
+from workbench.results import Config, Result
+from workbench.runner import Inputs
+from workbench.tasks.ioi import TEMPLATES, ioi_pairs
+
+EFFECTS = ("v", "v_row", "v_null", "whole site")
+
+
+@dataclass(frozen=True)
+class SubspacePatchingConfig(Config):
+    """``n_pairs``: IOI pairs (both directions ABB→BAB and BAB→ABB); ``test_fraction`` of them are held out for the
+    diagnostics. ``layer``: the residual-stream (``hook_resid_post``) and MLP (``mlp.hook_post``) layer for DAS
+    (None: 2/3 of the depth, as the paper's layer 8 of GPT-2's 12). ``heatmap_pairs``: pairs of one template for the
+    layer × position heatmap. ``n_reader_heads``: how many later heads (those attending most from the last position
+    to the indirect object: name-mover-like) define the residual stream's readers (their W_Q, RMSNorm scale folded
+    in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's code."""
+
+    kind = "subspace_patching_config"
+    n_pairs: int = 160
+    test_fraction: float = 0.3
+    layer: int | None = None
+    heatmap_pairs: int = 16
+    heatmap_template: int = 0
+    n_reader_heads: int = 3
+    epochs: int = 30
+    lr: float = 0.1
+    batch_size: int = 20
+    patience: int = 5
+    seed: int = 0
+
+    def validate(self) -> None:
+        ints = {"n_pairs": 4, "heatmap_pairs": 1, "n_reader_heads": 1, "epochs": 1, "batch_size": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            self.check(name, isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                       f"an int >= {low}")
+        self.check("test_fraction", _num(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
+        self.check("layer", self.layer is None or (isinstance(self.layer, int) and not isinstance(self.layer, bool)
+                                                   and self.layer >= 0), "None or an int >= 0")
+        self.check("heatmap_template", isinstance(self.heatmap_template, int)
+                   and not isinstance(self.heatmap_template, bool)
+                   and 0 <= self.heatmap_template < len(TEMPLATES), f"an int in [0, {len(TEMPLATES)})")
+        self.check("lr", _num(self.lr) and self.lr > 0, "a number > 0")
+        self.check("patience", isinstance(self.patience, int) and not isinstance(self.patience, bool)
+                   and self.patience >= 0, "an int >= 0")
+        self.check("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an int")
+
+
+def _num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class SubspacePatchingResult(Result):
+    """``templates``: per-template task numbers. ``heatmap``: FLDD of whole-site resid patches [layer][position].
+    ``das``: one dict per DAS site (site, layer, losses, effects by patch kind, diagnostics, verdict, reasons)."""
+
+    kind = "subspace_patching"
+    title = "Activation patching, DAS and the interpretability illusion (IOI position feature)"
+    model: str
+    n_pairs: int
+    n_test: int
+    task_logit_diff: float
+    task_accuracy: float
+    templates: list[int]
+    template_logit_diff: list[float]
+    template_accuracy: list[float]
+    heatmap_layers: list[int]
+    heatmap_tokens: list[str]
+    heatmap: list[list[float]]
+    das: list[dict]
+    verdict: str
+
+    def plot(self) -> go.Figure:
+        fig = go.Figure(go.Heatmap(z=self.heatmap, y=self.heatmap_layers, x=list(range(len(self.heatmap_tokens))),
+                                   colorscale="RdBu_r", zmid=0, colorbar={"title": "FLDD"},
+                                   hovertemplate="layer %{y}, position %{x}: FLDD %{z:.2f}<extra></extra>"))
+        fig.update_xaxes(tickvals=list(range(len(self.heatmap_tokens))), ticktext=self.heatmap_tokens)
+        fig.update_layout(title="Whole-site patching of the residual stream (hook_resid_pre) by layer and position: "
+                                "fractional logit-difference decrease", yaxis_title="layer", height=520)
+        return fig
+
+    def plot_effects(self) -> go.Figure:
+        fig = go.Figure()
+        for entry in self.das:
+            fig.add_trace(go.Bar(x=list(EFFECTS), y=[entry["effects"][k]["fldd"] for k in EFFECTS],
+                                 name=f"{entry['site']} (pos {entry['position']})"))
+        fig.update_layout(title="Held-out FLDD of patching along the DAS direction v, its row-space and null-space "
+                                "parts, and the whole site", yaxis_title="FLDD (1 = indifferent, >1 = flipped)",
+                          barmode="group", height=420)
+        return fig
+
+    def plot_training(self) -> go.Figure:
+        fig = go.Figure()
+        for entry in self.das:
+            for key, dash in (("train_loss", "solid"), ("val_loss", "dot")):
+                fig.add_trace(go.Scatter(y=entry[key], mode="lines", line={"dash": dash},
+                                         name=f"{entry['site']} {key.split('_')[0]}"))
+        fig.update_layout(title="DAS training (cross-entropy toward the counterfactual name)", xaxis_title="epoch",
+                          yaxis_title="loss", height=380)
+        return fig
+
+    def plot_task(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("logit difference IO − S", "accuracy"))
+        fig.add_trace(go.Bar(x=self.templates, y=self.template_logit_diff, showlegend=False), row=1, col=1)
+        fig.add_trace(go.Bar(x=self.templates, y=self.template_accuracy, showlegend=False), row=1, col=2)
+        fig.update_xaxes(title_text="template")
+        fig.update_layout(title="Does the model do IOI? (base prompts, last position)", height=360)
+        return fig
+
+    def figures(self) -> list[go.Figure]:
+        return [self.plot_task(), self.plot(), self.plot_effects(), self.plot_training()]
+
+    def table(self):
+        header = ["site", "patch", "FLDD", "fraction recovered", "interchange accuracy", "LD patched", "LD base"]
+        rows = [[e["site"], k, e["effects"][k]["fldd"], e["effects"][k]["recovered"],
+                 e["effects"][k]["interchange_accuracy"], e["effects"][k]["ld_patched"], e["effects"][k]["ld_base"]]
+                for e in self.das for k in EFFECTS]
+        return header, rows
+
+    def summary(self) -> str:
+        return self.verdict
+
+
+def _same_length(lm, pairs, n: int) -> list:
+    """The first ``n`` pairs of the largest group of equal token length (places and objects vary in length): every
+    batch must end at the same position, which is where the answer is read and the patch applied."""
+    groups: dict[int, list] = {}
+    for p in pairs:
+        groups.setdefault(len(lm.tokenizer(p.base, add_special_tokens=False)["input_ids"]), []).append(p)
+    return max(groups.values(), key=len)[:n]
+
+
+def _token_ids(lm, pairs) -> dict[str, torch.Tensor]:
+    base = lm.model.to_tokens([p.base for p in pairs]).to(lm.device)
+    source = lm.model.to_tokens([p.source for p in pairs]).to(lm.device)
+    if base.shape != source.shape:
+        raise config_error("subspace_patching", "pairs", "base and source prompts of equal token length",
+                           f"{tuple(base.shape)} vs {tuple(source.shape)}")
+    one = lambda text: lm.tokenizer(text, add_special_tokens=False)["input_ids"][0]  # noqa: E731
+    return {"base": base, "source": source,
+            "answer": torch.tensor([one(p.answer) for p in pairs], device=lm.device),
+            "cf": torch.tensor([one(p.counterfactual) for p in pairs], device=lm.device),
+            "feature": torch.tensor([float(p.variant.startswith("ABB")) for p in pairs])}
+
+
+def _ld(lm, tokens, answer, alt, batch=32) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([logit_diff(lm.model(tokens[i]), answer[i], alt[i])
+                          for i in torch.arange(tokens.shape[0]).split(batch)])
+
+
+def _heatmap(lm, data, progress) -> list[list[float]]:
+    n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
+    ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
+    ld_src = _ld(lm, data["source"], data["cf"], data["answer"])
+    rows = []
+    for layer in tqdm(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
+        site = f"blocks.{layer}.hook_resid_pre"
+        acts = record(lm, data["source"], [site])
+        row = []
+        for pos in range(n_pos):
+            with patching(lm, [Patch(site, positions=[pos])], acts), torch.no_grad():
+                ld = logit_diff(lm.model(data["base"]), data["answer"], data["cf"])
+            row.append(patch_effect(ld_base, ld, ld_src).fldd)
+        rows.append(row)
+    return rows
+
+
+def _reader_heads(lm, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
+    """Heads after ``layer`` attending most from the last position to the answer (IO) vs the subject (S)."""
+    base = data["base"][:32]
+    io_pos = (base == data["answer"][:32, None]).float()
+    s_pos = (base == data["cf"][:32, None]).float()
+    later = list(range(layer + 1, lm.facts.n_layers))
+    acts = record(lm, base, [f"blocks.{l}.attn.hook_pattern" for l in later])
+    scores = []
+    for l in later:
+        pattern = acts[f"blocks.{l}.attn.hook_pattern"][:, :, -1]  # [B, H, K] from the last query position
+        io = (pattern * io_pos[:, None]).sum(-1)
+        s = (pattern * s_pos[:, None]).sum(-1) / s_pos.sum(-1)[:, None].clamp_min(1)  # mean over S1 and S2
+        scores += [(float((io - s)[:, h].mean()), l, h) for h in range(pattern.shape[1])]
+    return [(l, h) for _, l, h in sorted(scores, reverse=True)[:n_heads]]
+
+
+def _norm_scale(lm, layer: int) -> torch.Tensor:
+    ln = lm.model.blocks[layer].ln1
+    weight = getattr(ln, "weight", None)
+    if weight is None:
+        weight = ln._original_component.weight  # TransformerBridge wraps the HF RMSNorm
+    return weight.detach()
+
+
+def _readers(lm, site_kind: str, layer: int, heads: list[tuple[int, int]]) -> tuple[torch.Tensor, str]:
+    if site_kind == "mlp":
+        return lm.weight("W_out", layer).detach(), f"W_out of layer {layer} (the MLP hidden layer's only reader)"
+    cols = [_norm_scale(lm, l)[:, None] * lm.weight("W_Q", l)[h].detach() for l, h in heads]
+    names = ", ".join(f"L{l}H{h}" for l, h in heads)
+    return torch.cat(cols, dim=1), f"W_Q of heads {names} (RMSNorm scale folded in)"
+
+
+def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingResult:
+    lm = inputs.model
+    n_layers = lm.facts.n_layers
+    layer = min((2 * n_layers) // 3, n_layers - 2) if config.layer is None else config.layer
+    if not 0 <= layer < n_layers - 1:  # the residual readers are heads of later layers
+        raise config_error("subspace_patching", "layer", f"an int in [0, {n_layers - 1}) (a layer with later layers)",
+                           layer)
+    pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.n_pairs, seed=config.seed), config.n_pairs)
+    data = _token_ids(lm, pairs)
+    ld = _ld(lm, data["base"], data["answer"], data["cf"])
+    templates = sorted({p.template for p in pairs})
+    per_t = {t: [i for i, p in enumerate(pairs) if p.template == t] for t in templates}
+    hm_pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.heatmap_pairs, seed=config.seed + 1,
+                                          templates=[config.heatmap_template]), config.heatmap_pairs)
+    hm_data = _token_ids(lm, hm_pairs)
+    heatmap = _heatmap(lm, hm_data, inputs.progress)
+    tokens = [lm.tokenizer.decode([t]) for t in hm_data["base"][0].tolist()]
+    n_test = max(2, int(round(config.test_fraction * len(pairs))))
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
+    test, train = order[:n_test], order[n_test:]
+    heads = _reader_heads(lm, data, layer, config.n_reader_heads)
+    das = []
+    for kind, site in (("resid", f"blocks.{layer}.hook_resid_post"), ("mlp", f"blocks.{layer}.mlp.hook_post")):
+        fit = train_das(lm, data["base"][train], data["source"][train], data["cf"][train], site=site, position=-1,
+                        epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
+                        seed=config.seed, progress=inputs.progress)
+        readers, reader_text = _readers(lm, kind, layer, heads)
+        feature = torch.cat([data["feature"][test], 1 - data["feature"][test]])
+        diag = diagnose(lm, site=site, position=-1, direction=fit.basis[:, 0], readers=readers,
+                        base=data["base"][test], source=data["source"][test], answer=data["answer"][test],
+                        counterfactual=data["cf"][test], feature=feature, seed=config.seed)
+        das.append({"site": site, "kind": kind, "layer": layer, "position": -1, "readers": reader_text,
+                    "train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch,
+                    "effects": {k: v.to_dict() for k, v in diag.effects.items()},
+                    "row_fraction": diag.row_fraction, "null_leak": diag.null_leak,
+                    "row_std_ratio": diag.row_std_ratio, "null_feature_corr": diag.null_feature_corr,
+                    "row_feature_corr": diag.row_feature_corr, "likely_illusion": diag.likely_illusion,
+                    "reasons": diag.reasons})
+    task_ld, task_acc = float(ld.mean()), float((ld > 0).float().mean())
+    return SubspacePatchingResult(
+        model=inputs.model_name, n_pairs=len(pairs), n_test=n_test, task_logit_diff=task_ld, task_accuracy=task_acc,
+        templates=templates, template_logit_diff=[float(ld[per_t[t]].mean()) for t in templates],
+        template_accuracy=[float((ld[per_t[t]] > 0).float().mean()) for t in templates],
+        heatmap_layers=list(range(n_layers)), heatmap_tokens=tokens, heatmap=heatmap, das=das,
+        verdict=_verdict(task_ld, task_acc, das, heatmap))
+
+
+def _verdict(task_ld: float, task_acc: float, das: list[dict], heatmap: list[list[float]]) -> str:
+    parts = [f"task: mean logit difference IO − S {task_ld:.2f}, accuracy {100 * task_acc:.0f}%"
+             + ("" if task_ld > 0 and task_acc >= 0.6 else " — the model does NOT reliably do this task, so the "
+                "patching results below say little")]
+    peak = max((v, l, p) for l, row in enumerate(heatmap) for p, v in enumerate(row))
+    parts.append(f"whole-site residual patching: largest FLDD {peak[0]:.2f} at layer {peak[1]}, position {peak[2]}")
+    for e in das:
+        eff = e["effects"]
+        parts.append(f"{e['site']}: DAS direction FLDD {eff['v']['fldd']:.2f} (interchange accuracy "
+                     f"{100 * eff['v']['interchange_accuracy']:.0f}%), row part {eff['v_row']['fldd']:.2f}, null part "
+                     f"{eff['v_null']['fldd']:.2f}, whole site {eff['whole site']['fldd']:.2f} — "
+                     + ("LIKELY ILLUSION" if e["likely_illusion"] else "not flagged") + ": " + e["reasons"][-1])
+    return "; ".join(parts) + "."
+
+
+register(Analysis(
+    name="subspace_patching",
+    description="IOI activation patching, 1-D DAS at a residual and an MLP site, interpretability-illusion checks",
+    config=SubspacePatchingConfig, result=SubspacePatchingResult, compute=compute, needs_model=True,
+))

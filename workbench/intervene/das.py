@@ -1,0 +1,145 @@
+"""Distributed Alignment Search (Geiger et al. 2023), as Makelov, Lange & Nanda (2024) train it for 1-D subspaces.
+
+An orthogonal map R (``torch.nn.utils.parametrizations.orthogonal``) rotates the site's activation; its first k
+coordinates are taken from the source run and the result is rotated back. Only the first k rows of R matter for that
+intervention (base + (source − base)·R_kᵀR_k), so R is parametrised as a ``[k, d]`` matrix with orthonormal rows —
+the same family of interventions as the paper's full ``d × d`` rotation, at O(k·d) instead of O(d²) parameters.
+Objective: cross-entropy of the patched base run's last-position logits toward the counterfactual token (the source's
+answer in the base's terms). Defaults are the reference code's (amakelov/activation-patching-illusion): Adam,
+lr 0.1 decaying linearly to 0.1×, 30 epochs, batch 20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import orthogonal
+from tqdm.auto import tqdm
+
+from workbench.errors import config_error, shape_error
+from workbench.intervene.patch import Patch, forward, patching, record
+
+
+class RotatedSubspace(torch.nn.Module):
+    """k orthonormal directions in R^d (rows of an orthogonally parametrised ``[k, d]`` matrix)."""
+
+    def __init__(self, d: int, k: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        linear = torch.nn.Linear(d, k, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(k, d, generator=generator) / d ** 0.5)
+        self.map = orthogonal(linear)
+
+    def basis(self) -> torch.Tensor:
+        """``[d, k]`` orthonormal columns."""
+        return self.map.weight.T
+
+
+@dataclass(frozen=True)
+class DASFit:
+    """The learned basis ``[d, k]`` (best validation epoch) and the loss history per epoch."""
+
+    basis: torch.Tensor
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Tensor, *, site: str,
+              position: int = -1, k: int = 1, epochs: int = 30, lr: float = 0.1, end_factor: float = 0.1,
+              batch_size: int = 20, val_fraction: float = 0.2, patience: int = 5, seed: int = 0,
+              progress: bool = False) -> DASFit:
+    """Learn a k-dim subspace at ``site``/``position`` whose patch from ``source`` makes ``base`` output ``target``.
+
+    ``base``/``source``: ``[N, P]`` token ids (or any model inputs with a leading batch dim) of equal shape;
+    ``target``: ``[N]`` token ids. Early stop after ``patience`` epochs without a better validation loss (the best
+    basis is returned); ``patience=0`` trains all epochs. Model weights are frozen (and restored) throughout.
+    """
+    call = "train_das"
+    n = base.shape[0]
+    if n == 0:
+        raise config_error(call, "base", "a non-empty dataset", "0 pairs")
+    if source.shape != base.shape:
+        raise shape_error(call, "source", f"the base inputs' shape {tuple(base.shape)}", tuple(source.shape))
+    if target.shape != (n,):
+        raise shape_error(call, "target", f"[{n}] token ids", tuple(target.shape))
+    for name, value, ok, allowed in [
+        ("k", k, isinstance(k, int) and k >= 1, "an int >= 1"),
+        ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an int >= 1"),
+        ("lr", lr, isinstance(lr, (int, float)) and lr > 0, "a number > 0"),
+        ("end_factor", end_factor, isinstance(end_factor, (int, float)) and 0 < end_factor <= 1, "in (0, 1]"),
+        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an int >= 1"),
+        ("val_fraction", val_fraction, isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1, "in [0, 1)"),
+        ("patience", patience, isinstance(patience, int) and patience >= 0, "an int >= 0"),
+    ]:
+        if not ok or isinstance(value, bool):
+            raise config_error(call, name, allowed, value)
+    gen = torch.Generator().manual_seed(seed)
+    acts = record(model, source, [site])[site]
+    d = acts.shape[-1]
+    if k >= d:
+        raise config_error(call, "k", f"an int in [1, {d - 1}] (the site is {d}-wide)", k)
+    order = torch.randperm(n, generator=gen)
+    n_val = int(round(val_fraction * n)) if n > 1 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    subspace = RotatedSubspace(d, k, gen).to(acts.device)
+    opt = torch.optim.Adam(subspace.parameters(), lr=lr)
+    steps = epochs * max(1, -(-len(train_idx) // batch_size))
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=end_factor, total_iters=steps)
+    patch = Patch(site, positions=[position])
+    frozen = [(p, p.requires_grad) for p in _parameters(model)]
+    fit_train, fit_val, best, best_epoch, since, stopped = [], [], None, 0, 0, False
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for epoch in tqdm(range(epochs), desc=f"DAS {site}", disable=not progress, leave=False):
+            perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            total = 0.0
+            for chunk in perm.split(batch_size):
+                with torch.enable_grad():
+                    loss = _loss(model, patch, subspace.basis(), base[chunk], acts[chunk], target[chunk])
+                    opt.zero_grad()
+                    loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(chunk)
+            fit_train.append(total / len(train_idx))
+            with torch.no_grad():
+                basis = subspace.basis().detach().clone()
+                val = _mean_loss(model, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size) \
+                    if n_val else fit_train[-1]
+            fit_val.append(val)
+            if best is None or val < min(fit_val[:-1], default=float("inf")):
+                best, best_epoch, since = basis, epoch, 0
+            else:
+                since += 1
+                if patience and since >= patience:
+                    stopped = True
+                    break
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    return DASFit(basis=best, train_loss=fit_train, val_loss=fit_val, best_epoch=best_epoch, stopped_early=stopped)
+
+
+def _parameters(model) -> list[torch.nn.Parameter]:
+    module = model.model if hasattr(model, "adapter") else model
+    return list(module.parameters())
+
+
+def _loss(model, patch: Patch, basis: torch.Tensor, base: torch.Tensor, acts: torch.Tensor,
+          target: torch.Tensor) -> torch.Tensor:
+    with patching(model, [patch], {patch.site: acts}, bases={patch.site: basis}):
+        logits = forward(model, base)
+    last = logits[:, -1] if logits.ndim == 3 else logits
+    return F.cross_entropy(last.float(), target.to(last.device))
+
+
+def _mean_loss(model, patch, basis, base, acts, target, batch_size) -> float:
+    total = 0.0
+    for idx in torch.arange(base.shape[0]).split(batch_size):
+        total += float(_loss(model, patch, basis, base[idx], acts[idx], target[idx])) * len(idx)
+    return total / base.shape[0]
