@@ -43,10 +43,10 @@ class SubspacePatchingConfig(Config):
     in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's code."""
 
     kind = "subspace_patching_config"
-    n_pairs: int = 160
+    n_pairs: int = 96
     test_fraction: float = 0.3
     layer: int | None = None
-    heatmap_pairs: int = 16
+    heatmap_pairs: int = 8
     heatmap_template: int = 0
     n_reader_heads: int = 3
     epochs: int = 30
@@ -181,12 +181,17 @@ def _heatmap(lm, data, progress) -> list[list[float]]:
     n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
     ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
     ld_src = _ld(lm, data["source"], data["cf"], data["answer"])
+    differs = (data["base"] != data["source"]).any(0).nonzero()
+    first_diff = int(differs[0]) if differs.numel() else n_pos
     rows = []
     for layer in tqdm(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
         site = f"blocks.{layer}.hook_resid_pre"
         acts = record(lm, data["source"], [site])
         row = []
         for pos in range(n_pos):
+            if pos < first_diff:  # identical prefix tokens: identical activations, the patch is a no-op
+                row.append(0.0)
+                continue
             with patching(lm, [Patch(site, positions=[pos])], acts), torch.no_grad():
                 ld = logit_diff(lm.model(data["base"]), data["answer"], data["cf"])
             row.append(patch_effect(ld_base, ld, ld_src).fldd)
@@ -292,4 +297,5 @@ register(Analysis(
     name="subspace_patching",
     description="IOI activation patching, 1-D DAS at a residual and an MLP site, interpretability-illusion checks",
     config=SubspacePatchingConfig, result=SubspacePatchingResult, compute=compute, needs_model=True,
+    in_default_report=False,
 ))

@@ -37,7 +37,7 @@ def report(
     sites: Annotated[Optional[list[str]], typer.Option(help="hook names or globs, comma-separated or repeated "
                                                             "(default: resid_post, attn_out, mlp_out of every layer)")] = None,
     analyses_: Annotated[Optional[list[str]], typer.Option("--analyses", help="comma-separated analysis names "
-                                                                                "(default: all registered)")] = None,
+                                                                                "(default: the spectral ones)")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="cap on the total tokens fed to the model")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
@@ -63,7 +63,7 @@ def report(
         if out.exists() and not overwrite:
             raise WorkbenchError(f"--out {out} exists; pass --overwrite to replace it")
         torch.manual_seed(seed)
-        names = _split(analyses_) or registry.names()
+        names = _split(analyses_) or registry.names(default_only=True)
         overrides = _read_config(config, names)
         configs = resolve_configs({n: _config_for(n, _split(sites), overrides.get(n, {})) for n in names})
         texts = read_prompts(prompts) if prompts else default_prompts()

@@ -36,28 +36,38 @@ def read_prompts(path: str | Path) -> list[str]:
         raise ConfigError(f"read_prompts(): parameter 'path' must be an existing file; received {str(path)!r}")
     if path.suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"read_prompts(): parameter 'path' must end in .txt or .jsonl; received {path.name!r}")
-    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-        raise ConfigError(f"read_prompts(): {path} is {path.stat().st_size / 2**20:.0f} MiB, over the "
-                          f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB limit for a prompt file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"read_prompts(): {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = _read_lines("read_prompts", path)
     prompts = _jsonl(path, lines) if path.suffix == ".jsonl" else [line for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"read_prompts(): {path} holds no prompts")
     return prompts
 
 
-def _jsonl(path: Path, lines: list[str]) -> list[str]:
-    prompts = []
+def _read_lines(call: str, path: Path) -> list[str]:
+    """The lines of a UTF-8 text file under the size limit; errors name the call and the file."""
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise ConfigError(f"{call}(): {path} is {path.stat().st_size / 2**20:.0f} MiB, over the "
+                          f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB limit for a prompt file")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{call}(): {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _records(call: str, name: object, lines: list[str]):
+    """``(line number, parsed object)`` for each non-blank JSONL line."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"read_prompts(): {path}:{number} is not valid JSON ({exc.msg})") from None
+            raise ConfigError(f"{call}(): {name}:{number} is not valid JSON ({exc.msg})") from None
+
+
+def _jsonl(path: Path, lines: list[str]) -> list[str]:
+    prompts = []
+    for number, record in _records("read_prompts", path, lines):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
             raise ConfigError(f'read_prompts(): {path}:{number} must be an object with a non-empty "text" string')
         prompts.append(record["text"])
@@ -82,24 +92,12 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file() or path.suffix != ".jsonl":
         raise ConfigError(f"read_pairs(): parameter 'path' must be an existing .jsonl file; received {str(path)!r}")
-    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-        raise ConfigError(f"read_pairs(): {path} is over the {MAX_PROMPT_FILE_BYTES // 2**20} MiB limit")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"read_pairs(): {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return _pairs(str(path), lines)
+    return _pairs(str(path), _read_lines("read_pairs", path))
 
 
 def _pairs(name: str, lines: list[str]) -> list[tuple[str, str]]:
     pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"read_pairs(): {name}:{number} is not valid JSON ({exc.msg})") from None
+    for number, record in _records("read_pairs", name, lines):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "response")):
             raise ConfigError(f'read_pairs(): {name}:{number} must be an object with "prompt" and "response" strings')
         if not record["response"].strip():

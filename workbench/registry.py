@@ -26,6 +26,7 @@ class Analysis:
     sites: Callable[[Config, Any], list[str]] | None = None  # (config, ModelFacts) -> hook sites to capture
     needs_weights: bool = False
     needs_model: bool = False  # generates, differentiates or captures its own data (Inputs.model is then set)
+    in_default_report: bool = True  # False for the causal tools (minutes each): run them by name
 
 
 _REGISTRY: dict[str, Analysis] = {}
@@ -41,8 +42,9 @@ def register(analysis: Analysis) -> Analysis:
     return analysis
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def names(*, default_only: bool = False) -> list[str]:
+    """Registered analysis names; ``default_only``: those the report runs when none are named."""
+    return [n for n, a in _REGISTRY.items() if a.in_default_report or not default_only]
 
 
 def get(name: str) -> Analysis:

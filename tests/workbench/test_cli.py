@@ -29,7 +29,8 @@ def test_report_on_a_local_folder(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "report.json").read_text())
     assert data["provenance"]["n_texts"] == 2 and data["provenance"]["model"] == str(tiny_model.folder)
-    assert set(data["results"]) == set(registry.names())  # every registered analysis by default
+    assert set(data["results"]) == set(registry.names(default_only=True))  # the spectral analyses by default
+    assert "subspace_patching" not in data["results"]
     assert data["provenance"]["versions"]["torch"].startswith("2.")
 
 

@@ -1,0 +1,42 @@
+"""subspace_patching: the analysis end to end on the tiny word-level model, and on the bundled model (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from analyses.subspace_patching import EFFECTS, SubspacePatchingConfig, SubspacePatchingResult
+from workbench.capture.hooks import count_hooks
+from workbench.errors import ConfigError
+from workbench.runner import run_analysis
+
+SMALL = dict(n_pairs=24, heatmap_pairs=4, epochs=3, batch_size=8, layer=0)
+
+
+def test_runs_end_to_end_and_round_trips(tiny_ioi_model):
+    result = run_analysis(tiny_ioi_model, "subspace_patching", SubspacePatchingConfig(**SMALL))
+    assert [e["kind"] for e in result.das] == ["resid", "mlp"]
+    for entry in result.das:
+        assert set(entry["effects"]) == set(EFFECTS)
+        assert 0 <= entry["row_fraction"] <= 1 and entry["null_leak"] < 1e-5
+        assert len(entry["train_loss"]) == len(entry["val_loss"]) <= 3
+    assert len(result.heatmap) == tiny_ioi_model.n_layers and len(result.heatmap[0]) == len(result.heatmap_tokens)
+    assert all(math.isfinite(v) for row in result.heatmap for v in row)
+    assert result.heatmap[0][0] == 0.0  # BOS is identical in base and source: patching it is a no-op
+    assert SubspacePatchingResult.from_json(result.to_json()) == result
+    assert "task:" in result.summary() and len(result.figures()) == 4
+    assert count_hooks(tiny_ioi_model.hook_points()) == 0
+
+
+def test_bad_layer_and_fields(tiny_ioi_model):
+    with pytest.raises(ConfigError, match="'layer'"):
+        run_analysis(tiny_ioi_model, "subspace_patching", SubspacePatchingConfig(**(SMALL | {"layer": 1})))
+    for field, value in [("n_pairs", 2), ("test_fraction", 1.0), ("heatmap_template", 99), ("lr", 0)]:
+        with pytest.raises(ConfigError, match=repr(field)):
+            SubspacePatchingConfig(**{field: value})
+
+
+def test_char_tokenizer_cannot_make_ioi_pairs(tiny_model):
+    with pytest.raises(ConfigError, match="single token"):
+        run_analysis(tiny_model, "subspace_patching", SubspacePatchingConfig(**SMALL))
