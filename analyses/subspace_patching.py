@@ -37,7 +37,8 @@ EFFECTS = ("v", "v_row", "v_null", "whole site")
 class SubspacePatchingConfig(Config):
     """``n_pairs``: IOI pairs (both directions ABB→BAB and BAB→ABB); ``test_fraction`` of them are held out for the
     diagnostics. ``layer``: the residual-stream (``hook_resid_post``) and MLP (``mlp.hook_post``) layer for DAS
-    (None: 2/3 of the depth, as the paper's layer 8 of GPT-2's 12). ``heatmap_pairs``: pairs of one template for the
+    (None: the layer just before the earliest of the name-mover-like reader heads found in the second half of the
+    model, as the paper's layer 8 precedes GPT-2's name movers in layers 9-10). ``heatmap_pairs``: pairs of one template for the
     layer × position heatmap. ``n_reader_heads``: how many later heads (those attending most from the last position
     to the indirect object: name-mover-like) define the residual stream's readers (their W_Q, RMSNorm scale folded
     in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's code."""
@@ -234,10 +235,9 @@ def _readers(lm, site_kind: str, layer: int, heads: list[tuple[int, int]]) -> tu
 def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingResult:
     lm = inputs.model
     n_layers = lm.facts.n_layers
-    layer = min((2 * n_layers) // 3, n_layers - 2) if config.layer is None else config.layer
-    if not 0 <= layer < n_layers - 1:  # the residual readers are heads of later layers
+    if config.layer is not None and not 0 <= config.layer < n_layers - 1:  # readers are heads of later layers
         raise config_error("subspace_patching", "layer", f"an int in [0, {n_layers - 1}) (a layer with later layers)",
-                           layer)
+                           config.layer)
     pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.n_pairs, seed=config.seed), config.n_pairs)
     data = _token_ids(lm, pairs)
     ld = _ld(lm, data["base"], data["answer"], data["cf"])
@@ -251,7 +251,12 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
     n_test = max(2, int(round(config.test_fraction * len(pairs))))
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
     test, train = order[:n_test], order[n_test:]
-    heads = _reader_heads(lm, data, layer, config.n_reader_heads)
+    if config.layer is None:  # just before the name movers, as the paper's MLP8 / resid 8 precede GPT-2's 9-10
+        heads = _reader_heads(lm, data, n_layers // 2 - 1, config.n_reader_heads)
+        layer = min(l for l, _ in heads) - 1
+    else:
+        layer = config.layer
+        heads = _reader_heads(lm, data, layer, config.n_reader_heads)
     das = []
     for kind, site in (("resid", f"blocks.{layer}.hook_resid_post"), ("mlp", f"blocks.{layer}.mlp.hook_post")):
         fit = train_das(lm, data["base"][train], data["source"][train], data["cf"][train], site=site, position=-1,
@@ -261,7 +266,8 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
         feature = torch.cat([data["feature"][test], 1 - data["feature"][test]])
         diag = diagnose(lm, site=site, position=-1, direction=fit.basis[:, 0], readers=readers,
                         base=data["base"][test], source=data["source"][test], answer=data["answer"][test],
-                        counterfactual=data["cf"][test], feature=feature, seed=config.seed)
+                        counterfactual=data["cf"][test], source_answer=data["answer"][test],
+                        source_alternative=data["cf"][test], feature=feature, seed=config.seed)
         das.append({"site": site, "kind": kind, "layer": layer, "position": -1, "readers": reader_text,
                     "train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch,
                     "effects": {k: v.to_dict() for k, v in diag.effects.items()},

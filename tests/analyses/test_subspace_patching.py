@@ -40,3 +40,17 @@ def test_bad_layer_and_fields(tiny_ioi_model):
 def test_char_tokenizer_cannot_make_ioi_pairs(tiny_model):
     with pytest.raises(ConfigError, match="single token"):
         run_analysis(tiny_model, "subspace_patching", SubspacePatchingConfig(**SMALL))
+
+
+@pytest.mark.slow
+def test_bundled_model_does_ioi_and_the_position_feature_sits_on_the_names_early(real_model):
+    config = SubspacePatchingConfig(n_pairs=40, heatmap_pairs=4, epochs=4, patience=0)
+    result = run_analysis(real_model, "subspace_patching", config)
+    assert result.task_logit_diff > 2 and result.task_accuracy > 0.9  # the model really does the task
+    # patching the whole residual stream at a name position in the first layers moves the answer: that is where
+    # base and source differ; positions before the first name are identical (exactly 0)
+    early = [max(row) for row in result.heatmap[:4]]
+    assert max(early) > 0.5
+    assert all(row[0] == 0.0 for row in result.heatmap)
+    assert {e["kind"] for e in result.das} == {"resid", "mlp"}
+    assert all(e["null_leak"] < 1e-6 for e in result.das)
