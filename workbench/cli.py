@@ -115,7 +115,11 @@ def _read_config(path: Optional[Path], names: list[str]) -> dict[str, dict]:
 
 def _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) -> dict:
     act = next((r for r in results.values() if hasattr(r, "n_tokens")), None)
-    return {
+    from workbench.models.bundled import get_bundled
+
+    source = get_bundled(lm.name)
+    notice = {"model_licence": f"{source.license}. {source.notice}".strip()} if source is not None else {}
+    return notice | {
         "model": lm.name, "model_facts": lm.facts.to_dict(), "analyses": names,
         "prompts": str(prompts) if prompts else "bundled default_prompts.jsonl",
         "sites": list(getattr(act, "site", [])), "n_texts": getattr(act, "n_texts", 0),

@@ -109,6 +109,7 @@ def test_end_to_end_on_the_bundled_model(tmp_path):
     assert n_figures >= 4 and page.count('class="plotly-graph-div"') == n_figures and "Weight spectra" in page
     prov = data["provenance"]
     assert prov["model"] == "smollm2-135m" and prov["n_tokens"] == 400 and len(prov["sites"]) == 90
+    assert prov["model_licence"] == "Apache-2.0."
     act = data["results"]["activation_spectra"]
     assert all(1 < e < 576 for e in act["erank_centred"])
     assert len(data["results"]["weight_spectra"]["matrix"]) == 30 * 7 + 2
