@@ -129,7 +129,7 @@ def _mix(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor | None) -
 def record(model, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards."""
     points = hook_points(model)
-    names = _check_sites(points, sites)
+    names = check_sites(points, sites)
     store: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Callable:
@@ -142,7 +142,7 @@ def record(model, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch
     return store
 
 
-def _check_sites(points: Mapping[str, torch.nn.Module], sites: Sequence[str]) -> list[str]:
+def check_sites(points: Mapping[str, torch.nn.Module], sites: Sequence[str]) -> list[str]:
     for site in sites:
         if site not in points:
             resolve_sites(points, [site])  # raises SiteError with the closest names
@@ -158,7 +158,7 @@ def patching(model, patches: Sequence[Patch], source_acts: Mapping[str, torch.Te
     ``bases`` optionally overrides a patch's basis by site (e.g. a trainable DAS basis). Hooks are removed on exit,
     also when the forward or a hook raises."""
     points = hook_points(model)
-    _check_sites(points, [p.site for p in patches])
+    check_sites(points, [p.site for p in patches])
     by_site: dict[str, list[Patch]] = {}
     for p in patches:
         if p.site not in source_acts:

@@ -1,0 +1,87 @@
+"""Activation steering: add a vector (or an activation-dependent shift) at hook sites during forward passes and
+generation, through a context manager whose hooks are always removed.
+
+``positions="last"`` steers the last position of every forward: the prompt's last token on the first step of
+``generate`` and then each newly generated token (with a KV cache every later forward sees only the new token).
+``positions=None`` steers every position; a list of ints steers those indices of each forward's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from workbench.capture.hooks import hooks_attached
+from workbench.errors import config_error, shape_error
+from workbench.intervene.patch import check_sites, hook_points
+
+Shift = Callable[[torch.Tensor], torch.Tensor]  # [..., d] activations -> [..., d] shift
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``scale · vector`` (a ``[d]`` tensor) or ``scale · shift(x)`` at ``site`` and ``positions``."""
+
+    site: str
+    vector: torch.Tensor | Shift
+    scale: float = 1.0
+    positions: str | Sequence[int] | None = "last"
+
+
+def _rows(n_pos: int, positions, call: str) -> list[int] | slice:
+    if positions is None:
+        return slice(None)
+    if positions == "last":
+        return [n_pos - 1]
+    pos = list(positions) if not isinstance(positions, int) else [positions]
+    if not pos or not all(isinstance(p, int) and not isinstance(p, bool) and -n_pos <= p < n_pos for p in pos):
+        raise config_error(call, "positions", f"'last', None, or ints in [-{n_pos}, {n_pos})", positions)
+    return [p % n_pos for p in pos]
+
+
+def apply_steer(x: torch.Tensor, steer: Steer) -> torch.Tensor:
+    """``x`` ``[B, P, d]`` with the steer added (a new tensor)."""
+    call = "steering"
+    rows = _rows(x.shape[1], steer.positions, call)
+    out = x.clone()
+    part = out[:, rows]
+    if callable(steer.vector) and not isinstance(steer.vector, torch.Tensor):
+        delta = steer.vector(part)
+        if delta.shape != part.shape:
+            raise shape_error(call, "vector", f"a shift returning the activations' shape {tuple(part.shape)}",
+                              tuple(delta.shape))
+    else:
+        if steer.vector.shape != (x.shape[-1],):
+            raise shape_error(call, "vector", f"a [{x.shape[-1]}] tensor (the site's width)",
+                              tuple(steer.vector.shape))
+        delta = steer.vector.to(x.device, x.dtype)
+    out[:, rows] = part + steer.scale * delta
+    return out
+
+
+@contextmanager
+def steering(model, steers: Sequence[Steer]) -> Iterator[None]:
+    """Within the block every forward (and ``generate``) of ``model`` is steered; hooks removed on exit."""
+    points = hook_points(model)
+    for s in steers:
+        if not isinstance(s.scale, (int, float)) or isinstance(s.scale, bool):
+            raise config_error("steering", "scale", "a number", s.scale)
+        if not (isinstance(s.vector, torch.Tensor) or callable(s.vector)):
+            raise config_error("steering", "vector", "a [d] tensor or a callable shift", type(s.vector).__name__)
+    check_sites(points, [s.site for s in steers])
+    by_site: dict[str, list[Steer]] = {}
+    for s in steers:
+        by_site.setdefault(s.site, []).append(s)
+
+    def make(site: str):
+        def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
+            for s in by_site[site]:
+                x = apply_steer(x, s)
+            return x
+        return hook
+
+    with hooks_attached(points, {site: make(site) for site in by_site}):
+        yield
