@@ -33,9 +33,9 @@ Conventions (read from weightwatcher 0.7.7, the wheel on PyPI; file/function nam
   ``num_spikes = #{λ > bulk_max + sqrt(TW)}`` and ``mp_softrank = bulk_max/λ_max`` (Martin & Mahoney 2021, JMLR 22,
   "Implicit self-regularization in deep neural networks", §3).
 
-Deviations: WeightWatcher polishes the σ grid minimum with Nelder–Mead (``scipy.optimize.brute``'s default finish);
-we keep the grid minimum (σ within one grid step, 1% of s0). Rows with fewer than two eigenvalues above 1e-5 get NaN
-alpha (WeightWatcher reports -1 and status 'failed'). Everything is computed in float64 on the input's device.
+σ is then polished with Nelder–Mead from the grid minimum, as ``scipy.optimize.brute``'s default finish does in
+WeightWatcher (``scipy.optimize.fmin``, its default tolerances). Deviations: rows with fewer than two eigenvalues
+above 1e-5 get NaN alpha (WeightWatcher reports -1 and status 'failed'). Everything is computed in float64 on the input's device.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _small_n(x, logx, s, n, cand, small, best, a, dd, first):
 def mp_fit(evals: torch.Tensor, shape: tuple[int, int]) -> MPFit:
     """WeightWatcher's MP bulk fit (``mp_fit``) of every row of ``evals [..., k]`` from matrices of ``shape``.
 
-    σ comes from a grid search over a KDE of the mean-1 rescaled ESD (module docstring); ``num_spikes`` counts the
+    σ comes from a grid search over a KDE of the mean-1 rescaled ESD, polished by Nelder–Mead (module docstring); ``num_spikes`` counts the
     eigenvalues above the bulk edge plus the Tracy–Widom margin and ``mp_softrank = λ₊/λ_max``.
     """
     call = "mp_fit"
@@ -239,31 +239,65 @@ def mp_fit(evals: torch.Tensor, shape: tuple[int, int]) -> MPFit:
     return MPFit(sig.reshape(batch), bulk.reshape(batch), spikes.reshape(batch), (bulk / lam_max).reshape(batch))
 
 
-def _mp_sigma(x: torch.Tensor, q: float) -> torch.Tensor:
-    """Grid-search σ (``fit_density_with_range`` without the Nelder–Mead polish) for rescaled rows ``x [B, k]``."""
-    inv = 1 / math.sqrt(q)
-    s0 = (x.amax(dim=-1) / (1 + inv) ** 2).sqrt()
-    steps = torch.arange(0.05, 2.0 - 1e-9, 0.01, dtype=x.dtype, device=x.device)
-    sigma = s0[:, None] * steps[None, :]  # [B, G]
+class _KDE(NamedTuple):
+    """The linear-kernel KDE of rescaled rows and what the MP residual needs from it (``[B, P]`` each)."""
+
+    grid: torch.Tensor
+    kde: torch.Tensor
+    good: torch.Tensor
+    peak: torch.Tensor  # [B, 1] grid point of the KDE maximum (over good points)
+    top: torch.Tensor  # [B, 1] largest good grid point
+
+
+def _kde(x: torch.Tensor, q: float) -> _KDE:
     data = x.sqrt() if q == 1 else x
     grid = torch.linspace(0, 1, _KDE_POINTS, dtype=x.dtype, device=x.device)[None, :] * (
         data.amax(dim=-1, keepdim=True) + 0.5)  # [B, P]
     kde = (1 - (grid[:, :, None] - data[:, None, :]).abs() / _KDE_BW).clamp_min(0).mean(dim=-1) / _KDE_BW
     good = kde > _KDE_THRESH
-    g, sg = grid[:, None, :], sigma[:, :, None]
+    peak = grid.gather(1, torch.where(good, kde, torch.full_like(kde, -1.0)).argmax(dim=-1, keepdim=True))
+    top = torch.where(good, grid, torch.full_like(grid, -math.inf)).amax(dim=-1, keepdim=True)
+    return _KDE(grid, kde, good, peak, top)
+
+
+def _mp_ss(k: _KDE, q: float, sigma: torch.Tensor) -> torch.Tensor:
+    """WeightWatcher's ``resid_mp`` sum of squares for each candidate ``sigma [B, G]`` → ``[B, G]``."""
+    g, sg = k.grid[:, None, :], sigma[:, :, None]
     if q == 1:
         arg = 4 - g * g
         model = torch.where(arg > 0, arg.clamp_min(0).sqrt() / (math.pi * sg * sg), torch.zeros_like(arg * sg))
         penalty = torch.zeros_like(sigma, dtype=torch.bool)
     else:
+        inv = 1 / math.sqrt(q)
         b, a = (sg * (1 + inv)) ** 2, (sg * (1 - inv)) ** 2
         prod = (b - g) * (g - a)
         dens = prod.clamp_min(0).sqrt() / (2 * math.pi * sg * sg * g.clamp_min(1e-300) / q)
         model = torch.where((prod > 0) & (g > 0), dens, torch.zeros_like(dens))
-        peak = grid.gather(1, torch.where(good, kde, torch.full_like(kde, -1.0)).argmax(dim=-1, keepdim=True))
-        top = torch.where(good, grid, torch.full_like(grid, -math.inf)).amax(dim=-1, keepdim=True)
-        penalty = (b[..., 0] < peak) | (b[..., 0] > top) | (a[..., 0] > peak)
-    resid = torch.where(good[:, None, :], model - kde[:, None, :], torch.zeros_like(model))
+        penalty = (b[..., 0] < k.peak) | (b[..., 0] > k.top) | (a[..., 0] > k.peak)
+    resid = torch.where(k.good[:, None, :], model - k.kde[:, None, :], torch.zeros_like(model))
     ss = (resid * resid).sum(dim=-1)
-    ss = torch.where(penalty, 1e6 * good.sum(dim=-1, keepdim=True).to(ss.dtype), ss)
-    return sigma.gather(1, ss.argmin(dim=-1, keepdim=True))[:, 0]
+    return torch.where(penalty, 1e6 * k.good.sum(dim=-1, keepdim=True).to(ss.dtype), ss)
+
+
+def _mp_sigma(x: torch.Tensor, q: float, polish: bool = True) -> torch.Tensor:
+    """σ for rescaled rows ``x [B, k]``: ``fit_density_with_range``'s grid, then (``polish``) the Nelder–Mead
+    finish that ``scipy.optimize.brute`` applies by default (``scipy.optimize.fmin`` from the grid minimum)."""
+    inv = 1 / math.sqrt(q)
+    s0 = (x.amax(dim=-1) / (1 + inv) ** 2).sqrt()
+    steps = torch.arange(0.05, 2.0 - 1e-9, 0.01, dtype=x.dtype, device=x.device)
+    sigma = s0[:, None] * steps[None, :]  # [B, G]
+    k = _kde(x, q)
+    best = sigma.gather(1, _mp_ss(k, q, sigma).argmin(dim=-1, keepdim=True))[:, 0]
+    if not polish:
+        return best
+    from scipy.optimize import fmin
+
+    out = best.clone()
+    for i in range(x.shape[0]):
+        row = _KDE(*(t[i:i + 1] for t in k))
+
+        def f(p, row=row):
+            return float(_mp_ss(row, q, torch.tensor([[float(p[0])]], dtype=x.dtype, device=x.device)))
+
+        out[i] = float(fmin(f, [float(best[i])], disp=False)[0])
+    return out

@@ -124,3 +124,20 @@ def test_too_few_positive_eigenvalues_give_nan_not_garbage():
     fit = powerlaw_fit(torch.tensor([[0.0, 0.0, 3.0], [1.0, 2.0, 4.0]]))
     assert math.isnan(float(fit.alpha[0])) and int(fit.num_pl_spikes[0]) == -1
     assert math.isfinite(float(fit.alpha[1]))
+
+
+def test_mp_sigma_polish_never_worsens_the_grid_fit():
+    """Nelder–Mead starts from the grid minimum (as scipy.optimize.brute's finish): its residual is no larger."""
+    from workbench.spectra.esd import _kde, _mp_sigma, _mp_ss
+
+    g = torch.Generator().manual_seed(3)
+    for n, m in ((200, 80), (120, 120)):
+        w = torch.randn(n, m, generator=g, dtype=torch.float64)
+        w[:, :3] *= 8  # a few spikes above the bulk
+        lam = torch.linalg.eigvalsh(w.T @ w / n)
+        x = (lam * lam.numel() / lam.sum())[None]
+        q = n / m
+        grid, polished = _mp_sigma(x, q, polish=False), _mp_sigma(x, q)
+        k = _kde(x, q)
+        assert float(_mp_ss(k, q, polished[:, None])) <= float(_mp_ss(k, q, grid[:, None])) + 1e-12
+        assert abs(float(polished[0] - grid[0])) <= 0.02 * float(grid[0]) + 1e-9  # stays near the grid point
