@@ -381,6 +381,9 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
             raise config_error("gradient_spectra", "shuffled_control", "False when the first dataset has one pair",
                                True)
         control = f"{first} (shuffled responses)"
+        if control in data:
+            raise config_error("gradient_spectra", "datasets", f"labels other than {control!r} (the control's name)",
+                               list(data))
         data[control] = _shuffled(data[first], config.seed)
     max_length = min(config.max_length, inputs.facts.n_ctx)
     results = {name: dataset_gradients(lm, pairs, projections=config.projections, max_length=max_length,
@@ -407,7 +410,7 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
         seconds=[round(r.seconds, 2) for r in results.values()], **cols,
         cosine={name: {proj: r.cosine[p].tolist() for p, proj in enumerate(r.projections)}
                 for name, r in results.items()},
-        max_length=config.max_length, chat_template=config.chat_template, control=control)
+        max_length=max_length, chat_template=config.chat_template, control=control)
 
 
 register(Analysis(

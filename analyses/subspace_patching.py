@@ -181,7 +181,7 @@ def _ld(lm, tokens, answer, alt, batch=32) -> torch.Tensor:
 def _heatmap(lm, data, progress) -> list[list[float]]:
     n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
     ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
-    ld_src = _ld(lm, data["source"], data["cf"], data["answer"])
+    ld_src = _ld(lm, data["source"], data["answer"], data["cf"])  # the source's own answer is the IO too
     differs = (data["base"] != data["source"]).any(0).nonzero()
     first_diff = int(differs[0]) if differs.numel() else n_pos
     rows = []
@@ -217,11 +217,13 @@ def _reader_heads(lm, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
 
 
 def _norm_scale(lm, layer: int) -> torch.Tensor:
+    """The RMSNorm gain before the attention of ``layer`` (Gemma stores it as an offset from 1)."""
     ln = lm.model.blocks[layer].ln1
     weight = getattr(ln, "weight", None)
     if weight is None:
         weight = ln._original_component.weight  # TransformerBridge wraps the HF RMSNorm
-    return weight.detach()
+    offset = 1.0 if getattr(lm.model.cfg, "rmsnorm_uses_offset", False) else 0.0
+    return weight.detach() + offset
 
 
 def _readers(lm, site_kind: str, layer: int, heads: list[tuple[int, int]]) -> tuple[torch.Tensor, str]:

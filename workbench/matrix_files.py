@@ -32,16 +32,19 @@ def read_matrices(path: str | Path, *, min_rows: int = 2) -> dict[str, torch.Ten
     if not path.is_file():
         raise ConfigError(f"{call}(): parameter 'path' must be an existing file; received {str(path)!r}")
     try:
-        raw = _load(path)
+        raw = {name: torch.as_tensor(value) for name, value in _load(path).items()}
     except ConfigError:
         raise
     except Exception as exc:  # corrupt or foreign file: name it, whatever the reader's own exception type
         raise ConfigError(f"{call}(): could not read {path}: {type(exc).__name__}: {exc}") from None
     out: dict[str, torch.Tensor] = {}
-    for name, value in raw.items():
-        t = torch.as_tensor(value)
+    for name, t in raw.items():
         if t.ndim == 3:
-            out.update({f"{name}{'.' if name else ''}{i}": t[i] for i in range(t.shape[0])})
+            split = {f"{name}{'.' if name else ''}{i}": t[i] for i in range(t.shape[0])}
+            clash = sorted(set(split) & (set(raw) | set(out)))
+            if clash:
+                raise ConfigError(f"{call}(): {path}: splitting 3-D {name!r} gives names that already exist: {clash}")
+            out.update(split)
         elif t.ndim == 2:
             out[name or path.stem] = t
         else:

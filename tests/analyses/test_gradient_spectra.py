@@ -108,6 +108,9 @@ def test_bad_inputs(folder_and_model, tmp_path):
                          ("datasets", {"a": "data.csv"}), ("max_samples", 0), ("n_top", 0)]:
         with pytest.raises(ConfigError, match=repr(field)):
             GradientSpectraConfig(**{field: value})
+    clash = GradientSpectraConfig(datasets={"r": "bundled:reasoning", "r (shuffled responses)": "bundled:reasoning"})
+    with pytest.raises(ConfigError, match="'datasets'"):
+        run_analysis(lm, "gradient_spectra", clash)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
     with pytest.raises(ConfigError, match=r"bad.jsonl:2"):

@@ -92,6 +92,18 @@ def test_embedding_file_errors(tmp_path):
             read_matrices(tmp_path / name)
 
 
+def test_embedding_file_name_clash_and_foreign_byte_order(tmp_path):
+    torch.save({"a": torch.randn(2, 4, 3), "a.0": torch.zeros(4, 3)}, tmp_path / "clash.pt")
+    with pytest.raises(ConfigError, match="already exist"):
+        read_matrices(tmp_path / "clash.pt")
+    np.save(tmp_path / "big.npy", np.random.rand(4, 3).astype(">f8"))
+    try:
+        mats = read_matrices(tmp_path / "big.npy")  # either read correctly or refused with a named error
+        assert mats["big"].shape == (4, 3)
+    except ConfigError as exc:
+        assert "big.npy" in str(exc)
+
+
 def test_config_rejects_bad_sources():
     with pytest.raises(ConfigError, match="'prompt_sets'"):
         RankMeConfig(prompt_sets={"x": "bundled:no-such-category"})

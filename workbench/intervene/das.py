@@ -86,7 +86,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
     if k >= d:
         raise config_error(call, "k", f"an int in [1, {d - 1}] (the site is {d}-wide)", k)
     order = torch.randperm(n, generator=gen)
-    n_val = int(round(val_fraction * n)) if n > 1 else 0
+    n_val = min(int(round(val_fraction * n)), n - 1) if n > 1 else 0  # at least one training pair
     val_idx, train_idx = order[:n_val], order[n_val:]
     subspace = RotatedSubspace(d, k, gen).to(acts.device)
     opt = torch.optim.Adam(subspace.parameters(), lr=lr)

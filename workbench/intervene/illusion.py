@@ -92,8 +92,8 @@ def diagnose(model, *, site: str, position: int, direction: torch.Tensor, reader
     ld_source = _ld(model, source, src_ans, src_alt, batch_size)
     patches = {
         "v": Patch(site, positions=[position], basis=direction),
-        "v_row": Patch(site, positions=[position], basis=split.v_row) if split.row_fraction > 1e-12 else None,
-        "v_null": Patch(site, positions=[position], basis=split.v_null) if split.row_fraction < 1 - 1e-12 else None,
+        "v_row": Patch(site, positions=[position], basis=split.v_row) if split.row_fraction > 1e-9 else None,
+        "v_null": Patch(site, positions=[position], basis=split.v_null) if split.row_fraction < 1 - 1e-9 else None,
         "whole site": Patch(site, positions=[position]),
     }
     effects = {}
@@ -106,8 +106,11 @@ def diagnose(model, *, site: str, position: int, direction: torch.Tensor, reader
         effects[name] = patch_effect(ld_base, ld, ld_source)
     acts = torch.cat([record(model, x[i], [site])[site][:, position]
                       for x in (base, source) for i in torch.arange(x.shape[0]).split(batch_size)]).double()
-    label = torch.cat([torch.zeros(base.shape[0]), torch.ones(source.shape[0])]).double() if feature is None \
-        else feature.double()
+    if feature is not None and feature.shape != (base.shape[0] + source.shape[0],):
+        raise shape_error("diagnose", "feature", f"[{base.shape[0] + source.shape[0]}] labels (base then source)",
+                          tuple(feature.shape))
+    label = (torch.cat([torch.zeros(base.shape[0]), torch.ones(source.shape[0])]) if feature is None
+             else feature).double().to(acts.device)
     row_std_ratio = _dormancy(acts, split.v_row, readers, seed)
     null_corr = _abs_corr(acts @ _unit(split.v_null), label)
     row_corr = _abs_corr(acts @ _unit(split.v_row), label)
@@ -144,7 +147,7 @@ def _dormancy(acts: torch.Tensor, v_row: torch.Tensor, readers: torch.Tensor, se
         return float("nan")
     q = row_space(readers)
     gen = torch.Generator().manual_seed(seed)
-    rand = q @ torch.randn(q.shape[1], draws, generator=gen, dtype=torch.float64)
+    rand = q @ torch.randn(q.shape[1], draws, generator=gen, dtype=torch.float64).to(q.device)
     rand = rand / rand.norm(dim=0, keepdim=True)
     ref = float((acts @ rand).std(dim=0).median())
     own = float((acts @ _unit(v_row)).std())

@@ -78,8 +78,10 @@ def subspace_stability(delta: torch.Tensor, r: int, *, resamples: int = 20, seed
     (The reference divides by min(d, 10); the issue's definition, /r, is used so that 1 means identical.)"""
     if r < 1:
         return 0.0
-    gen = torch.Generator().manual_seed(seed)
     n = delta.shape[0]
+    if r > min(delta.shape):
+        raise config_error("subspace_stability", "r", f"at most min(N, d) = {min(delta.shape)}", r)
+    gen = torch.Generator().manual_seed(seed)
     bases = []
     for _ in range(resamples):
         rows = torch.randint(n, (n,), generator=gen)
@@ -100,8 +102,8 @@ def best_window(scores: list[float], *, min_len: int = 3, max_len: int = 6) -> t
     if n < min_len:
         raise config_error("best_window", "scores", f"at least min_len={min_len} layers", n)
     best, where = -math.inf, (0, min_len - 1)
-    for length in range(min_len, min(max_len, n) + 1):
-        for start in range(n - length + 1):
+    for start in range(n - min_len + 1):  # earlier first, then shorter: a strict improvement is needed to move
+        for length in range(min_len, min(max_len, n - start) + 1):
             total = sum(scores[start:start + length])
             if total > best + 1e-12:
                 best, where = total, (start, start + length - 1)

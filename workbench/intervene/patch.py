@@ -78,7 +78,7 @@ def subspace_patch(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor
     outside the autograd path or a parametrised orthonormal basis)."""
     if base.shape != source.shape:
         raise shape_error("subspace_patch", "source", f"the base's shape {tuple(base.shape)}", tuple(source.shape))
-    v = basis.to(base.dtype)
+    v = basis.to(base.device, base.dtype)
     return base + ((source - base) @ v) @ v.T
 
 

@@ -96,3 +96,5 @@ def test_das_bad_inputs():
         train_das(model, base[:0], source[:0], cf[:0], site=SITE)
     with pytest.raises(ConfigError, match="'lr'"):
         train_das(model, base, source, cf, site=SITE, lr=0)
+    fit = train_das(model, base[:2], source[:2], cf[:2], site=SITE, val_fraction=0.8, epochs=1)  # 1 train pair left
+    assert len(fit.train_loss) == 1

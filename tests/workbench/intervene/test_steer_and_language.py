@@ -68,6 +68,9 @@ def test_top_mass_stability_and_window():
     assert best_window([1, 1, 1, 1, 1, 1, 1, 1]) == (0, 5)
     with pytest.raises(ConfigError, match="'scores'"):
         best_window([1.0, 2.0])
+    assert best_window([0, 1, 1, 1, 0], min_len=3, max_len=4) == (0, 3)  # tie: the earlier window wins
+    with pytest.raises(ConfigError, match="'r'"):
+        subspace_stability(torch.randn(3, 10), 5)
 
 
 def test_sparse_shift_by_hand():
