@@ -3,7 +3,9 @@ generation, through a context manager whose hooks are always removed.
 
 ``positions="last"`` steers the last position of every forward: the prompt's last token on the first step of
 ``generate`` and then each newly generated token (with a KV cache every later forward sees only the new token).
-``positions=None`` steers every position; a list of ints steers those indices of each forward's input.
+``positions=None`` steers every position; a list of ints steers those indices of each forward's input; a ``[B]``
+integer tensor steers one position per example (e.g. each prompt's last real token in a right-padded batch, where
+``"last"`` would hit padding) — for single forwards, not generation.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Steer:
     site: str
     vector: torch.Tensor | Shift
     scale: float = 1.0
-    positions: str | Sequence[int] | None = "last"
+    positions: str | Sequence[int] | torch.Tensor | None = "last"
 
 
 def _rows(n_pos: int, positions, call: str) -> list[int] | slice:
@@ -45,9 +47,25 @@ def _rows(n_pos: int, positions, call: str) -> list[int] | slice:
 def apply_steer(x: torch.Tensor, steer: Steer) -> torch.Tensor:
     """``x`` ``[B, P, d]`` with the steer added (a new tensor)."""
     call = "steering"
-    rows = _rows(x.shape[1], steer.positions, call)
     out = x.clone()
+    if isinstance(steer.positions, torch.Tensor):
+        pos = steer.positions.to(x.device)
+        if pos.shape != (x.shape[0],) or pos.dtype not in (torch.int32, torch.int64) or bool(
+                ((pos < 0) | (pos >= x.shape[1])).any()):
+            raise config_error(call, "positions", f"a [{x.shape[0]}] integer tensor of indices in [0, {x.shape[1]})",
+                               tuple(pos.shape))
+        batch = torch.arange(x.shape[0], device=x.device)
+        out[batch, pos] = out[batch, pos] + steer.scale * _delta(out[batch, pos][:, None], steer, x)[:, 0]
+        return out
+    rows = _rows(x.shape[1], steer.positions, call)
     part = out[:, rows]
+    out[:, rows] = part + steer.scale * _delta(part, steer, x)
+    return out
+
+
+def _delta(part: torch.Tensor, steer: Steer, x: torch.Tensor) -> torch.Tensor:
+    """The shift for the selected activations ``part`` ``[B, p, d]``."""
+    call = "steering"
     if callable(steer.vector) and not isinstance(steer.vector, torch.Tensor):
         delta = steer.vector(part)
         if delta.shape != part.shape:
@@ -57,9 +75,8 @@ def apply_steer(x: torch.Tensor, steer: Steer) -> torch.Tensor:
         if steer.vector.shape != (x.shape[-1],):
             raise shape_error(call, "vector", f"a [{x.shape[-1]}] tensor (the site's width)",
                               tuple(steer.vector.shape))
-        delta = steer.vector.to(x.device, x.dtype)
-    out[:, rows] = part + steer.scale * delta
-    return out
+        delta = steer.vector.to(x.device, x.dtype).expand_as(part)
+    return delta
 
 
 @contextmanager

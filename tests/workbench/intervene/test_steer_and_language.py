@@ -121,3 +121,19 @@ def test_steering_errors_remove_hooks(tiny_model):
     with pytest.raises(ConfigError, match="'scale'"):
         with steering(tiny_model, [Steer(SITE, torch.zeros(32), scale="big")]):
             pass
+
+
+def test_per_example_positions_match_steering_each_prompt_alone(tiny_model):
+    texts = ["abcdef", "xy"]
+    batch = tiny_model.model.to_tokens(texts)  # right-padded: "last" would hit padding for the short text
+    lengths = torch.tensor([len(tiny_model.model.to_tokens(t)[0]) for t in texts])
+    v = torch.randn(32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, scale=3.0, positions=lengths - 1)]):
+        together = tiny_model.model(batch)
+    for i, text in enumerate(texts):
+        with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, scale=3.0)]):
+            alone = tiny_model.model(tiny_model.model.to_tokens(text))
+        assert torch.allclose(together[i, lengths[i] - 1], alone[0, -1], atol=1e-4)
+    with pytest.raises(ConfigError, match="'positions'"):
+        with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, positions=torch.tensor([9, 9]))]):
+            tiny_model.model(batch)
