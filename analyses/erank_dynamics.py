@@ -21,7 +21,7 @@ from workbench.capture.hooks import hooks_attached
 from workbench.errors import config_error, shape_error
 from workbench.models.chat import prompt_ids, response_ids
 from workbench.registry import Analysis, register
-from workbench.results import Config, Result
+from workbench.results import Config, Result, is_int
 from workbench.runner import Inputs
 
 VERL_EPS = 1e-8  # VERL's EPS in p = σ/(Σσ + EPS) and log(p + EPS)
@@ -137,10 +137,6 @@ def erv_era(hidden: torch.Tensor, *, stride: int = 20, max_seq_len: int = 512, c
 # Model-level analysis
 # ---------------------------------------------------------------------------------------------------------------
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 @dataclass(frozen=True)
 class ErankDynamicsConfig(Config):
     """``response``: score this text instead of generating (its tokens follow the prompt's). ``chat_template``: wrap
@@ -163,13 +159,13 @@ class ErankDynamicsConfig(Config):
         self.check("prompt", isinstance(self.prompt, str) and bool(self.prompt), "a non-empty str")
         self.check("response", self.response is None or (isinstance(self.response, str) and bool(self.response)),
                    "None or a non-empty str")
-        self.check("max_new_tokens", _is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "an int >= 1")
+        self.check("max_new_tokens", is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "an int >= 1")
         self.check("do_sample", isinstance(self.do_sample, bool), "a bool")
-        self.check("seed", _is_int(self.seed), "an int")
+        self.check("seed", is_int(self.seed), "an int")
         self.check("temperature", isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
                    and math.isfinite(self.temperature) and self.temperature > 0, "a finite number > 0")
-        self.check("stride", _is_int(self.stride) and self.stride >= 1, "an int >= 1")
-        self.check("max_seq_len", _is_int(self.max_seq_len) and self.max_seq_len >= self.stride,
+        self.check("stride", is_int(self.stride) and self.stride >= 1, "an int >= 1")
+        self.check("max_seq_len", is_int(self.max_seq_len) and self.max_seq_len >= self.stride,
                    f"an int >= stride ({self.stride})")
         self.check("center", isinstance(self.center, bool), "a bool")
         self.check("chat_template", isinstance(self.chat_template, bool), "a bool")

@@ -37,7 +37,7 @@ from workbench.models.adapters import LAYER_KINDS
 from workbench.models.chat import prompt_ids, response_ids
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
 from workbench.registry import Analysis, register
-from workbench.results import Config, Result
+from workbench.results import PALETTE, Config, Result, is_int
 from workbench.runner import Inputs
 from workbench.spectra import batched_singular_values, effective_rank
 
@@ -212,17 +212,13 @@ class GradientSpectraConfig(Config):
                    and all(p in LAYER_KINDS for p in self.projections)
                    and len(set(self.projections)) == len(self.projections),
                    f"a non-empty list of distinct kinds from {LAYER_KINDS}")
-        self.check("max_samples", self.max_samples is None or (_int(self.max_samples) and self.max_samples >= 1),
+        self.check("max_samples", self.max_samples is None or (is_int(self.max_samples) and self.max_samples >= 1),
                    "None or an int >= 1")
-        self.check("max_length", _int(self.max_length) and self.max_length >= 2, "an int >= 2")
+        self.check("max_length", is_int(self.max_length) and self.max_length >= 2, "an int >= 2")
         self.check("chat_template", isinstance(self.chat_template, bool), "True or False")
-        self.check("n_top", _int(self.n_top) and self.n_top >= 1, "an int >= 1")
+        self.check("n_top", is_int(self.n_top) and self.n_top >= 1, "an int >= 1")
         self.check("shuffled_control", isinstance(self.shuffled_control, bool), "True or False")
-        self.check("seed", _int(self.seed), "an int")
-
-
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+        self.check("seed", is_int(self.seed), "an int")
 
 
 @dataclass(frozen=True)
@@ -268,9 +264,8 @@ class GradientSpectraResult(Result):
     def plot(self) -> go.Figure:
         projs = self.projections()
         fig = make_subplots(rows=2, cols=len(projs), subplot_titles=projs, vertical_spacing=0.12)
-        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
         for k, name in enumerate(self.datasets):
-            color = palette[k % len(palette)]
+            color = PALETTE[k % len(PALETTE)]
             for c, proj in enumerate(projs, 1):
                 idx = self.rows(name, proj)
                 for row, metric in ((1, "nuclear"), (2, "erank")):
@@ -291,13 +286,12 @@ class GradientSpectraResult(Result):
         """Cosine between the gradients of adjacent layers (l, l+1), per projection and dataset."""
         projs = self.projections()
         fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs)
-        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
         for k, name in enumerate(self.datasets):
             for c, proj in enumerate(projs, 1):
                 m = self.cosine[name][proj]
                 fig.add_trace(go.Scatter(x=list(range(len(m) - 1)), y=[m[i][i + 1] for i in range(len(m) - 1)],
                                          mode="lines", name=name, legendgroup=name, showlegend=c == 1,
-                                         line={"color": palette[k % len(palette)]}), row=1, col=c)
+                                         line={"color": PALETTE[k % len(PALETTE)]}), row=1, col=c)
         fig.update_xaxes(title_text="layer l (vs l+1)")
         fig.update_yaxes(title_text="cosine", col=1)
         fig.update_layout(title="Layer-to-layer cosine similarity of flattened gradients (adjacent layers)", height=400)

@@ -11,7 +11,6 @@ reported. RankMe ≤ min(N, d): sets of different sizes are not comparable, so b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,7 +24,7 @@ from workbench.errors import ConfigError, config_error
 from workbench.matrix_files import read_matrices
 from workbench.prompts import categories, default_prompts, read_prompts
 from workbench.registry import Analysis, register
-from workbench.results import Config, Result
+from workbench.results import PALETTE, Config, Result, is_int, is_number
 from workbench.runner import Inputs
 from workbench.spectra import batched_singular_values, effective_rank, rankme
 
@@ -94,12 +93,12 @@ class RankMeConfig(Config):
         self.check("poolings", isinstance(self.poolings, (list, tuple)) and bool(self.poolings)
                    and all(p in POOLINGS for p in self.poolings) and len(set(self.poolings)) == len(self.poolings),
                    f"a non-empty list drawn from {POOLINGS}")
-        self.check("eps", _number(self.eps) and self.eps >= 0, "a number >= 0")
+        self.check("eps", is_number(self.eps) and self.eps >= 0, "a number >= 0")
         self.check("center", isinstance(self.center, bool), "True or False")
         self.check("equal_size", isinstance(self.equal_size, bool), "True or False")
         for name in ("max_length", "batch_size"):
-            self.check(name, _int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
-        self.check("seed", _int(self.seed), "an int")
+            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
+        self.check("seed", is_int(self.seed), "an int")
         if not self.prompt_sets and not self.embedding_files:
             raise config_error("RankMeConfig", "prompt_sets", "at least one prompt set or embedding file", {})
 
@@ -114,14 +113,6 @@ def _valid_source(source: str) -> bool:
     if source.startswith("bundled:"):
         return source.removeprefix("bundled:") in categories()
     return source.endswith((".txt", ".jsonl"))
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -159,14 +150,13 @@ class RankMeResult(Result):
         poolings = [p for p in POOLINGS if any(q == p for q in self.pooling)]
         titles = {"last": "last token", "mean": "mean-pooled"}
         fig = make_subplots(rows=1, cols=max(len(poolings), 1), subplot_titles=[titles[p] for p in poolings])
-        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
         for col, pooling in enumerate(poolings, 1):
             for k, name in enumerate(self.sets()):
                 idx = self.rows(name, pooling)
                 fig.add_trace(go.Scatter(
                     x=[self.layer[i] for i in idx], y=[self.rankme[i] for i in idx], mode="lines+markers",
                     name=f"{name} (N={self.set_sizes[name]})", legendgroup=name, showlegend=col == 1,
-                    line={"color": palette[k % len(palette)]}), row=1, col=col)
+                    line={"color": PALETTE[k % len(PALETTE)]}), row=1, col=col)
         fig.update_xaxes(title_text="layer")
         fig.update_yaxes(title_text="RankMe", col=1)
         bound = min((self.bound[i] for i in range(len(self.bound)) if self.pooling[i] != "file"), default=None)

@@ -12,7 +12,6 @@ one layer at the last position, (4) the illusion diagnostics of each learned dir
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -26,7 +25,7 @@ from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import logit_diff, patch_effect
 from workbench.registry import Analysis, register
-from workbench.results import Config, Result
+from workbench.results import Config, Result, is_int, is_number
 from workbench.runner import Inputs
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
 
@@ -60,22 +59,14 @@ class SubspacePatchingConfig(Config):
         ints = {"n_pairs": 4, "heatmap_pairs": 1, "n_reader_heads": 1, "epochs": 1, "batch_size": 1}
         for name, low in ints.items():
             value = getattr(self, name)
-            self.check(name, isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                       f"an int >= {low}")
-        self.check("test_fraction", _num(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
-        self.check("layer", self.layer is None or (isinstance(self.layer, int) and not isinstance(self.layer, bool)
-                                                   and self.layer >= 0), "None or an int >= 0")
-        self.check("heatmap_template", isinstance(self.heatmap_template, int)
-                   and not isinstance(self.heatmap_template, bool)
-                   and 0 <= self.heatmap_template < len(TEMPLATES), f"an int in [0, {len(TEMPLATES)})")
-        self.check("lr", _num(self.lr) and self.lr > 0, "a number > 0")
-        self.check("patience", isinstance(self.patience, int) and not isinstance(self.patience, bool)
-                   and self.patience >= 0, "an int >= 0")
-        self.check("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "an int")
-
-
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            self.check(name, is_int(value) and value >= low, f"an int >= {low}")
+        self.check("test_fraction", is_number(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
+        self.check("layer", self.layer is None or (is_int(self.layer) and self.layer >= 0), "None or an int >= 0")
+        self.check("heatmap_template", is_int(self.heatmap_template) and 0 <= self.heatmap_template < len(TEMPLATES),
+                   f"an int in [0, {len(TEMPLATES)})")
+        self.check("lr", is_number(self.lr) and self.lr > 0, "a number > 0")
+        self.check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0")
+        self.check("seed", is_int(self.seed), "an int")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,20 @@ class Serialisable:
         return cls.from_dict(json.loads(text))
 
 
+def is_int(x: object) -> bool:
+    """An int that is not a bool (``True`` is an int in Python; no config field means it as a count)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x: object) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# Line colours shared by the analyses' plots (plotly's default sequence), so a dataset keeps its colour across figures.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
 class Config(Serialisable):
     """Base of analysis configs: subclasses implement ``validate`` and raise ConfigError naming the field."""
 
@@ -101,4 +115,4 @@ def table_html(header: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-__all__ = ["Config", "ConfigError", "Result", "Serialisable", "fmt", "table_html"]
+__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "is_int", "is_number", "table_html"]
