@@ -85,6 +85,15 @@ def test_das_finds_the_illusory_direction_and_restores_state():
     assert count_hooks(dict(model.hook_dict)) == 0
 
 
+def test_das_is_seeded():
+    model = Distilled()
+    base, source, answer, cf = pairs(20)
+    a, b = (train_das(model, base, source, cf, site=SITE, epochs=3, batch_size=5, seed=7) for _ in range(2))
+    c = train_das(model, base, source, cf, site=SITE, epochs=3, batch_size=5, seed=8)
+    assert torch.equal(a.basis, b.basis) and a.train_loss == b.train_loss
+    assert not torch.equal(a.basis, c.basis)
+
+
 def test_das_bad_inputs():
     model = Distilled()
     base, source, answer, cf = pairs()
