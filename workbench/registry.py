@@ -3,11 +3,13 @@
 An analysis declares what it needs (token statistics at some hook sites, the model's weights, or the model itself for
 analyses that generate or intervene) and a ``compute`` function of those inputs and a frozen config. The runner
 (:mod:`workbench.runner`) gathers the inputs once for all requested analyses. The built-in analyses live in the
-``analyses`` package, which registers them on import (the report, CLI and app import it; this floor does not).
+``analyses`` package, which registers them on import; the lookups below import it on first use, so
+``run_analysis(lm, "rankme")`` works in a fresh notebook without ``import analyses``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,12 +44,19 @@ def register(analysis: Analysis) -> Analysis:
     return analysis
 
 
+def _builtins() -> None:
+    """Register the built-in analyses (importing ``analyses`` once; a no-op after that)."""
+    importlib.import_module("analyses")
+
+
 def names(*, default_only: bool = False) -> list[str]:
     """Registered analysis names; ``default_only``: those the report runs when none are named."""
+    _builtins()
     return [n for n, a in _REGISTRY.items() if a.in_default_report or not default_only]
 
 
 def get(name: str) -> Analysis:
+    _builtins()
     if name not in _REGISTRY:
         raise config_error("get_analysis", "name", f"one of {list(_REGISTRY)}", name)
     return _REGISTRY[name]
@@ -55,6 +64,7 @@ def get(name: str) -> Analysis:
 
 def result_from_dict(data: dict[str, Any]) -> Result:
     """Rebuild any registered result from its ``to_dict`` form (dispatch on its ``kind``)."""
+    _builtins()
     for analysis in _REGISTRY.values():
         if analysis.result.kind == data.get("kind"):
             return analysis.result.from_dict(data)

@@ -66,3 +66,13 @@ def test_result_round_trips_and_renders(results, name):
 def test_result_from_dict_rejects_unknown_kind():
     with pytest.raises(ConfigError, match="kind"):
         registry.result_from_dict({"kind": "nope"})
+
+
+def test_builtins_register_without_importing_analyses():
+    """A fresh notebook calls run_analysis(lm, "rankme") without `import analyses` (the README's example)."""
+    import subprocess
+    import sys
+
+    code = "from workbench import registry; print(','.join(registry.names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert set(NAMES) <= set(out.stdout.strip().split(","))
