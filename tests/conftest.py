@@ -76,6 +76,24 @@ def tiny_ioi_model(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("tiny-ioi"), tokenizer=word_tokenizer(ioi_words()))
 
 
+def en_es_words():
+    """Every word and punctuation mark of the bundled English/Spanish pairs."""
+    import re
+
+    from workbench.tasks.language import load_en_es_pairs
+
+    return re.findall(r"\w+|[^\w\s]+", " ".join(en + " " + es for en, es in load_en_es_pairs()))
+
+
+@pytest.fixture(scope="session")
+def tiny_lang_model(tmp_path_factory):
+    """A 4-layer tiny Llama whose word-level tokenizer knows the English/Spanish pairs (language steering)."""
+    torch.set_num_threads(1)
+    words = en_es_words()
+    return tiny_llama(tmp_path_factory.mktemp("tiny-lang"), tokenizer=word_tokenizer(words),
+                      vocab_size=len(set(words)) + len(TINY_SPECIALS), num_hidden_layers=4)
+
+
 @pytest.fixture(scope="session")
 def real_model():
     """The bundled SmolLM2-135M (converted once into the cache); use only in tests marked ``slow``."""

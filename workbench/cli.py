@@ -29,9 +29,14 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+DEFAULT_MODEL = "smollm2-135m"
+
+
 @app.command()
 def report(
-    model: Annotated[str, typer.Option(help="bundled name or local HF folder")] = "smollm2-135m",
+    model: Annotated[Optional[str], typer.Option(help="bundled name or local HF folder (default: smollm2-135m, or "
+                                                      "the analyses' own default, e.g. gemma3-270m for "
+                                                      "language_neurons)")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help=".txt (one prompt a line) or .jsonl with \"text\"; "
                                                          "default: the 232 bundled passages")] = None,
     sites: Annotated[Optional[list[str]], typer.Option(help="hook names or globs, comma-separated or repeated "
@@ -67,6 +72,7 @@ def report(
         overrides = _read_config(config, names)
         configs = resolve_configs({n: _config_for(n, _split(sites), overrides.get(n, {})) for n in names})
         texts = read_prompts(prompts) if prompts else default_prompts()
+        model = model or registry.default_model(list(configs), DEFAULT_MODEL)
         _say(f"loading {model} on {device} ...")
         lm = load_model(model, device=device)
         _say(f"{lm!r}; {len(texts)} prompts; analyses: {', '.join(configs)}")

@@ -29,6 +29,7 @@ class Analysis:
     needs_weights: bool = False
     needs_model: bool = False  # generates, differentiates or captures its own data (Inputs.model is then set)
     in_default_report: bool = True  # False for the causal tools (minutes each): run them by name
+    default_model: str | None = None  # the model the CLI loads when no --model is given and all analyses agree
 
 
 _REGISTRY: dict[str, Analysis] = {}
@@ -60,6 +61,13 @@ def get(name: str) -> Analysis:
     if name not in _REGISTRY:
         raise config_error("get_analysis", "name", f"one of {list(_REGISTRY)}", name)
     return _REGISTRY[name]
+
+
+def default_model(analyses: list[str], fallback: str) -> str:
+    """The model for a run of ``analyses`` when the user named none: the analyses' shared ``default_model`` (e.g.
+    Gemma 3 for language steering, which needs a multilingual model), else ``fallback``."""
+    wanted = {get(name).default_model for name in analyses}
+    return wanted.pop() if len(wanted) == 1 and None not in wanted else fallback
 
 
 def result_from_dict(data: dict[str, Any]) -> Result:

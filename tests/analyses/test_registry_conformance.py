@@ -41,13 +41,15 @@ def test_config_round_trips_and_rejects_bad_fields(name):
             spec.config(**{field.name: object()})
 
 
-WORD_LEVEL = {"subspace_patching"}  # IOI needs single-token names: the tiny model with a word-level tokenizer
+# Analyses that need whole words as tokens run on tiny models with word-level tokenizers: IOI needs single-token
+# names, language steering needs tokens that mark English or Spanish.
+WORD_LEVEL = {"subspace_patching": "tiny_ioi_model", "language_neurons": "tiny_lang_model"}
 
 
 @pytest.fixture(scope="module")
-def results(tiny_model, tiny_ioi_model):
-    return {name: run_analysis(tiny_ioi_model if name in WORD_LEVEL else tiny_model, name, texts=TEXTS)
-            for name in NAMES}
+def results(request, tiny_model):
+    return {name: run_analysis(request.getfixturevalue(WORD_LEVEL[name]) if name in WORD_LEVEL else tiny_model, name,
+                               texts=TEXTS) for name in NAMES}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,3 +78,9 @@ def test_builtins_register_without_importing_analyses():
     code = "from workbench import registry; print(','.join(registry.names()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert set(NAMES) <= set(out.stdout.strip().split(","))
+
+
+def test_default_model_is_the_analyses_own_when_they_agree():
+    assert registry.default_model(["language_neurons"], "smollm2-135m") == "gemma3-270m"
+    assert registry.default_model(["language_neurons", "rankme"], "smollm2-135m") == "smollm2-135m"
+    assert registry.default_model(["rankme", "activation_spectra"], "smollm2-135m") == "smollm2-135m"

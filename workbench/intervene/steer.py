@@ -5,7 +5,8 @@ generation, through a context manager whose hooks are always removed.
 ``generate`` and then each newly generated token (with a KV cache every later forward sees only the new token).
 ``positions=None`` steers every position; a list of ints steers those indices of each forward's input; a ``[B]``
 integer tensor steers one position per example (e.g. each prompt's last real token in a right-padded batch, where
-``"last"`` would hit padding) — for single forwards, not generation.
+``"last"`` would hit padding) and a ``[B, T]`` bool tensor steers where it is True (e.g. from each prompt's last token
+onward in a right-padded batch) — both for single forwards, not generation.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def apply_steer(x: torch.Tensor, steer: Steer) -> torch.Tensor:
     """``x`` ``[B, P, d]`` with the steer added (a new tensor)."""
     call = "steering"
     out = x.clone()
+    if isinstance(steer.positions, torch.Tensor) and steer.positions.dtype == torch.bool:
+        mask = steer.positions.to(x.device)
+        if mask.shape != x.shape[:2]:
+            raise config_error(call, "positions", f"a [{x.shape[0]}, {x.shape[1]}] bool mask (batch, positions)",
+                               tuple(mask.shape))
+        return out + steer.scale * _delta(out, steer, x) * mask[..., None].to(x.dtype)
     if isinstance(steer.positions, torch.Tensor):
         pos = steer.positions.to(x.device)
         if pos.shape != (x.shape[0],) or pos.dtype not in (torch.int32, torch.int64) or bool(

@@ -117,20 +117,23 @@ def en_es_topics() -> list[str]:
 
 def load_en_es_pairs(split: str | None = None, *, seed: int = 0,
                      test_fraction: float = 0.3) -> list[tuple[str, str]]:
-    """The bundled (English, Spanish) sentence pairs written for this project, in file order.
+    """The bundled (English, Spanish) sentence pairs written for this project, in file order; ``split``: None (all),
+    ``"train"`` or ``"test"`` as :func:`split_pairs` makes them."""
+    pairs = [(r["en"], r["es"]) for r in _records()]
+    return split_pairs(pairs, split, seed=seed, test_fraction=test_fraction, call="load_en_es_pairs")
 
-    ``split=None``: all pairs. ``"train"`` / ``"test"``: a deterministic split; ``random.Random(seed)`` permutes
-    the pair indices and the first ``round(test_fraction * n)`` of them form the test split, the rest the train
-    split (both returned in file order, disjoint, together all pairs). ``test_fraction`` must be in (0, 1) and
-    leave at least one pair on each side.
-    """
-    call = "load_en_es_pairs"
+
+def split_pairs(pairs: Sequence[tuple[str, str]], split: str | None, *, seed: int = 0, test_fraction: float = 0.3,
+                call: str = "split_pairs") -> list[tuple[str, str]]:
+    """A deterministic train/test split of ``pairs``: ``random.Random(seed)`` permutes the pair indices and the first
+    ``round(test_fraction * n)`` of them form the test split, the rest the train split (both returned in the input
+    order, disjoint, together all pairs; ``split=None`` returns all). ``test_fraction`` must be in (0, 1) and leave
+    at least one pair on each side."""
     if split is not None and split not in SPLITS:
         raise config_error(call, "split", f"None or one of {list(SPLITS)}", split)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise config_error(call, "seed", "an int", seed)
-    records = _records()
-    pairs = [(r["en"], r["es"]) for r in records]
+    pairs = list(pairs)
     valid_fraction = (isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
                       and 0 < test_fraction < 1)
     n_test = round(test_fraction * len(pairs)) if valid_fraction else 0
@@ -192,3 +195,42 @@ def language_token_ids(tokenizer, pairs: Sequence[tuple[str, str]], *,
                           f"the other (English ids: {len(en_ids)}, Spanish ids: {len(es_ids)}, over {len(pairs)} "
                           f"pairs); lower min_count, pass more pairs, or check that the tokenizer knows the words")
     return en_ids, es_ids
+
+
+def read_en_es_pairs(path) -> list[tuple[str, str]]:
+    """(English, Spanish) pairs from a JSONL file, one ``{"en": ..., "es": ...}`` object a line (the bundled file's
+    format; other keys such as ``"topic"`` are ignored). Every line must carry both sides as non-empty strings: a
+    line with one side missing (unpaired data) is refused with its line number, before anything is computed."""
+    from pathlib import Path
+
+    call = "read_en_es_pairs"
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise config_error(call, "path", "a readable UTF-8 JSONL file", str(path)) from exc
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise config_error(call, f"{path.name} line {number}", "a JSON object", line[:80]) from exc
+        sides = [record.get(k) if isinstance(record, dict) else None for k in ("en", "es")]
+        if not all(isinstance(s, str) and s.strip() for s in sides):
+            raise config_error(call, f"{path.name} line {number}",
+                               'a pair {"en": non-empty text, "es": non-empty text}', line[:80])
+        pairs.append((sides[0], sides[1]))
+    if len(pairs) < 2:
+        raise config_error(call, "path", "a file with at least 2 pairs", f"{len(pairs)} pairs in {path}")
+    return pairs
+
+
+def language_margin(logits, en_ids: Sequence[int], es_ids: Sequence[int]):
+    """``[B]`` M = Σ p(Spanish tokens) − Σ p(English tokens) of next-token ``logits`` ``[B, V]`` (softmax over the
+    whole vocabulary), the Neural FOXP2 margin; in [−1, 1], positive when Spanish-marking tokens are more likely."""
+    import torch
+
+    p = torch.softmax(logits.double(), dim=-1)
+    return p[:, list(es_ids)].sum(-1) - p[:, list(en_ids)].sum(-1)

@@ -137,3 +137,21 @@ def test_per_example_positions_match_steering_each_prompt_alone(tiny_model):
     with pytest.raises(ConfigError, match="'positions'"):
         with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, positions=torch.tensor([9, 9]))]):
             tiny_model.model(batch)
+
+
+def test_mask_positions_steer_exactly_the_marked_rows(tiny_model):
+    tokens = tiny_model.model.to_tokens(["abcdef", "xyz"])
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    mask[0, 3:] = True
+    v = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        with steering(tiny_model, [Steer(SITE, v, scale=2.0, positions=mask)]):
+            masked = tiny_model.model(tokens)
+        with steering(tiny_model, [Steer(SITE, v, scale=2.0, positions=list(range(3, tokens.shape[1])))]):
+            listed = tiny_model.model(tokens)
+        plain = tiny_model.model(tokens)
+    assert torch.allclose(masked[0], listed[0], atol=1e-5) and torch.equal(masked[1], plain[1])
+    assert torch.equal(masked[0, :3], plain[0, :3]) and not torch.allclose(masked[0, 3:], plain[0, 3:])
+    with pytest.raises(ConfigError, match="'positions'"):
+        with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, positions=mask[:, :2])]):
+            tiny_model.model(tokens)

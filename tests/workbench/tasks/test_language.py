@@ -207,3 +207,41 @@ def test_language_token_ids_errors_name_the_parameter(pairs_tokenizer, kwargs, p
     call = dict(tokenizer=pairs_tokenizer, pairs=load_en_es_pairs()[:10]) | kwargs
     with pytest.raises(ConfigError, match=f"language_token_ids\\(\\): parameter '{param}'"):
         language_token_ids(call.pop("tokenizer"), call.pop("pairs"), **call)
+
+
+def test_read_pairs_round_trips_and_refuses_unpaired_lines(tmp_path):
+    from workbench.tasks.language import read_en_es_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"en": "one", "es": "uno", "topic": "x"}\n\n{"en": "two", "es": "dos"}\n')
+    assert read_en_es_pairs(path) == [("one", "uno"), ("two", "dos")]
+    for bad, where in [('{"en": "one"}', "line 2"), ('{"en": "one", "es": " "}', "line 2"),
+                       ("not json", "line 2"), ('["one", "uno"]', "line 2")]:
+        path.write_text('{"en": "a", "es": "b"}\n' + bad + "\n")
+        with pytest.raises(ConfigError, match=where):
+            read_en_es_pairs(path)
+    path.write_text('{"en": "a", "es": "b"}\n')
+    with pytest.raises(ConfigError, match="at least 2 pairs"):
+        read_en_es_pairs(path)
+    with pytest.raises(ConfigError, match="'path'"):
+        read_en_es_pairs(tmp_path / "missing.jsonl")
+
+
+def test_split_pairs_matches_the_bundled_split():
+    from workbench.tasks.language import split_pairs
+
+    pairs = load_en_es_pairs()
+    assert split_pairs(pairs, "test", seed=3) == load_en_es_pairs("test", seed=3)
+    assert split_pairs(pairs, None) == pairs
+
+
+def test_language_margin_by_hand():
+    import math
+
+    import torch
+
+    from workbench.tasks.language import language_margin
+
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), math.log(4.0)]])  # p = [1, 2, 3, 4] / 10
+    assert float(language_margin(logits, en_ids=[0, 1], es_ids=[3])[0]) == pytest.approx(0.4 - 0.3)
+    assert float(language_margin(logits, en_ids=[3], es_ids=[2])[0]) == pytest.approx(0.3 - 0.4)

@@ -1,0 +1,178 @@
+"""language_neurons: the Neural FOXP2 pipeline end to end on a tiny word-level model (against independent
+computations), its error paths, and on the bundled models (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import analyses.language_neurons as ln
+from analyses.language_neurons import LanguageNeuronsConfig, LanguageNeuronsResult
+from workbench.capture.hooks import count_hooks
+from workbench.errors import ConfigError
+from workbench.intervene.language import steering_rank, top_mass
+from workbench.runner import run_analysis
+from workbench.tasks.language import load_en_es_pairs
+
+SMALL = dict(d_sae=64, k=8, sae_epochs=5, n_candidates=6, lift_prompts=4, n_features=3, dims_per_feature=4,
+             lambdas=[1.0, 4.0], ratios=[0.0, 1.0], n_random=1, eval_prompts=8, max_new_tokens=6, resamples=5)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_result(tiny_lang_model, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL, sae_rows="last"))
+
+
+def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_result):
+    r = small_result
+    assert r.layers == [1, 2]  # the middle half of 4 layers
+    assert (r.n_train, r.n_test) == (98, 42)
+    assert r.n_en_tokens > 0 and r.n_es_tokens > 0
+    for entry in r.stage1:
+        kept = [c for c in entry["candidates"] if c["kept"]]
+        assert len(kept) <= SMALL["n_features"] and all(c["joint"] > 0 for c in kept)
+        assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"], 0)) for c in entry["candidates"])
+        assert r.neurons[str(entry["layer"])] == sorted({d for c in kept for d in c["dims"]})
+    for e in r.stage2:
+        assert e["score"] == pytest.approx(e["top_mass"] * e["stability"])
+        assert 0 <= e["stability"] <= 1 + 1e-9 and e["rank"] <= 12
+    assert r.window is not None and r.layers[0] <= r.window[0] <= r.window[1] <= r.layers[-1]
+    methods = [row["method"] for row in r.steering]
+    assert methods == ["none"] + ["sparse"] * 4 + ["dense"] * 2 + ["random"] * 2
+    assert r.steering[0]["ppl_ratio"] == 1.0 and r.steering[0]["delta_margin"] == 0.0
+    assert all(0 <= row["spanish_fraction"] <= 1 and row["ppl_ratio"] > 0 for row in r.steering)
+    assert LanguageNeuronsResult.from_json(r.to_json()) == r
+    assert len(r.figures()) == 4 and "VERDICT" in r.summary()
+    assert count_hooks(tiny_lang_model.hook_points()) == 0
+
+
+def test_stage2_equals_an_independent_recomputation(tiny_lang_model, small_result):
+    """ΔZ spectra from plain forwards (no capture code): standardise the last-token residuals with the statistics of
+    both languages' last tokens (sae_rows="last"), restrict to the layer's language neurons, numpy SVD."""
+    train = load_en_es_pairs("train")
+    for entry in small_result.stage2:
+        layer = entry["layer"]
+        neurons = small_result.neurons[str(layer)]
+        if not neurons:
+            continue
+        site = f"blocks.{layer}.hook_resid_post"
+        rows = []
+        for text in [en for en, _ in train] + [es for _, es in train]:
+            _, cache = tiny_lang_model.model.run_with_cache(tiny_lang_model.model.to_tokens(text), names_filter=[site])
+            rows.append(cache[site][0, -1].double())
+        x = torch.stack(rows)
+        z = ((x - x.mean(0)) / x.std(0)).numpy()
+        delta = (z[len(train):] - z[:len(train)])[:, neurons]
+        s = np.linalg.svd(delta, compute_uv=False)
+        assert np.allclose(entry["singular_values"], s[:24], rtol=1e-3, atol=1e-4)
+        r = steering_rank(torch.tensor(s))
+        assert entry["rank"] == r
+        assert entry["top_mass"] == pytest.approx(float((s[:r] ** 2).sum() / (s ** 2).sum()), rel=1e-3)
+        assert entry["top_mass"] == pytest.approx(top_mass(torch.tensor(s), r), rel=1e-3)
+
+
+def test_zero_strength_steering_is_identical_to_no_steering(tiny_lang_model):
+    before = tiny_lang_model.model(tiny_lang_model.model.to_tokens("The weather is nice today ."))
+    config = LanguageNeuronsConfig(**(SMALL | {"lambdas": [0.0], "ratios": [0.0], "n_random": 1}))
+    r = run_analysis(tiny_lang_model, "language_neurons", config)
+    base, sparse, dense, rand = r.steering
+    for row in (sparse, dense, rand):
+        assert row["spanish_fraction"] == base["spanish_fraction"] and row["margin"] == base["margin"]
+        assert row["ppl_ratio"] == 1.0 and row["distinct"] == base["distinct"]
+    after = tiny_lang_model.model(tiny_lang_model.model.to_tokens("The weather is nice today ."))
+    assert torch.equal(before, after)
+
+
+def test_sae_cache_hit_on_rerun(tiny_lang_model, monkeypatch):
+    config = LanguageNeuronsConfig(**(SMALL | {"layers": [1, 2], "window": [1, 2]}))
+    first = run_analysis(tiny_lang_model, "language_neurons", config)
+    import workbench.sae as sae
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the SAE was retrained although it is cached")
+
+    monkeypatch.setattr(sae, "_train", no_training)
+    second = run_analysis(tiny_lang_model, "language_neurons", config)
+    assert [s["sae_path"] for s in second.stage1] == [s["sae_path"] for s in first.stage1]
+    assert second.stage1 == first.stage1 and second.neurons == first.neurons
+
+
+def test_no_language_neurons_is_a_clear_null_not_a_crash(tiny_lang_model, monkeypatch):
+    monkeypatch.setattr(ln, "causal_lift", lambda dm, alphas: -torch.ones(dm.shape[0], dtype=torch.float64))
+    r = run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
+    assert r.neurons == {"1": [], "2": []} and r.stage2 == [] and r.window is None and r.steering == []
+    assert r.summary().startswith("No language neurons found in layers 1–2")
+    assert len(r.figures()) == 1 and r.table()[1]
+    assert LanguageNeuronsResult.from_json(r.to_json()) == r
+
+
+def test_hooks_removed_when_steering_raises(tiny_lang_model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in the shift")
+
+    monkeypatch.setattr(ln, "sparse_shift", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
+    assert count_hooks(tiny_lang_model.hook_points()) == 0
+
+
+@pytest.mark.parametrize("overrides, param", [
+    ({"layers": [2, 3, 4]}, "layers"),  # the tiny model has layers 0..3
+    ({"layers": [1, 2], "window": [0, 1]}, "window"),
+    ({"window": [2, 7]}, "window"),
+])
+def test_layers_or_window_outside_the_model(tiny_lang_model, overrides, param):
+    with pytest.raises(ConfigError, match=repr(param)):
+        run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**(SMALL | overrides)))
+
+
+def test_unpaired_data_is_refused_with_its_line(tiny_lang_model, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    lines = [{"en": "The cat is here .", "es": "El gato está aquí ."}] * 5 + [{"en": "Only English here ."}]
+    path.write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(ConfigError, match="line 6"):
+        run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**(SMALL | {"pairs": str(path)})))
+    with pytest.raises(ConfigError, match="'pairs'"):
+        run_analysis(tiny_lang_model, "language_neurons",
+                     LanguageNeuronsConfig(**(SMALL | {"pairs": str(tmp_path / "missing.jsonl")})))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("layers", [3, 1]), ("layers", []), ("layers", [1, 3]), ("window", [3, 1]), ("alphas", [0.0, 1.0]),
+    ("ratios", [-1.0]), ("sae_rows", "middle"), ("window_max", 1), ("architecture", "jumprelu"),
+])
+def test_bad_config_fields(field, value):
+    with pytest.raises(ConfigError, match=repr(field)):
+        LanguageNeuronsConfig(**{field: value})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the bundled models
+
+
+GEMMA_SMALL = dict(layers=[5, 6, 7, 8, 9, 10], n_candidates=8, lift_prompts=8, lambdas=[1.0, 4.0], ratios=[0.0, 1.0],
+                   n_random=1, eval_prompts=16, max_new_tokens=16)
+
+
+@pytest.mark.slow
+def test_gemma_language_neurons_end_to_end():
+    import workbench
+
+    lm = workbench.load_model("gemma3-270m")
+    r = run_analysis(lm, "language_neurons", LanguageNeuronsConfig(**GEMMA_SMALL))
+    assert all(s["sae_fvu"] < 0.5 for s in r.stage1)  # the SAEs reconstruct the standardised residuals
+    assert any(r.neurons.values()) and r.window is not None
+    base = r.steering[0]
+    assert base["spanish_fraction"] <= 0.1  # held-out English prompts continue in English without steering
+    assert math.isfinite(r.steering[-1]["ppl_ratio"])

@@ -1,0 +1,145 @@
+"""Reading a model's output cheaply: next-token logits at chosen positions only, batched greedy generation, and the
+log-likelihood of given continuations.
+
+Why: with a 262k-token vocabulary (Gemma 3) the unembedding of every position costs more than the whole transformer
+for short prompts. :func:`position_logits` stops the forward at the unembedding's input (a hook raising a private
+exception, removed in ``finally``) and unembeds only the rows asked for, with the model's own ``unembed`` module, so
+the numbers equal the full forward's (test). Steering hooks attached around these calls apply as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from workbench.capture.hooks import hooks_attached
+from workbench.errors import config_error, shape_error
+
+UNEMBED_INPUT = "unembed.hook_in"
+
+
+class _Stop(Exception):
+    """Raised by the readout hook to end a forward once the final residual is known."""
+
+
+def final_residual(lm, tokens: torch.Tensor) -> torch.Tensor:
+    """``[B, T, d]``: the input of the unembedding (after the final norm) for ``tokens`` ``[B, T]``; the forward stops
+    there (no logits are computed)."""
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(x: torch.Tensor, hook=None) -> None:
+        box["x"] = x.detach()
+        raise _Stop
+
+    points = lm.hook_points()
+    if UNEMBED_INPUT not in points:
+        raise config_error("final_residual", "lm", f"a model with the hook point {UNEMBED_INPUT!r}", type(lm).__name__)
+    try:
+        with hooks_attached(points, {UNEMBED_INPUT: hook}), torch.no_grad():
+            lm.model(tokens.to(lm.device))
+    except _Stop:
+        pass
+    if "x" not in box:  # pragma: no cover - the hook always fires on a forward
+        raise RuntimeError("final_residual(): the unembedding input was never reached")
+    return box["x"]
+
+
+def unembed(lm, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``[..., V]`` of final residuals ``x`` ``[..., d]`` through the model's own unembedding (float32)."""
+    flat = x.reshape(-1, 1, x.shape[-1])
+    with torch.no_grad():
+        out = lm.model.unembed(flat)
+    return out.reshape(*x.shape[:-1], out.shape[-1]).float()
+
+
+def position_logits(lm, tokens: torch.Tensor, positions: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
+    """``[B, V]`` next-token logits of example ``b`` at ``positions[b]`` (e.g. each prompt's last real token in a
+    right-padded batch), computed without unembedding the other positions."""
+    call = "position_logits"
+    if tokens.ndim != 2:
+        raise shape_error(call, "tokens", "a [B, T] id tensor", tuple(tokens.shape))
+    if positions.shape != (tokens.shape[0],) or bool(((positions < 0) | (positions >= tokens.shape[1])).any()):
+        raise shape_error(call, "positions", f"a [{tokens.shape[0]}] tensor of indices in [0, {tokens.shape[1]})",
+                          tuple(positions.shape))
+    out = []
+    for rows in torch.arange(tokens.shape[0]).split(batch_size):
+        x = final_residual(lm, tokens[rows])
+        out.append(unembed(lm, x[torch.arange(len(rows), device=x.device), positions[rows].to(x.device)]))
+    return torch.cat(out)
+
+
+def right_padded(lm, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens [B, T], last [B])``: the texts tokenised as the model does (BOS policy included), right-padded, and
+    the index of each text's last real token."""
+    rows = [lm.model.to_tokens(t)[0].cpu() for t in texts]
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    tokens = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = r
+    return tokens, torch.tensor([len(r) - 1 for r in rows])
+
+
+def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """Greedy continuations (new token ids, cut after the first EOS) of each prompt, generated in left-padded batches
+    with the KV cache — equal to generating each prompt alone (test). Steering hooks with ``positions="last"`` steer
+    each prompt's last token and every generated token."""
+    call = "greedy_continuations"
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        width = lm.model.to_tokens(chunk, padding_side="left").shape[1]
+        with torch.no_grad():
+            tokens = lm.model.generate(chunk, max_new_tokens=max_new_tokens, do_sample=False, verbose=False,
+                                       return_type="tokens", padding_side="left", stop_at_eos=eos is not None)
+        for row in tokens[:, width:].cpu():
+            if eos is not None and bool((row == eos).any()):
+                row = row[:int((row == eos).nonzero()[0]) + 1]
+            out.append(row)
+    return out
+
+
+def continuation_nll(lm, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,
+                     steers: Callable[[torch.Tensor], Sequence] | None = None, batch_size: int = 32) -> torch.Tensor:
+    """``[B]`` mean negative log-likelihood (nats per token) of each continuation's tokens given its prompt (NaN for
+    an empty continuation).
+
+    ``steers``: optional ``positions -> [Steer, ...]``; it is called with a ``[b, T]`` bool mask of the positions from
+    each prompt's last token onward (where generation-time steering with ``positions="last"`` acts) and the forward
+    runs under those steers, so the likelihood is the steered model's, exactly as if it had been steering while
+    reading the continuation."""
+    from workbench.intervene.steer import steering
+
+    if len(prompts) != len(continuations):
+        raise config_error("continuation_nll", "continuations", f"one per prompt ({len(prompts)})",
+                           len(continuations))
+    rows, starts = [], []
+    for prompt, cont in zip(prompts, continuations):
+        p = lm.model.to_tokens(prompt)[0].cpu()
+        rows.append(torch.cat([p, cont.cpu().long()]))
+        starts.append(len(p))
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    pad = 0 if pad is None else int(pad)
+    out = torch.full((len(rows),), float("nan"), dtype=torch.float64)
+    for idx in torch.arange(len(rows)).split(batch_size):
+        idx = idx.tolist()
+        width = max(len(rows[i]) for i in idx)
+        tokens = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.bool)
+        for j, i in enumerate(idx):
+            tokens[j, :len(rows[i])] = rows[i]
+            mask[j, starts[i] - 1:] = True
+        with steering(lm, steers(mask.to(lm.device)) if steers else []):
+            x = final_residual(lm, tokens)
+        for j, i in enumerate(idx):
+            start, end = starts[i], len(rows[i])
+            if end <= start:
+                continue
+            logp = torch.log_softmax(unembed(lm, x[j, start - 1:end - 1]).double(), dim=-1)
+            target = rows[i][start:end].to(logp.device)
+            out[i] = float(-logp[torch.arange(end - start), target].mean())
+    return out
