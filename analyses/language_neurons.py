@@ -17,8 +17,11 @@ II. Subspace and window. Per layer ΔZ = z_es − z_en over pairs on the languag
    run of 3–6 layers with the largest summed score.
 III. Steer. Δz = λ·μ_es − β·⟨z, μ̂_en⟩μ̂_en on the language neurons of every window layer, at the last token, during
    greedy generation from held-out English prompts. Measured: the fraction of continuations the offline detector
-   calls Spanish, the next-token margin M, the perplexity of the unsteered continuation under steering (utility
-   cost), and the distinct-token ratio (degeneration).
+   calls Spanish, the next-token margin M, the perplexity of the unsteered (English) continuation under steering
+   (the cost on English text), the likelihood of the steered continuation under the unsteered model after the
+   prompt's Spanish translation (fluency of what was written) and the distinct-token ratio (degeneration: a
+   configuration below 0.75 of the unsteered ratio is not counted as a success). Baselines: a dense difference of
+   means (λ·(x̄_es − x̄_en) on every dimension of the same layers) and random unit sets of the same size per layer.
 
 Choices that differ from the reference (parameters): the residuals are standardised (z-scored with the statistics of
 the SAE's training rows) rather than L2-normalised; the SAE is a TopK SAE by default and is trained on every token of
@@ -54,6 +57,7 @@ from workbench.tasks.language import (detect_language, language_margin, language
 SITE = "blocks.{}.hook_resid_post"
 SAE_ROWS = ("all", "last")
 METHODS = ("none", "sparse", "dense", "random")
+DEGENERATE_FRACTION = 0.75
 STD_FLOOR = 1e-6  # standard deviations below this (constant dimensions) are treated as this
 
 
@@ -113,7 +117,8 @@ class LanguageNeuronsConfig(Config):
         self.check("window_max", is_int(self.window_max) and self.window_max >= self.window_min,
                    f"an int >= window_min ({self.window_min})")
         self.check("sae_lr", is_number(self.sae_lr) and self.sae_lr > 0, "a number > 0")
-        self.check("alphas", _numbers(self.alphas) and all(a != 0 for a in self.alphas), "a non-empty list of non-zero numbers")
+        self.check("alphas", _numbers(self.alphas) and all(a != 0 for a in self.alphas),
+                   "a non-empty list of non-zero numbers")
         self.check("lambdas", _numbers(self.lambdas), "a non-empty list of numbers")
         self.check("ratios", _numbers(self.ratios) and all(r >= 0 for r in self.ratios),
                    "a non-empty list of numbers >= 0")
@@ -173,11 +178,11 @@ class LanguageNeuronsResult(Result):
 
     def table(self):
         header = ["method", "λ", "β/λ", "seed", "Spanish fraction", "Spanish score", "margin M", "ΔM",
-                  "ppl ratio", "distinct tokens"]
+                  "English ppl ratio", "NLL after Spanish prompt", "distinct tokens"]
         rows = [[r["method"], r["lam"], r["ratio"], r["seed"], r["spanish_fraction"], r["spanish_score"], r["margin"],
-                 r["delta_margin"], r["ppl_ratio"], r["distinct"]] for r in self.steering]
+                 r["delta_margin"], r["ppl_ratio"], r["es_context_nll"], r["distinct"]] for r in self.steering]
         if not rows:
-            rows = [[f"L{s['layer']}", None, None, None, None, None, None, None, None, None] for s in self.stage1]
+            rows = [[f"L{s['layer']}"] + [None] * (len(header) - 1) for s in self.stage1]
         return header, rows
 
     def summary(self) -> str:
@@ -287,10 +292,10 @@ def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[d
         z_en, z_es = (last[:n] - mean) / std, (last[n:] - mean) / std
         key = {"model": lm.name, "site": SITE.format(layer), "rows": config.sae_rows, "standardised": True,
                "pairs": _digest(train)}
-        sae = cached_sae(z_fit.cpu(), key=key, d_sae=config.d_sae, k=min(config.k, config.d_sae),
+        sae = cached_sae(z_fit, key=key, d_sae=config.d_sae, k=min(config.k, config.d_sae),
                          architecture=config.architecture, epochs=config.sae_epochs, lr=config.sae_lr,
-                         seed=config.seed, device="cpu")
-        sel = selectivity(encode(sae, z_es.cpu()), encode(sae, z_en.cpu())).float()
+                         seed=config.seed, device=lm.device)
+        sel = selectivity(encode(sae, z_es), encode(sae, z_en)).float().cpu()
         order = [int(j) for j in torch.argsort(sel, descending=True) if float(sel[j]) > 0][:config.n_candidates]
         directions = decoder_directions(sae).float()  # [F, d] unit rows, standardised space
         lift = (_lift(lm, layer, directions[order].to(lm.device) * std, lift_tokens, lift_last, config.alphas,
@@ -386,22 +391,25 @@ def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> di
     texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in gens]
     margin = _margins(lm, data["tokens"], data["last"], data["en"], data["es"],
                       make(data["last"].to(lm.device)))
-    nll = continuation_nll(lm, prompts, data["base_gens"], steers=make) if data.get("base_gens") else None
+    nll = continuation_nll(lm, prompts, data["base_gens"], steers=make) if "base_gens" in data else None
+    # fluency of what the steered model wrote: its likelihood under the unsteered model after the Spanish prompt
+    es_nll = continuation_nll(lm, data["es_prompts"], gens)
     distinct = [len(set(g.tolist())) / len(g) for g in gens if len(g)]
     return {"method": method, "lam": lam, "ratio": ratio, "seed": seed,
             "spanish_fraction": sum(detect_language(t) == "es" for t in texts) / len(texts),
             "english_fraction": sum(detect_language(t) == "en" for t in texts) / len(texts),
             "spanish_score": sum(spanish_score(t) for t in texts) / len(texts),
             "margin": float(margin.mean()), "delta_margin": float(margin.mean()) - data.get("base_margin", 0.0),
-            "nll": None if nll is None else float(torch.nanmean(nll)),
             "ppl_ratio": None if nll is None else math.exp(float(torch.nanmean(nll)) - data["base_nll"]),
+            "es_context_nll": float(torch.nanmean(es_nll)),
             "distinct": sum(distinct) / max(len(distinct), 1), "texts": texts}
 
 
 def _stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
-    prompts = [en for en, _ in test][:config.eval_prompts]
+    chosen = test[:config.eval_prompts]
+    prompts = [en for en, _ in chosen]
     tokens, last = right_padded(lm, prompts)
-    data = {"tokens": tokens, "last": last, "en": en_ids, "es": es_ids}
+    data = {"tokens": tokens, "last": last, "en": en_ids, "es": es_ids, "es_prompts": [es for _, es in chosen]}
     window_states = [st for st in states if window[0] <= st.layer <= window[1]]
     plan = [("sparse", lam, ratio, None) for lam in config.lambdas for ratio in config.ratios]
     plan += [("dense", lam, 0.0, None) for lam in config.lambdas]
@@ -411,7 +419,7 @@ def _stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple
     base_gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
     base_nll = continuation_nll(lm, prompts, base_gens)
     data |= {"base_gens": base_gens, "base_nll": float(torch.nanmean(base_nll)), "base_margin": base["margin"]}
-    base |= {"nll": data["base_nll"], "ppl_ratio": 1.0, "delta_margin": 0.0}
+    base |= {"ppl_ratio": 1.0, "delta_margin": 0.0}
     bar.update()
     rows = [base]
     for method, lam, ratio, seed in plan:
@@ -437,9 +445,18 @@ def _stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple
     return rows, examples
 
 
+def _degenerate(row: dict, base: dict) -> bool:
+    """A steered configuration whose continuations repeat themselves: distinct-token ratio below
+    ``DEGENERATE_FRACTION`` of the unsteered one ("y a la la la y a la ...")."""
+    return row["distinct"] < DEGENERATE_FRACTION * base["distinct"]
+
+
 def _best(rows: list[dict], method: str) -> dict:
-    """The configuration of ``method`` with the largest Spanish fraction (ties: larger margin)."""
-    return max((r for r in rows if r["method"] == method), key=lambda r: (r["spanish_fraction"], r["margin"]))
+    """The configuration of ``method`` with the largest Spanish fraction among the non-degenerate ones (all of them
+    if every one is degenerate); ties: the smaller English perplexity ratio."""
+    chosen = [r for r in rows if r["method"] == method]
+    fluent = [r for r in chosen if not _degenerate(r, rows[0])] or chosen
+    return max(fluent, key=lambda r: (r["spanish_fraction"], -r["ppl_ratio"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -471,7 +488,12 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
         return (f"No language neurons found in layers {layers[0]}–{layers[-1]}: no SAE feature had both positive "
                 f"Spanish selectivity and a positive causal lift on the next-token margin, so stages II and III were "
                 f"not run. Try more layers, more candidates (n_candidates) or larger alphas.")
-    parts = [f"language neurons per layer: {sizes}"]
+    lifts = sorted(c["lift"] for s in stage1 for c in s["candidates"])
+    positive = sum(v > 0 for v in lifts)
+    parts = [f"language neurons per layer: {sizes}",
+             f"causal lifts of the most selective features: {positive} of {len(lifts)} positive, median "
+             f"{lifts[len(lifts) // 2]:+.2g}" + (" — weak: the neurons come mostly from selectivity"
+                                                if positive < 0.75 * len(lifts) else "")]
     if window is None:
         return "; ".join(parts + ["no layer had a non-zero steering score, so no window and no steering"]) + "."
     scores = {e["layer"]: e for e in stage2}
@@ -484,18 +506,20 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
     sp = best["sparse"]
     parts.append(f"unsteered: {100 * base['spanish_fraction']:.0f}% Spanish continuations, margin M "
                  f"{base['margin']:+.3f}")
-    parts.append(f"best sparse shift (λ={sp['lam']}, β/λ={sp['ratio']}): {100 * sp['spanish_fraction']:.0f}% Spanish, "
-                 f"ΔM {sp['delta_margin']:+.3f}, perplexity ratio {sp['ppl_ratio']:.2f}, distinct tokens "
-                 f"{sp['distinct']:.2f}")
+    parts.append(f"best non-degenerate sparse shift (λ={sp['lam']}, β/λ={sp['ratio']}): "
+                 f"{100 * sp['spanish_fraction']:.0f}% Spanish, ΔM {sp['delta_margin']:+.3f}, English perplexity ratio "
+                 f"{sp['ppl_ratio']:.3g}, distinct tokens {sp['distinct']:.2f} (unsteered {base['distinct']:.2f})"
+                 + (" — every sparse configuration degenerates into repetition" if _degenerate(sp, base) else ""))
     matched = [r for r in rows if r["method"] == "dense" and r["ppl_ratio"] <= sp["ppl_ratio"] * 1.05]
     if matched:
         dm = max(matched, key=lambda r: (r["spanish_fraction"], r["margin"]))
-        parts.append(f"dense difference of means at no higher utility cost (λ={dm['lam']}): "
+        parts.append(f"dense difference of means at no higher English perplexity (λ={dm['lam']}): "
                      f"{100 * dm['spanish_fraction']:.0f}% Spanish, ΔM {dm['delta_margin']:+.3f}, perplexity ratio "
-                     f"{dm['ppl_ratio']:.2f}")
+                     f"{dm['ppl_ratio']:.3g}")
     else:
-        parts.append("every dense configuration cost more perplexity than the best sparse one (best dense: "
-                     f"{100 * best['dense']['spanish_fraction']:.0f}% Spanish at ratio {best['dense']['ppl_ratio']:.2f})")
+        dn = best["dense"]
+        parts.append("every dense configuration cost more English perplexity than that (best dense: "
+                     f"{100 * dn['spanish_fraction']:.0f}% Spanish at ratio {dn['ppl_ratio']:.3g}, λ={dn['lam']})")
     if "random" in best:
         rd = best["random"]
         parts.append(f"random unit sets of the same size: at best {100 * rd['spanish_fraction']:.0f}% Spanish, "

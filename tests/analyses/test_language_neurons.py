@@ -4,7 +4,6 @@ computations), its error paths, and on the bundled models (slow)."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -23,8 +22,10 @@ SMALL = dict(d_sae=64, k=8, sae_epochs=5, n_candidates=6, lift_prompts=4, n_feat
 
 
 @pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+def _own_cache(request, tmp_path, monkeypatch):
+    """Tiny-model SAEs go to a fresh cache; slow tests keep the real cache (the converted bundled models)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_re
     for entry in r.stage1:
         kept = [c for c in entry["candidates"] if c["kept"]]
         assert len(kept) <= SMALL["n_features"] and all(c["joint"] > 0 for c in kept)
-        assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"], 0)) for c in entry["candidates"])
+        assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"], 0))
+                   for c in entry["candidates"])
         assert r.neurons[str(entry["layer"])] == sorted({d for c in kept for d in c["dims"]})
     for e in r.stage2:
         assert e["score"] == pytest.approx(e["top_mass"] * e["stability"])
@@ -161,18 +163,33 @@ def test_bad_config_fields(field, value):
 # the bundled models
 
 
-GEMMA_SMALL = dict(layers=[5, 6, 7, 8, 9, 10], n_candidates=8, lift_prompts=8, lambdas=[1.0, 4.0], ratios=[0.0, 1.0],
-                   n_random=1, eval_prompts=16, max_new_tokens=16)
+# The default run's window (L8–L13) with one steering setting (λ = 1, β = λ) and one random set: the same SAEs,
+# neurons and shift as the README's numbers, on 16 of the held-out prompts.
+GEMMA_WINDOW = dict(layers=[8, 9, 10, 11, 12, 13], window=[8, 13], lambdas=[1.0], ratios=[1.0], n_random=1,
+                    eval_prompts=16)
 
 
 @pytest.mark.slow
-def test_gemma_language_neurons_end_to_end():
+def test_gemma_sparse_language_neuron_shift_makes_spanish_the_default():
     import workbench
 
     lm = workbench.load_model("gemma3-270m")
-    r = run_analysis(lm, "language_neurons", LanguageNeuronsConfig(**GEMMA_SMALL))
-    assert all(s["sae_fvu"] < 0.5 for s in r.stage1)  # the SAEs reconstruct the standardised residuals
-    assert any(r.neurons.values()) and r.window is not None
-    base = r.steering[0]
-    assert base["spanish_fraction"] <= 0.1  # held-out English prompts continue in English without steering
-    assert math.isfinite(r.steering[-1]["ppl_ratio"])
+    r = run_analysis(lm, "language_neurons", LanguageNeuronsConfig(**GEMMA_WINDOW))
+    assert all(s["sae_fvu"] < 0.3 for s in r.stage1)  # the SAEs reconstruct the standardised residuals
+    rows = {row["method"]: row for row in r.steering}
+    assert rows["none"]["spanish_fraction"] <= 0.1  # held-out English prompts continue in English unsteered
+    assert rows["sparse"]["spanish_fraction"] >= 0.6  # the sparse shift switches the language...
+    assert rows["sparse"]["distinct"] >= 0.75 * rows["none"]["distinct"]  # ...without degenerating
+    assert rows["random"]["spanish_fraction"] <= 0.2  # random unit sets of the same size do not
+    assert rows["sparse"]["ppl_ratio"] < rows["dense"]["ppl_ratio"]  # and it costs English less than dense steering
+    assert "VERDICT: the sparse shift on the language neurons raised" in r.summary()
+
+
+@pytest.mark.slow
+def test_smollm2_runs_the_same_pipeline(real_model):
+    config = LanguageNeuronsConfig(layers=[12, 13, 14], d_sae=256, sae_epochs=10, n_candidates=6, lift_prompts=4,
+                                   lambdas=[1.0], ratios=[1.0], n_random=1, eval_prompts=8, max_new_tokens=8)
+    r = run_analysis(real_model, "language_neurons", config)
+    assert r.n_en_tokens > 0 and r.n_es_tokens > 0 and len(r.stage1) == 3
+    assert r.steering == [] or r.steering[0]["method"] == "none"
+    assert LanguageNeuronsResult.from_json(r.to_json()) == r and r.summary()

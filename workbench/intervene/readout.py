@@ -81,7 +81,8 @@ def right_padded(lm, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, torch.tensor([len(r) - 1 for r in rows])
 
 
-def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32) -> list[torch.Tensor]:
+def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
+                         batch_size: int = 32) -> list[torch.Tensor]:
     """Greedy continuations (new token ids, cut after the first EOS) of each prompt, generated in left-padded batches
     with the KV cache — equal to generating each prompt alone (test). Steering hooks with ``positions="last"`` steer
     each prompt's last token and every generated token."""

@@ -56,7 +56,8 @@ def test_batched_greedy_under_last_position_steering_equals_one_at_a_time(tiny_m
         batched = greedy_continuations(tiny_model, TEXTS, max_new_tokens=4, batch_size=3)
         alone = [greedy_continuations(tiny_model, [t], max_new_tokens=4)[0] for t in TEXTS]
     assert [b.tolist() for b in batched] == [a.tolist() for a in alone]
-    assert [b.tolist() for b in batched] != [c.tolist() for c in greedy_continuations(tiny_model, TEXTS, max_new_tokens=4)]
+    plain = greedy_continuations(tiny_model, TEXTS, max_new_tokens=4)
+    assert [b.tolist() for b in batched] != [c.tolist() for c in plain]
 
 
 def test_continuation_nll_equals_a_direct_computation(tiny_model):
