@@ -2,6 +2,6 @@
 
 from analyses import activation_spectra, weight_spectra  # noqa: F401
 from analyses import erank_dynamics, gradient_spectra, rankme, subspace_patching  # noqa: F401
-from analyses import language_neurons  # noqa: F401
+from analyses import language_neurons, steer2edit  # noqa: F401
 
-__all__ = ["activation_spectra", "erank_dynamics", "gradient_spectra", "language_neurons", "rankme", "subspace_patching", "weight_spectra"]
+__all__ = ["activation_spectra", "erank_dynamics", "gradient_spectra", "language_neurons", "rankme", "steer2edit", "subspace_patching", "weight_spectra"]

@@ -76,22 +76,57 @@ def tiny_ioi_model(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("tiny-ioi"), tokenizer=word_tokenizer(ioi_words()))
 
 
-def en_es_words():
-    """Every word and punctuation mark of the bundled English/Spanish pairs."""
+def _words(text: str) -> list[str]:
     import re
 
+    return re.findall(r"\w+|[^\w\s]+", text)
+
+
+def en_es_words():
+    """Every word and punctuation mark of the bundled English/Spanish pairs."""
     from workbench.tasks.language import load_en_es_pairs
 
-    return re.findall(r"\w+|[^\w\s]+", " ".join(en + " " + es for en, es in load_en_es_pairs()))
+    return _words(" ".join(en + " " + es for en, es in load_en_es_pairs()))
+
+
+def sentiment_words():
+    """Every word of the bundled sentiment pairs, prompts and lexicon, and of the prose passages (utility text)."""
+    from workbench.prompts import default_prompts
+    from workbench.tasks.sentiment import sentiment_lexicon, sentiment_pairs, sentiment_prompts
+
+    pos, neg = sentiment_lexicon()
+    return _words(" ".join([p + " " + n for p, n in sentiment_pairs()] + sentiment_prompts()
+                           + default_prompts("prose") + sorted(pos | neg) + ["Overall", "it", "was"]))
+
+
+def _word_model(tmp_path_factory, name: str, words: list[str], n_layers: int):
+    """A tiny Llama with ``n_layers`` layers whose word-level tokenizer knows ``words``."""
+    torch.set_num_threads(1)
+    return tiny_llama(tmp_path_factory.mktemp(name), tokenizer=word_tokenizer(words),
+                      vocab_size=len(set(words)) + len(TINY_SPECIALS), num_hidden_layers=n_layers)
 
 
 @pytest.fixture(scope="session")
 def tiny_lang_model(tmp_path_factory):
-    """A 4-layer tiny Llama whose word-level tokenizer knows the English/Spanish pairs (language steering)."""
-    torch.set_num_threads(1)
-    words = en_es_words()
-    return tiny_llama(tmp_path_factory.mktemp("tiny-lang"), tokenizer=word_tokenizer(words),
-                      vocab_size=len(set(words)) + len(TINY_SPECIALS), num_hidden_layers=4)
+    """4 layers, a tokenizer knowing the English/Spanish pairs (language steering)."""
+    return _word_model(tmp_path_factory, "tiny-lang", en_es_words(), 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_sentiment_model(tmp_path_factory):
+    """3 layers, a tokenizer knowing the sentiment data (Steer2Edit)."""
+    return _word_model(tmp_path_factory, "tiny-sentiment", sentiment_words(), 3)
+
+
+@pytest.fixture
+def all_threads():
+    """Every core for one test on a real model (the tiny-model fixtures set torch to one thread for the session)."""
+    import os
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,7 @@ GEMMA_WINDOW = dict(layers=[8, 9, 10, 11, 12, 13], window=[8, 13], lambdas=[1.0]
 
 
 @pytest.mark.slow
-def test_gemma_sparse_language_neuron_shift_makes_spanish_the_default():
+def test_gemma_sparse_language_neuron_shift_makes_spanish_the_default(all_threads):
     import workbench
 
     lm = workbench.load_model("gemma3-270m")

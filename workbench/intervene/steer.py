@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workbench.capture import capture
 from workbench.capture.hooks import hooks_attached
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import check_sites, hook_points
@@ -109,3 +110,71 @@ def steering(model, steers: Sequence[Steer]) -> Iterator[None]:
 
     with hooks_attached(points, {site: make(site) for site in by_site}):
         yield
+
+
+@dataclass(frozen=True)
+class ContrastVectors:
+    """Per-layer contrastive statistics of a positive and a negative text set (Steer2Edit §1).
+
+    ``v_attn`` / ``v_mlp`` / ``v_resid``: mean(pos) − mean(neg) of ``hook_attn_out``, ``hook_mlp_out`` and
+    ``hook_resid_post`` (``[d_model]``); ``z_mean``: the mean input of each head to W_O (``attn.hook_z``,
+    ``[n_heads, d_head]``) and ``post_mean`` of each MLP neuron to W_out (``mlp.hook_post``, ``[d_mlp]``), both averaged
+    over the positive and the negative set (the mean of the two set means)."""
+
+    layer: int
+    v_attn: torch.Tensor
+    v_mlp: torch.Tensor
+    v_resid: torch.Tensor
+    z_mean: torch.Tensor
+    post_mean: torch.Tensor
+
+
+SPANS = ("all", "last")
+
+
+def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, layers: Sequence[int],
+                     span: str = "all", batch_size: int = 8, progress: bool = False) -> dict[int, ContrastVectors]:
+    """:class:`ContrastVectors` per layer from one streamed capture of each set. ``span``: average over ``"all"``
+    tokens of every text (BOS excluded; each set's mean is over its tokens) or each text's ``"last"`` token."""
+    call = "contrast_vectors"
+    if span not in SPANS:
+        raise config_error(call, "span", f"one of {list(SPANS)}", span)
+    n_layers = lm.facts.n_layers
+    if not layers or not all(isinstance(l, int) and 0 <= l < n_layers for l in layers):
+        raise config_error(call, "layers", f"a non-empty list of layer indices in [0, {n_layers})", layers)
+    names = ("hook_attn_out", "hook_mlp_out", "hook_resid_post", "attn.hook_z", "mlp.hook_post")
+    sites = [f"blocks.{l}.{n}" for l in layers for n in names]
+    means = []
+    for texts in (positive, negative):
+        cap = capture(lm, list(texts), sites=sites, positions="all" if span == "all" else "last",
+                      batch_size=batch_size, progress=progress, device=lm.device)
+        means.append({site: cap[site].mean.float() for site in sites})
+    pos, neg = means
+    h, dh = lm.facts.n_heads, lm.facts.d_head
+    out = {}
+    for l in layers:
+        site = lambda n: f"blocks.{l}.{n}"  # noqa: E731
+        out[l] = ContrastVectors(
+            layer=l, v_attn=pos[site("hook_attn_out")] - neg[site("hook_attn_out")],
+            v_mlp=pos[site("hook_mlp_out")] - neg[site("hook_mlp_out")],
+            v_resid=pos[site("hook_resid_post")] - neg[site("hook_resid_post")],
+            z_mean=((pos[site("attn.hook_z")] + neg[site("attn.hook_z")]) / 2).reshape(h, dh),
+            post_mean=(pos[site("mlp.hook_post")] + neg[site("mlp.hook_post")]) / 2)
+    return out
+
+
+def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: str = "components",
+                  positions="all") -> list[Steer]:
+    """Uniform activation steering with unit vectors: α·v̂_attn at ``hook_attn_out`` and α·v̂_mlp at ``hook_mlp_out``
+    of every layer (``where="components"``, the outputs Steer2Edit edits) or α·v̂_resid at ``hook_resid_post``
+    (``where="resid"``); ``positions="all"`` steers every position (None in :class:`Steer`)."""
+    if where not in ("components", "resid"):
+        raise config_error("vector_steers", "where", "'components' or 'resid'", where)
+    pos = None if positions == "all" else positions
+    out = []
+    for l, vec in vectors.items():
+        pairs = ([(f"blocks.{l}.hook_attn_out", vec.v_attn), (f"blocks.{l}.hook_mlp_out", vec.v_mlp)]
+                 if where == "components" else [(f"blocks.{l}.hook_resid_post", vec.v_resid)])
+        for site, v in pairs:
+            out.append(Steer(site, v / v.norm().clamp_min(1e-12), scale=float(alpha), positions=pos))
+    return out

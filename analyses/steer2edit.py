@@ -1,0 +1,307 @@
+"""Steer2Edit on sentiment: steering vectors from contrastive texts, activation steering, and the same vectors turned
+into sparse rank-1 edits of attention heads and MLP neurons — compared on the attribute/utility trade-off.
+
+Reference: "Steer2Edit: From Activation Steering to Component-Level Editing" (reference code
+Trustworthy-ML-Lab/Steer2Edit; formulas in :mod:`workbench.intervene.edit`). Steps:
+
+1. Vectors: per layer v_attn = mean(pos) − mean(neg) of ``hook_attn_out`` and v_mlp of ``hook_mlp_out`` over the
+   tokens of the 30 training pairs (``token_span="all"``, BOS excluded; or each text's ``"last"`` token), and the
+   mean head inputs (``attn.hook_z``) and neuron activations (``mlp.hook_post``) over both sets.
+2. Attribute check: does the model carry sentiment? Next-token margin M = Σp(positive words) − Σp(negative words)
+   after the 10 held-out positive vs negative texts followed by " Overall, it was".
+3. Activation steering: α·v̂ added to every position's attention and MLP output at every chosen layer, for each α.
+4. Edits: per ρ (the same for attention and MLP unless ``mlp_rho_factor`` ≠ 1) the elastic-net λ of every head and
+   neuron; components with λ ≠ 0 get their rank-1 edit, applied to the weights and reverted exactly after measuring.
+5. Measures, for every setting: attribute = M on the 40 neutral prompts ("The movie I watched last night was") and
+   the lexicon score of their 16-token greedy continuations; utility = perplexity of neutral held-out passages
+   relative to the unmodified model and the top-1 agreement with it. The verdict compares the two methods at
+   matched utility.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+
+from workbench.capture.hooks import count_hooks
+from workbench.errors import config_error
+from workbench.intervene.edit import edited, steer2edit
+from workbench.intervene.readout import greedy_continuations, position_logits, right_padded
+from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers
+from workbench.prompts import default_prompts
+from workbench.registry import Analysis, register
+from workbench.results import PALETTE, Config, Result, is_int, is_number
+from workbench.runner import Inputs
+from workbench.tasks.sentiment import (sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids)
+
+CHECK_SUFFIX = " Overall, it was"
+
+
+@dataclass(frozen=True)
+class Steer2EditConfig(Config):
+    """``layers``: layers whose vectors steer / whose components may be edited (None: all). ``token_span``: average
+    the contributions over ``"all"`` tokens of each text or its ``"last"``. ``n_train``: contrastive pairs for the
+    vectors (the rest check the attribute). ``alphas``: activation-steering strengths (× v̂, unit vectors) added at
+    every position of the attention and MLP outputs (``steer_where="components"``) or the residual stream
+    (``"resid"``) of each layer.
+    ``rhos``: edit sparsity levels ρ (ρ_mlp = ``mlp_rho_factor``·ρ); ``alpha_en``: the elastic-net α in [0, 1).
+    ``eval_prompts`` neutral prompts (None: all 40), ``max_new_tokens`` greedy tokens each; ``utility_texts``
+    neutral passages of up to ``utility_tokens`` tokens."""
+
+    kind = "steer2edit_config"
+    layers: list[int] | None = None
+    token_span: str = "all"
+    steer_where: str = "components"
+    n_train: int = 30
+    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    rhos: list[float] = field(default_factory=lambda: [0.8, 0.6, 0.5, 0.4, 0.3])
+    mlp_rho_factor: float = 1.0
+    alpha_en: float = 0.95
+    eval_prompts: int | None = None
+    max_new_tokens: int = 16
+    utility_texts: int = 16
+    utility_tokens: int = 64
+    batch_size: int = 40
+    top_components: int = 20
+
+    def validate(self) -> None:
+        self.check("layers", self.layers is None or (isinstance(self.layers, list) and bool(self.layers) and all(
+            is_int(v) and v >= 0 for v in self.layers)), "None or a non-empty list of layer indices >= 0")
+        self.check("token_span", self.token_span in SPANS, f"one of {list(SPANS)}")
+        self.check("steer_where", self.steer_where in ("components", "resid"), "'components' or 'resid'")
+        self.check("alphas", isinstance(self.alphas, list) and bool(self.alphas)
+                   and all(is_number(a) for a in self.alphas), "a non-empty list of numbers")
+        self.check("rhos", isinstance(self.rhos, list) and bool(self.rhos)
+                   and all(is_number(r) and r > 0 for r in self.rhos), "a non-empty list of numbers > 0")
+        self.check("mlp_rho_factor", is_number(self.mlp_rho_factor) and self.mlp_rho_factor > 0, "a number > 0")
+        self.check("alpha_en", is_number(self.alpha_en) and 0 <= self.alpha_en < 1, "a number in [0, 1)")
+        for name, low in {"n_train": 2, "max_new_tokens": 1, "utility_texts": 1, "utility_tokens": 2,
+                          "batch_size": 1, "top_components": 1}.items():
+            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
+        self.check("eval_prompts", self.eval_prompts is None or (is_int(self.eval_prompts) and self.eval_prompts >= 1),
+                   "None or an int >= 1")
+
+
+@dataclass(frozen=True)
+class Steer2EditResult(Result):
+    """``check``: the attribute check (margins after held-out positive / negative texts). ``points``: one row per
+    setting (method ``"none"``/``"steer"``/``"edit"``, its strength, the number of edited heads and neurons, the
+    attribute and utility measures). ``components``: the edited heads/neurons of the edit closest to the best
+    steering's utility, largest |λ| first."""
+
+    kind = "steer2edit"
+    title = "Steer2Edit: activation steering vs sparse rank-1 component edits (sentiment)"
+    model: str
+    layers: list[int]
+    check: dict
+    points: list[dict]
+    components: list[dict]
+    components_rho: float | None
+    examples: list[dict]
+    verdict: str
+
+    def plot(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("next-token sentiment margin vs perplexity ratio",
+                                                            "continuation sentiment (lexicon) vs top-1 agreement"))
+        for method, colour in (("none", "#000000"), ("steer", PALETTE[0]), ("edit", PALETTE[1])):
+            pts = sorted((p for p in self.points if p["method"] == method), key=lambda p: p["ppl_ratio"])
+            if not pts:
+                continue
+            text = [p["label"] for p in pts]
+            fig.add_trace(go.Scatter(x=[p["ppl_ratio"] for p in pts], y=[p["margin"] for p in pts], text=text,
+                                     mode="lines+markers", name=method, legendgroup=method, line={"color": colour},
+                                     hovertemplate="%{text}: ppl ratio %{x:.3f}, M %{y:.3f}<extra></extra>"),
+                          row=1, col=1)
+            fig.add_trace(go.Scatter(x=[p["agreement"] for p in pts], y=[p["lexicon"] for p in pts], text=text,
+                                     mode="markers", name=method, legendgroup=method, showlegend=False,
+                                     marker={"color": colour},
+                                     hovertemplate="%{text}: agreement %{x:.3f}, lexicon %{y:.3f}<extra></extra>"),
+                          row=1, col=2)
+        fig.update_xaxes(title_text="perplexity ratio on neutral text (1 = unchanged)", type="log", row=1, col=1)
+        fig.update_xaxes(title_text="top-1 agreement with the unmodified model", row=1, col=2)
+        fig.update_yaxes(title_text="M = Σp(positive) − Σp(negative)", row=1, col=1)
+        fig.update_yaxes(title_text="lexicon score", row=1, col=2)
+        fig.update_layout(title="Attribute vs utility: activation steering (α sweep) and Steer2Edit (ρ sweep)",
+                          height=440)
+        return fig
+
+    def plot_components(self) -> go.Figure:
+        comps = self.components
+        fig = go.Figure(go.Bar(x=[f"L{c['layer']}{'H' if c['kind'] == 'head' else 'N'}{c['index']}" for c in comps],
+                               y=[c["lam"] for c in comps], marker_color=[PALETTE[0] if c["kind"] == "head"
+                                                                          else PALETTE[1] for c in comps],
+                               text=[f"g={c['g']:.2f}" for c in comps]))
+        fig.update_layout(title=f"Edited components at ρ = {self.components_rho} (largest |λ|; blue heads, red "
+                                f"neurons)", yaxis_title="λ", height=380)
+        return fig
+
+    def components_table(self) -> go.Figure:
+        comps = self.components
+        fig = go.Figure(go.Table(
+            header={"values": ["component", "layer", "index", "attribution g", "λ"]},
+            cells={"values": [[c["kind"] for c in comps], [c["layer"] for c in comps], [c["index"] for c in comps],
+                              [f"{c['g']:+.3f}" for c in comps], [f"{c['lam']:+.3f}" for c in comps]]}))
+        fig.update_layout(title=f"Edited heads and neurons at ρ = {self.components_rho}", height=120 + 22 * len(comps))
+        return fig
+
+    def figures(self) -> list[go.Figure]:
+        return [self.plot()] + ([self.plot_components(), self.components_table()] if self.components else [])
+
+    def table(self):
+        header = ["method", "strength", "edited heads", "edited neurons", "margin M", "lexicon", "ppl ratio",
+                  "top-1 agreement"]
+        return header, [[p["method"], p["strength"], p["heads"], p["neurons"], p["margin"], p["lexicon"],
+                         p["ppl_ratio"], p["agreement"]] for p in self.points]
+
+    def summary(self) -> str:
+        return self.verdict
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _utility_tokens(lm, config) -> torch.Tensor:
+    texts = default_prompts("prose")[:config.utility_texts]
+    rows = [lm.model.to_tokens(t)[0, :config.utility_tokens] for t in texts]
+    width = min(len(r) for r in rows)
+    return torch.stack([r[:width] for r in rows]).to(lm.device)  # equal lengths: no padding in the perplexity
+
+
+def _measure(lm, data, config) -> dict:
+    with torch.no_grad():
+        logits = lm.model(data["utility"]).double()
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    nll = -logp.gather(-1, data["utility"][:, 1:, None]).mean()
+    top1 = logits[:, :-1].argmax(-1)
+    m = torch.softmax(position_logits(lm, data["tokens"], data["last"], batch_size=config.batch_size).double(), -1)
+    margin = m[:, data["pos"]].sum(-1) - m[:, data["neg"]].sum(-1)
+    gens = greedy_continuations(lm, data["prompts"], max_new_tokens=config.max_new_tokens,
+                                batch_size=config.batch_size)
+    texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in gens]
+    return {"nll": float(nll), "top1": top1, "margin": float(margin.mean()),
+            "lexicon": sum(map(sentiment_score, texts)) / len(texts), "texts": texts}
+
+
+def _point(method, strength, label, meas, base, heads=0, neurons=0) -> dict:
+    return {"method": method, "strength": strength, "label": label, "heads": heads, "neurons": neurons,
+            "margin": meas["margin"], "lexicon": meas["lexicon"],
+            "ppl_ratio": math.exp(meas["nll"] - base["nll"]) if base else 1.0,
+            "agreement": float((meas["top1"] == base["top1"]).double().mean()) if base else 1.0}
+
+
+def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
+    lm = inputs.model
+    n_layers = lm.facts.n_layers
+    layers = list(range(n_layers)) if config.layers is None else list(config.layers)
+    if max(layers) >= n_layers:
+        raise config_error("steer2edit", "layers", f"layer indices in [0, {n_layers})", config.layers)
+    pairs = sentiment_pairs()
+    if config.n_train >= len(pairs):
+        raise config_error("steer2edit", "n_train", f"an int in [2, {len(pairs)}) (the rest check the attribute)",
+                           config.n_train)
+    train, held = pairs[:config.n_train], pairs[config.n_train:]
+    pos_ids, neg_ids = sentiment_token_ids(lm.tokenizer)
+    vectors = contrast_vectors(lm, [p for p, _ in train], [n for _, n in train], layers=layers,
+                               span=config.token_span, progress=inputs.progress)
+
+    def margins(texts):
+        tokens, last = right_padded(lm, texts)
+        p = torch.softmax(position_logits(lm, tokens, last, batch_size=config.batch_size).double(), -1)
+        return p[:, pos_ids].sum(-1) - p[:, neg_ids].sum(-1)
+
+    m_pos, m_neg = margins([p + CHECK_SUFFIX for p, _ in held]), margins([n + CHECK_SUFFIX for _, n in held])
+    check = {"n": len(held), "margin_positive": float(m_pos.mean()), "margin_negative": float(m_neg.mean()),
+             "fraction_ordered": float((m_pos > m_neg).double().mean())}
+
+    prompts = sentiment_prompts()[:config.eval_prompts]
+    tokens, last = right_padded(lm, prompts)
+    data = {"prompts": prompts, "tokens": tokens, "last": last, "pos": pos_ids, "neg": neg_ids,
+            "utility": _utility_tokens(lm, config)}
+    bar = tqdm(total=1 + len(config.alphas) + len(config.rhos), desc="steer2edit sweep", disable=not inputs.progress,
+               leave=False)
+    base = _measure(lm, data, config)
+    points = [_point("none", 0.0, "unmodified", base, None)]
+    examples = [{"method": "none", "prompt": p, "continuation": t} for p, t in zip(prompts[:3], base["texts"][:3])]
+    texts: dict[str, list[str]] = {}
+    bar.update()
+    for alpha in config.alphas:
+        with steering(lm, vector_steers(vectors, alpha, where=config.steer_where)):
+            meas = _measure(lm, data, config)
+        points.append(_point("steer", alpha, f"α={alpha}", meas, base))
+        texts[f"α={alpha}"] = meas["texts"]
+        bar.update()
+    edit_sets, hooks_free = {}, True
+    for rho in config.rhos:
+        edits = steer2edit(lm, vectors, rho=rho, rho_mlp=rho * config.mlp_rho_factor, alpha=config.alpha_en)
+        edit_sets[rho] = edits
+        with edited(lm, edits):
+            hooks_free &= count_hooks(lm.hook_points()) == 0
+            meas = _measure(lm, data, config)
+        heads = sum(e.kind == "head" for e in edits)
+        points.append(_point("edit", rho, f"ρ={rho}", meas, base, heads=heads, neurons=len(edits) - heads))
+        texts[f"ρ={rho}"] = meas["texts"]
+        bar.update()
+    bar.close()
+    for method in ("steer", "edit"):
+        best = max((p for p in points if p["method"] == method), key=lambda p: p["margin"])
+        examples += [{"method": f"{method} {best['label']}", "prompt": p, "continuation": t}
+                     for p, t in zip(prompts[:3], texts[best["label"]][:3])]
+    best_steer = max((p for p in points if p["method"] == "steer"), key=lambda p: p["margin"])
+    chosen_rho = min(config.rhos, key=lambda r: abs(math.log(next(p["ppl_ratio"] for p in points
+                                                                 if p["method"] == "edit" and p["strength"] == r))
+                                                    - math.log(best_steer["ppl_ratio"])))
+    comps = sorted(edit_sets[chosen_rho], key=lambda e: -abs(e.lam))[:config.top_components]
+    components = [{"kind": e.kind, "layer": e.layer, "index": e.index, "g": e.g, "lam": e.lam} for e in comps]
+    return Steer2EditResult(model=inputs.model_name, layers=layers, check=check, points=points,
+                            components=components, components_rho=chosen_rho if components else None,
+                            examples=examples, verdict=_verdict(check, points, hooks_free))
+
+
+def _frontier(points, method, max_ppl) -> dict | None:
+    ok = [p for p in points if p["method"] == method and p["ppl_ratio"] <= max_ppl]
+    return max(ok, key=lambda p: p["margin"]) if ok else None
+
+
+def _verdict(check, points, hooks_free) -> str:
+    base = points[0]
+    parts = [f"attribute check: after held-out positive texts M = {check['margin_positive']:+.4f}, after negative "
+             f"{check['margin_negative']:+.4f} ({100 * check['fraction_ordered']:.0f}% of pairs ordered)"
+             + ("" if check["fraction_ordered"] >= 0.7 else " — the model barely carries the attribute, so the "
+                "comparison below says little")]
+    parts.append(f"unmodified on neutral prompts: M {base['margin']:+.4f}, lexicon {base['lexicon']:+.3f}")
+    wins, compared = 0, 0
+    for e in (p for p in points if p["method"] == "edit" and p["heads"] + p["neurons"] > 0):
+        s = _frontier(points, "steer", e["ppl_ratio"])
+        if s is None:
+            continue
+        compared += 1
+        wins += e["margin"] > s["margin"]
+    edits = [p for p in points if p["method"] == "edit"]
+    steers = [p for p in points if p["method"] == "steer"]
+    be, bs = max(edits, key=lambda p: p["margin"]), max(steers, key=lambda p: p["margin"])
+    parts.append(f"best edit {be['label']} ({be['heads']} heads, {be['neurons']} neurons): M {be['margin']:+.4f}, "
+                 f"ppl ratio {be['ppl_ratio']:.3f}, agreement {be['agreement']:.2f}; best steering {bs['label']}: "
+                 f"M {bs['margin']:+.4f}, ppl ratio {bs['ppl_ratio']:.3f}, agreement {bs['agreement']:.2f}")
+    if compared == 0:
+        parts.append("VERDICT: no edit reached a utility cost that some steering strength also reached, so the two "
+                     "cannot be compared at matched utility here")
+    elif wins > compared / 2:
+        parts.append(f"VERDICT: at matched utility the edits gave the larger attribute shift in {wins} of {compared} "
+                     f"comparisons — the paper's claim holds here")
+    else:
+        parts.append(f"VERDICT: at matched utility the edits gave the larger attribute shift in only {wins} of "
+                     f"{compared} comparisons — the paper's claim does NOT hold here")
+    parts.append("edited forwards ran with no hooks attached" if hooks_free else "hooks were attached during an edit")
+    return "; ".join(parts) + "."
+
+
+register(Analysis(
+    name="steer2edit",
+    description="Steering vectors from contrastive sentiment texts vs Steer2Edit rank-1 head/neuron edits",
+    config=Steer2EditConfig, result=Steer2EditResult, compute=compute, needs_model=True, in_default_report=False,
+))
