@@ -47,7 +47,7 @@ from workbench.intervene.language import (best_window, causal_lift, selectivity,
 from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
 from workbench.intervene.steer import Steer, steering
 from workbench.registry import Analysis, register
-from workbench.results import Config, Result, is_int, is_number
+from workbench.results import Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
 from workbench.sae import ARCHITECTURES, cached_sae, decoder_directions, encode
 from workbench.spectra import effective_rank
@@ -171,10 +171,15 @@ class LanguageNeuronsResult(Result):
             figs += [spectra_figure(self.stage2), layer_figure(self.stage2, self.window)]
         if len(self.steering) > 1:
             figs.append(steering_figure(self.steering))
+        if self.examples:
+            figs.append(table_figure("Continuations of held-out English prompts (best setting of each method)",
+                                     ["method", "λ", "β/λ", "prompt", "continuation"],
+                                     [[e["method"], e["lam"], e["ratio"], e["prompt"], e["continuation"]]
+                                      for e in self.examples]))
         return figs
 
     def plot(self):
-        return self.figures()[-1]
+        return steering_figure(self.steering) if len(self.steering) > 1 else stage1_figure(self.stage1)
 
     def table(self):
         header = ["method", "λ", "β/λ", "seed", "Spanish fraction", "Spanish score", "margin M", "ΔM",

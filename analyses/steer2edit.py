@@ -35,7 +35,7 @@ from workbench.intervene.readout import greedy_continuations, position_logits, r
 from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers
 from workbench.prompts import default_prompts
 from workbench.registry import Analysis, register
-from workbench.results import PALETTE, Config, Result, is_int, is_number
+from workbench.results import PALETTE, Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
 from workbench.tasks.sentiment import (sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids)
 
@@ -141,16 +141,17 @@ class Steer2EditResult(Result):
         return fig
 
     def components_table(self) -> go.Figure:
-        comps = self.components
-        fig = go.Figure(go.Table(
-            header={"values": ["component", "layer", "index", "attribution g", "λ"]},
-            cells={"values": [[c["kind"] for c in comps], [c["layer"] for c in comps], [c["index"] for c in comps],
-                              [f"{c['g']:+.3f}" for c in comps], [f"{c['lam']:+.3f}" for c in comps]]}))
-        fig.update_layout(title=f"Edited heads and neurons at ρ = {self.components_rho}", height=120 + 22 * len(comps))
-        return fig
+        return table_figure(f"Edited heads and neurons at ρ = {self.components_rho}",
+                            ["component", "layer", "index", "attribution g", "λ"],
+                            [[c["kind"], c["layer"], c["index"], c["g"], c["lam"]] for c in self.components])
+
+    def examples_table(self) -> go.Figure:
+        return table_figure("Greedy continuations of neutral prompts", ["setting", "prompt", "continuation"],
+                            [[e["method"], e["prompt"], e["continuation"]] for e in self.examples])
 
     def figures(self) -> list[go.Figure]:
-        return [self.plot()] + ([self.plot_components(), self.components_table()] if self.components else [])
+        parts = [self.plot()] + ([self.plot_components(), self.components_table()] if self.components else [])
+        return parts + [self.examples_table()]
 
     def table(self):
         header = ["method", "strength", "edited heads", "edited neurons", "margin M", "lexicon", "ppl ratio",

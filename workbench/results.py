@@ -58,6 +58,20 @@ def is_number(x: object) -> bool:
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
+def table_figure(title: str, header: list[str], rows: list[list[Any]]) -> Any:
+    """A plotly table (for lists a reader scans in the report: edited components, example generations)."""
+    import plotly.graph_objects as go
+
+    columns = [[fmt(row[i]) if not isinstance(row[i], str) else row[i] for row in rows] for i in range(len(header))]
+    widths = [min(60, max([len(h)] + [len(str(c)) for c in col])) + 4 for h, col in zip(header, columns)]
+    fig = go.Figure(go.Table(header={"values": header, "align": "left"}, columnwidth=widths,
+                             cells={"values": columns, "align": "left", "height": 26}))
+    share = [w / sum(widths) for w in widths]  # a cell shows ~150·share characters per line at the report's width
+    lines = sum(max(1, *(math.ceil(len(str(c)) / max(8, 150 * f)) for c, f in zip(row, share))) for row in rows)
+    fig.update_layout(title=title, height=120 + 20 * lines + 8 * len(rows), margin={"t": 60, "b": 10})
+    return fig
+
+
 class Config(Serialisable):
     """Base of analysis configs: subclasses implement ``validate`` and raise ConfigError naming the field."""
 

@@ -55,7 +55,7 @@ def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_re
     assert r.steering[0]["ppl_ratio"] == 1.0 and r.steering[0]["delta_margin"] == 0.0
     assert all(0 <= row["spanish_fraction"] <= 1 and row["ppl_ratio"] > 0 for row in r.steering)
     assert LanguageNeuronsResult.from_json(r.to_json()) == r
-    assert len(r.figures()) == 4 and "VERDICT" in r.summary()
+    assert len(r.figures()) == 5 and "VERDICT" in r.summary()  # 4 plots + the example continuations
     assert count_hooks(tiny_lang_model.hook_points()) == 0
 
 
