@@ -91,3 +91,37 @@ def test_class_activation_and_min_max():
     assert img.tolist() == [0.0, 0.5] and txt.tolist() == [1.0]
     img, txt = min_max(torch.tensor([1.0, 3.0]), torch.tensor([5.0]), joint=False)
     assert img.tolist() == [0.0, 1.0] and txt.tolist() == [0.0]
+
+
+def test_text_token_maps_equal_a_full_forward(tiny_model):
+    from workbench.intervene.readout import greedy_continuations
+    from workbench.tam import text_token_maps
+
+    prompt = "abcab c"
+    maps = text_token_maps(tiny_model, prompt, max_new_tokens=3)
+    prompt_ids = tiny_model.model.to_tokens(prompt)[0]  # BOS first
+    generated = greedy_continuations(tiny_model, [prompt], max_new_tokens=3)[0]
+    ids = torch.cat([prompt_ids, generated])
+    with torch.no_grad():
+        logits = tiny_model.model(ids[None])[0].double()
+    n = len(prompt_ids)
+    assert maps.raw.shape == maps.eci.shape == maps.filtered.shape == (3, n - 1)
+    assert len(maps.prompt_tokens) == n - 1 and len(maps.generated_tokens) == 3
+    for t in range(3):
+        p, y = n + t, int(ids[n + t])
+        raw = logits[1:n, y].clamp_min(0)
+        assert torch.allclose(maps.raw[t], raw, atol=1e-5)
+        earlier = torch.arange(1, p)
+        expected = estimated_causal_inference(raw, logits[1:n][:, ids[earlier]].T.clamp_min(0),
+                                              logits[earlier, y].clamp_min(0), ids[earlier] != y)
+        assert torch.allclose(maps.eci[t], expected, atol=1e-5)
+        assert torch.allclose(maps.filtered[t], rank_gaussian_filter(maps.eci[t]), atol=1e-12)
+
+
+def test_text_token_maps_bad_inputs(tiny_model):
+    from workbench.tam import text_token_maps
+
+    with pytest.raises(ConfigError, match="'prompt'"):
+        text_token_maps(tiny_model, "  ")
+    with pytest.raises(ConfigError, match="'max_new_tokens'"):
+        text_token_maps(tiny_model, "abc", max_new_tokens=0)
