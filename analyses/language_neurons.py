@@ -32,7 +32,6 @@ memorise); the effective rank in the rank rule is Roy–Vetterli on σ (``energy
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,24 +39,22 @@ import torch
 from tqdm.auto import tqdm
 
 from analyses._language_plots import layer_figure, spectra_figure, stage1_figure, steering_figure
+from analyses._language_steering import METHODS, SITE, LayerState, best, degenerate, margins, stage3
 from workbench.capture import capture
 from workbench.errors import config_error
-from workbench.intervene.language import (best_window, causal_lift, selectivity, sparse_shift, steering_rank,
+from workbench.intervene.language import (best_window, causal_lift, selectivity, steering_rank,
                                           subspace_stability, top_mass)
-from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
-from workbench.intervene.steer import Steer, steering
+from workbench.intervene.readout import right_padded
+from workbench.intervene.steer import Steer
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
 from workbench.sae import ARCHITECTURES, cached_sae, decoder_directions, encode
 from workbench.spectra import effective_rank
-from workbench.tasks.language import (detect_language, language_margin, language_token_ids, load_en_es_pairs,
-                                      read_en_es_pairs, spanish_score, split_pairs)
+from workbench.tasks.language import (language_token_ids, load_en_es_pairs,
+                                      read_en_es_pairs, split_pairs)
 
-SITE = "blocks.{}.hook_resid_post"
 SAE_ROWS = ("all", "last")
-METHODS = ("none", "sparse", "dense", "random")
-DEGENERATE_FRACTION = 0.75
 STD_FLOOR = 1e-6  # standard deviations below this (constant dimensions) are treated as this
 
 
@@ -236,21 +233,6 @@ def _digest(pairs) -> str:
 # stage I
 
 
-@dataclass
-class _Layer:
-    """What stage I leaves per layer for stages II and III (tensors on the model's device, float32)."""
-
-    layer: int
-    mean: torch.Tensor  # [d] standardisation
-    std: torch.Tensor  # [d]
-    z_en: torch.Tensor  # [N, d] standardised last-token residuals
-    z_es: torch.Tensor
-    neurons: list[int]
-
-    def mu(self, side: str) -> torch.Tensor:
-        return (self.z_es if side == "es" else self.z_en).mean(0)
-
-
 def _capture(lm, train, layers, config, progress):
     texts = [en for en, _ in train] + [es for _, es in train]
     sites = [SITE.format(l) for l in layers]
@@ -259,31 +241,23 @@ def _capture(lm, train, layers, config, progress):
                    device=lm.device)
 
 
-def _margins(lm, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
-    """``[B]`` next-token margins M at ``last``; one forward for the whole batch, because per-example steers
-    (``positions`` a ``[B]`` tensor) index its rows."""
-    with steering(lm, list(steers)):
-        logits = position_logits(lm, tokens, last, batch_size=tokens.shape[0])
-    return language_margin(logits, en_ids, es_ids)
-
-
 def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, es_ids) -> torch.Tensor:
     """``[C]`` causal lift of each raw-unit direction in ``vectors`` ``[C, d]``: every (direction, prompt) pair is
     one row of a batch, steered at the prompt's last token."""
     c, p = vectors.shape[0], tokens.shape[0]
-    base = _margins(lm, tokens, last, en_ids, es_ids)  # [P]
+    base = margins(lm, tokens, last, en_ids, es_ids)  # [P]
     rep_tokens, rep_last = tokens.repeat(c, 1), last.repeat(c)
     per_row = vectors.repeat_interleave(p, dim=0)  # row b = direction b // p
     deltas = []
     for alpha in alphas:
         steer = Steer(SITE.format(layer), lambda part, a=alpha: a * per_row.to(part.device, part.dtype)[:, None],
                       positions=rep_last.to(lm.device))
-        m = _margins(lm, rep_tokens, rep_last, en_ids, es_ids, [steer]).reshape(c, p)
+        m = margins(lm, rep_tokens, rep_last, en_ids, es_ids, [steer]).reshape(c, p)
         deltas.append((m - base.reshape(1, p)).mean(1))
     return causal_lift(torch.stack(deltas, dim=1), torch.tensor(alphas, dtype=torch.float64))
 
 
-def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[_Layer]]:
+def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
     captured = _capture(lm, train, layers, config, progress)
     n = len(train)
     lift_tokens, lift_last = right_padded(lm, [en for en, _ in train[:config.lift_prompts]])
@@ -316,7 +290,7 @@ def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[d
         rows.append({"layer": layer, "sae_fvu": sae.fvu, "sae_l0": sae.l0, "sae_path": str(sae.path),
                      "n_positive_selectivity": int((sel > 0).sum()), "max_selectivity": float(sel.max()),
                      "candidates": candidates, "n_neurons": len(neurons)})
-        states.append(_Layer(layer, mean, std, z_en, z_es, neurons))
+        states.append(LayerState(layer, mean, std, z_en, z_es, neurons))
     return rows, states
 
 
@@ -324,7 +298,7 @@ def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[d
 # stage II
 
 
-def _stage2(states: list[_Layer], config) -> list[dict]:
+def _stage2(states: list[LayerState], config) -> list[dict]:
     out = []
     for st in states:
         entry = {"layer": st.layer, "n_neurons": len(st.neurons), "singular_values": [], "erank": 0.0, "rank": 0,
@@ -354,117 +328,6 @@ def _window(stage2: list[dict], layers: list[int], config) -> list[int] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# stage III
-
-
-def _shift(st: _Layer, mask: torch.Tensor, lam: float, beta: float):
-    mu_es, mu_en = st.mu("es"), st.mu("en")
-
-    def shift(x: torch.Tensor) -> torch.Tensor:
-        z = (x.float() - st.mean.to(x.device)) / st.std.to(x.device)
-        dz = sparse_shift(z, mu_es.to(x.device), mu_en.to(x.device), mask.to(x.device), lam=lam, beta=beta)
-        return (dz * st.std.to(x.device)).to(x.dtype)
-    return shift
-
-
-def _method_steers(method: str, window_states: list[_Layer], lam: float, ratio: float, seed: int | None):
-    """``positions -> [Steer]`` for one configuration (positions: "last", a [B] index tensor or a [B, T] mask)."""
-    parts = []
-    gen = torch.Generator().manual_seed(seed if seed is not None else 0)
-    for st in window_states:
-        d = st.mean.shape[0]
-        if method == "dense":
-            vector = lam * (st.mu("es") - st.mu("en")) * st.std
-            parts.append((st.layer, vector))
-            continue
-        if method == "sparse":
-            units = st.neurons
-        else:  # random: a set of the same size, drawn per layer
-            units = torch.randperm(d, generator=gen)[:len(st.neurons)].tolist()
-        if not units:
-            continue
-        mask = torch.zeros(d, dtype=torch.bool)
-        mask[units] = True
-        parts.append((st.layer, _shift(st, mask, lam, ratio * lam)))
-    return lambda positions: [Steer(SITE.format(layer), vec, positions=positions) for layer, vec in parts]
-
-
-def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> dict:
-    make = steers or (lambda positions: [])
-    with steering(lm, make("last")):
-        gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-    texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in gens]
-    margin = _margins(lm, data["tokens"], data["last"], data["en"], data["es"],
-                      make(data["last"].to(lm.device)))
-    nll = continuation_nll(lm, prompts, data["base_gens"], steers=make) if "base_gens" in data else None
-    # fluency of what the steered model wrote: its likelihood under the unsteered model after the Spanish prompt
-    es_nll = continuation_nll(lm, data["es_prompts"], gens)
-    distinct = [len(set(g.tolist())) / len(g) for g in gens if len(g)]
-    return {"method": method, "lam": lam, "ratio": ratio, "seed": seed,
-            "spanish_fraction": sum(detect_language(t) == "es" for t in texts) / len(texts),
-            "english_fraction": sum(detect_language(t) == "en" for t in texts) / len(texts),
-            "spanish_score": sum(spanish_score(t) for t in texts) / len(texts),
-            "margin": float(margin.mean()), "delta_margin": float(margin.mean()) - data.get("base_margin", 0.0),
-            "ppl_ratio": None if nll is None else math.exp(float(torch.nanmean(nll)) - data["base_nll"]),
-            "es_context_nll": float(torch.nanmean(es_nll)),
-            "distinct": sum(distinct) / max(len(distinct), 1), "texts": texts}
-
-
-def _stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
-    chosen = test[:config.eval_prompts]
-    prompts = [en for en, _ in chosen]
-    tokens, last = right_padded(lm, prompts)
-    data = {"tokens": tokens, "last": last, "en": en_ids, "es": es_ids, "es_prompts": [es for _, es in chosen]}
-    window_states = [st for st in states if window[0] <= st.layer <= window[1]]
-    plan = [("sparse", lam, ratio, None) for lam in config.lambdas for ratio in config.ratios]
-    plan += [("dense", lam, 0.0, None) for lam in config.lambdas]
-    bar = tqdm(total=1 + len(plan) + config.n_random * len(config.lambdas), desc="stage III: steering",
-               disable=not progress, leave=False)
-    base = _evaluate(lm, prompts, data, None, "none", 0.0, 0.0, None, config)
-    base_gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-    base_nll = continuation_nll(lm, prompts, base_gens)
-    data |= {"base_gens": base_gens, "base_nll": float(torch.nanmean(base_nll)), "base_margin": base["margin"]}
-    base |= {"ppl_ratio": 1.0, "delta_margin": 0.0}
-    bar.update()
-    rows = [base]
-    for method, lam, ratio, seed in plan:
-        rows.append(_evaluate(lm, prompts, data, _method_steers(method, window_states, lam, ratio, seed), method,
-                              lam, ratio, seed, config))
-        bar.update()
-    best_ratio = _best(rows, "sparse")["ratio"] if any(r["method"] == "sparse" for r in rows) else 0.0
-    for seed in range(config.n_random):
-        for lam in config.lambdas:
-            steers = _method_steers("random", window_states, lam, best_ratio, config.seed + 1 + seed)
-            rows.append(_evaluate(lm, prompts, data, steers, "random", lam, best_ratio, seed, config))
-            bar.update()
-    bar.close()
-    examples = []
-    for method in METHODS:
-        chosen = [r for r in rows if r["method"] == method]
-        if chosen:
-            best = _best(rows, method)
-            examples += [{"method": method, "lam": best["lam"], "ratio": best["ratio"], "prompt": p, "continuation": t}
-                         for p, t in zip(prompts[:3], best["texts"][:3])]
-    for r in rows:
-        r.pop("texts")
-    return rows, examples
-
-
-def _degenerate(row: dict, base: dict) -> bool:
-    """A steered configuration whose continuations repeat themselves: distinct-token ratio below
-    ``DEGENERATE_FRACTION`` of the unsteered one ("y a la la la y a la ...")."""
-    return row["distinct"] < DEGENERATE_FRACTION * base["distinct"]
-
-
-def _best(rows: list[dict], method: str) -> dict:
-    """The configuration of ``method`` with the largest Spanish fraction among the non-degenerate ones (all of them
-    if every one is degenerate); ties: the smaller English perplexity ratio."""
-    chosen = [r for r in rows if r["method"] == method]
-    fluent = [r for r in chosen if not _degenerate(r, rows[0])] or chosen
-    return max(fluent, key=lambda r: (r["spanish_fraction"], -r["ppl_ratio"]))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def compute(inputs: Inputs, config: LanguageNeuronsConfig) -> LanguageNeuronsResult:
@@ -479,7 +342,7 @@ def compute(inputs: Inputs, config: LanguageNeuronsConfig) -> LanguageNeuronsRes
         stage2 = _stage2(states, config)
         window = _window(stage2, layers, config)
         if window is not None and any(st.neurons for st in states if window[0] <= st.layer <= window[1]):
-            steering_rows, examples = _stage3(lm, test, states, window, config, en_ids, es_ids, inputs.progress)
+            steering_rows, examples = stage3(lm, test, states, window, config, en_ids, es_ids, inputs.progress)
     return LanguageNeuronsResult(
         model=inputs.model_name, layers=layers, n_train=len(train), n_test=len(test), n_en_tokens=len(en_ids),
         n_es_tokens=len(es_ids), stage1=stage1, neurons=neurons, stage2=stage2, window=window,
@@ -507,14 +370,14 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
     if not rows:
         return "; ".join(parts + ["the window's layers have no language neurons, so no steering"]) + "."
     base = rows[0]
-    best = {m: _best(rows, m) for m in METHODS if any(r["method"] == m for r in rows)}
+    best = {m: best(rows, m) for m in METHODS if any(r["method"] == m for r in rows)}
     sp = best["sparse"]
     parts.append(f"unsteered: {100 * base['spanish_fraction']:.0f}% Spanish continuations, margin M "
                  f"{base['margin']:+.3f}")
     parts.append(f"best non-degenerate sparse shift (λ={sp['lam']}, β/λ={sp['ratio']}): "
                  f"{100 * sp['spanish_fraction']:.0f}% Spanish, ΔM {sp['delta_margin']:+.3f}, English perplexity ratio "
                  f"{sp['ppl_ratio']:.3g}, distinct tokens {sp['distinct']:.2f} (unsteered {base['distinct']:.2f})"
-                 + (" — every sparse configuration degenerates into repetition" if _degenerate(sp, base) else ""))
+                 + (" — every sparse configuration degenerates into repetition" if degenerate(sp, base) else ""))
     matched = [r for r in rows if r["method"] == "dense" and r["ppl_ratio"] <= sp["ppl_ratio"] * 1.05]
     if matched:
         dm = max(matched, key=lambda r: (r["spanish_fraction"], r["margin"]))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import analyses._language_steering as steering_stage
 import analyses.language_neurons as ln
 from analyses.language_neurons import LanguageNeuronsConfig, LanguageNeuronsResult
 from workbench.capture.hooks import count_hooks
@@ -123,7 +124,7 @@ def test_hooks_removed_when_steering_raises(tiny_lang_model, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom in the shift")
 
-    monkeypatch.setattr(ln, "sparse_shift", broken)
+    monkeypatch.setattr(steering_stage, "sparse_shift", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
     assert count_hooks(tiny_lang_model.hook_points()) == 0
