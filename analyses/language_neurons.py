@@ -370,8 +370,8 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
     if not rows:
         return "; ".join(parts + ["the window's layers have no language neurons, so no steering"]) + "."
     base = rows[0]
-    best = {m: best(rows, m) for m in METHODS if any(r["method"] == m for r in rows)}
-    sp = best["sparse"]
+    tops = {m: best(rows, m) for m in METHODS if any(r["method"] == m for r in rows)}
+    sp = tops["sparse"]
     parts.append(f"unsteered: {100 * base['spanish_fraction']:.0f}% Spanish continuations, margin M "
                  f"{base['margin']:+.3f}")
     parts.append(f"best non-degenerate sparse shift (λ={sp['lam']}, β/λ={sp['ratio']}): "
@@ -385,15 +385,15 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
                      f"{100 * dm['spanish_fraction']:.0f}% Spanish, ΔM {dm['delta_margin']:+.3f}, perplexity ratio "
                      f"{dm['ppl_ratio']:.3g}")
     else:
-        dn = best["dense"]
+        dn = tops["dense"]
         parts.append("every dense configuration cost more English perplexity than that (best dense: "
                      f"{100 * dn['spanish_fraction']:.0f}% Spanish at ratio {dn['ppl_ratio']:.3g}, λ={dn['lam']})")
-    if "random" in best:
-        rd = best["random"]
+    if "random" in tops:
+        rd = tops["random"]
         parts.append(f"random unit sets of the same size: at best {100 * rd['spanish_fraction']:.0f}% Spanish, "
                      f"ΔM {rd['delta_margin']:+.3f}")
     gain = sp["spanish_fraction"] - base["spanish_fraction"]
-    beats_random = "random" not in best or sp["spanish_fraction"] > best["random"]["spanish_fraction"] + 0.05
+    beats_random = "random" not in tops or sp["spanish_fraction"] > tops["random"]["spanish_fraction"] + 0.05
     if gain < 0.1:
         parts.append("VERDICT: the sparse language-neuron shift did NOT make Spanish the default output here "
                      f"(+{100 * gain:.0f} points)")
