@@ -147,7 +147,7 @@ def capture(
     tokenized = tok.tokenize(loaded, texts, max_length=max_length, max_tokens=max_tokens)
     tok.check_positions(positions, tokenized)
     shapes = _probe(loaded, points, names, tokenized.ids[0])
-    batches = list(tok.batches(tokenized, batch_size, _pad_id(loaded), positions, exclude_bos))
+    batches = list(tok.batches(tokenized, batch_size, tok.pad_id(loaded), positions, exclude_bos))
     state = _allocate(names, shapes, batches, tokenized, chosen_keep, reservoir_size, memory_budget, seed,
                       torch.device(device) if device is not None else loaded.device)
     _run(loaded, points, state, batches, tokenized.n_tokens, progress)
@@ -156,15 +156,6 @@ def capture(
         n_tokens=tokenized.n_tokens, positions=positions, exclude_bos=exclude_bos, has_bos=tokenized.has_bos,
         batch_size=batch_size, seconds=time.perf_counter() - started, meta={"keep": sorted(chosen_keep)},
     )
-
-
-def _pad_id(loaded: LoadedModel) -> int:
-    tokenizer = loaded.tokenizer
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def _allocate(names, shapes, batches, tokenized, keep, reservoir_size, budget, seed, device) -> dict[str, _Site]:

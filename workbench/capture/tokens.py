@@ -71,6 +71,23 @@ def tokenize(loaded: LoadedModel, texts: list[str], *, max_length: int | None,
     return Tokenized(ids=ids, has_bos=has_bos)
 
 
+def pad_id(loaded: LoadedModel) -> int:
+    """The id used for right padding: the tokenizer's pad, else EOS, else BOS, else 0 (pads are never read)."""
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(loaded.tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """``[B, max length]``: the 1-D id tensors ``rows`` right-padded with ``pad``."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
 def check_positions(positions: Positions, tokenized: Tokenized) -> None:
     if positions in ("all", "last"):
         return
@@ -102,8 +119,6 @@ def batches(tokenized: Tokenized, batch_size: int, pad_id: int, positions: Posit
     for start in range(0, len(order), batch_size):
         chosen = order[start:start + batch_size]
         lengths = torch.tensor([len(tokenized.ids[i]) for i in chosen])
-        tokens = torch.full((len(chosen), int(lengths.max())), pad_id, dtype=torch.long)
-        for row, i in enumerate(chosen):
-            tokens[row, : lengths[row]] = tokenized.ids[i]
+        tokens = right_pad([tokenized.ids[i] for i in chosen], pad_id)
         rows, pooled = _masks(lengths, tokens.shape[1], positions, skip_first)
         yield Batch(text_index=chosen, tokens=tokens, lengths=lengths, rows=rows, pooled=pooled)

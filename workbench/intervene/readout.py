@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from workbench.capture.hooks import hooks_attached
+from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
 
 UNEMBED_INPUT = "unembed.hook_in"
@@ -73,12 +74,7 @@ def right_padded(lm, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, T], last [B])``: the texts tokenised as the model does (BOS policy included), right-padded, and
     the index of each text's last real token."""
     rows = [lm.model.to_tokens(t)[0].cpu() for t in texts]
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
-    tokens = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = r
-    return tokens, torch.tensor([len(r) - 1 for r in rows])
+    return right_pad(rows, pad_id(lm)), torch.tensor([len(r) - 1 for r in rows])
 
 
 def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
@@ -123,16 +119,13 @@ def continuation_nll(lm, prompts: Sequence[str], continuations: Sequence[torch.T
         p = lm.model.to_tokens(prompt)[0].cpu()
         rows.append(torch.cat([p, cont.cpu().long()]))
         starts.append(len(p))
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
+    pad = pad_id(lm)
     out = torch.full((len(rows),), float("nan"), dtype=torch.float64)
     for idx in torch.arange(len(rows)).split(batch_size):
         idx = idx.tolist()
-        width = max(len(rows[i]) for i in idx)
-        tokens = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.bool)
+        tokens = right_pad([rows[i] for i in idx], pad)
+        mask = torch.zeros(tokens.shape, dtype=torch.bool)
         for j, i in enumerate(idx):
-            tokens[j, :len(rows[i])] = rows[i]
             mask[j, starts[i] - 1:] = True
         with steering(lm, steers(mask.to(lm.device)) if steers else []):
             x = final_residual(lm, tokens)
