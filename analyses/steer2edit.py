@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from workbench.capture.hooks import count_hooks
 from workbench.errors import config_error
 from workbench.intervene.edit import edited, steer2edit
-from workbench.intervene.readout import greedy_continuations, position_logits, right_padded
+from workbench.intervene.readout import (greedy_continuations, position_logits, right_padded, texts_margin,
+                                         token_set_margin)
 from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers
 from workbench.prompts import default_prompts
 from workbench.registry import Analysis, register
@@ -179,8 +180,8 @@ def _measure(lm, data, config) -> dict:
     logp = torch.log_softmax(logits[:, :-1], -1)
     nll = -logp.gather(-1, data["utility"][:, 1:, None]).mean()
     top1 = logits[:, :-1].argmax(-1)
-    m = torch.softmax(position_logits(lm, data["tokens"], data["last"], batch_size=config.batch_size).double(), -1)
-    margin = m[:, data["pos"]].sum(-1) - m[:, data["neg"]].sum(-1)
+    margin = token_set_margin(position_logits(lm, data["tokens"], data["last"], batch_size=config.batch_size),
+                              data["pos"], data["neg"])
     gens = greedy_continuations(lm, data["prompts"], max_new_tokens=config.max_new_tokens,
                                 batch_size=config.batch_size)
     texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in gens]
@@ -210,12 +211,8 @@ def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
     vectors = contrast_vectors(lm, [p for p, _ in train], [n for _, n in train], layers=layers,
                                span=config.token_span, progress=inputs.progress)
 
-    def margins(texts):
-        tokens, last = right_padded(lm, texts)
-        p = torch.softmax(position_logits(lm, tokens, last, batch_size=config.batch_size).double(), -1)
-        return p[:, pos_ids].sum(-1) - p[:, neg_ids].sum(-1)
-
-    m_pos, m_neg = margins([p + CHECK_SUFFIX for p, _ in held]), margins([n + CHECK_SUFFIX for _, n in held])
+    m_pos, m_neg = (texts_margin(lm, [t + CHECK_SUFFIX for t in side], pos_ids, neg_ids, batch_size=config.batch_size)
+                    for side in zip(*held))
     check = {"n": len(held), "margin_positive": float(m_pos.mean()), "margin_negative": float(m_neg.mean()),
              "fraction_ordered": float((m_pos > m_neg).double().mean())}
 

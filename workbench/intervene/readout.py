@@ -70,6 +70,20 @@ def position_logits(lm, tokens: torch.Tensor, positions: torch.Tensor, *, batch_
     return torch.cat(out)
 
 
+def token_set_margin(logits: torch.Tensor, plus_ids: Sequence[int], minus_ids: Sequence[int]) -> torch.Tensor:
+    """``[B]`` Σ p(plus tokens) − Σ p(minus tokens) of next-token ``logits`` ``[B, V]`` (softmax over the whole
+    vocabulary, float64): e.g. Spanish vs English tokens, positive vs negative words."""
+    p = torch.softmax(logits.double(), dim=-1)
+    return p[:, list(plus_ids)].sum(-1) - p[:, list(minus_ids)].sum(-1)
+
+
+def texts_margin(lm, texts: Sequence[str], plus_ids: Sequence[int], minus_ids: Sequence[int], *,
+                 batch_size: int = 32) -> torch.Tensor:
+    """``[B]`` :func:`token_set_margin` at the next token after each of ``texts``."""
+    tokens, last = right_padded(lm, texts)
+    return token_set_margin(position_logits(lm, tokens, last, batch_size=batch_size), plus_ids, minus_ids)
+
+
 def right_padded(lm, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, T], last [B])``: the texts tokenised as the model does (BOS policy included), right-padded, and
     the index of each text's last real token."""

@@ -58,14 +58,14 @@ SMOOTHING = 0.5
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
-def _words(text: str) -> list[str]:
+def split_words(text: str) -> list[str]:
     """Alphabetic words (apostrophes kept inside: "don't"), lower case; curly apostrophes count as straight ones."""
     return _WORD.findall(text.replace("\u2019", "'").lower())
 
 
 def _evidence(text: str) -> tuple[float, float, int]:
     """(Spanish evidence, English evidence, number of words) of ``text``; see :func:`spanish_score`."""
-    words = _words(text)
+    words = split_words(text)
     es = float(sum(ch in SPANISH_CHARS for ch in text.lower()))
     en = 0.0
     for word in words:
@@ -230,7 +230,6 @@ def read_en_es_pairs(path) -> list[tuple[str, str]]:
 def language_margin(logits, en_ids: Sequence[int], es_ids: Sequence[int]):
     """``[B]`` M = Σ p(Spanish tokens) − Σ p(English tokens) of next-token ``logits`` ``[B, V]`` (softmax over the
     whole vocabulary), the Neural FOXP2 margin; in [−1, 1], positive when Spanish-marking tokens are more likely."""
-    import torch
+    from workbench.intervene.readout import token_set_margin
 
-    p = torch.softmax(logits.double(), dim=-1)
-    return p[:, list(es_ids)].sum(-1) - p[:, list(en_ids)].sum(-1)
+    return token_set_margin(logits, es_ids, en_ids)

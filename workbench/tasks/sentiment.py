@@ -9,13 +9,11 @@ words; ``sentiment_prompts.txt``: 40 neutral openers such as "The movie I watche
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from importlib import resources
 
 from workbench.errors import ConfigError
-
-_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+from workbench.tasks.language import split_words
 
 
 def _data(name: str) -> str:
@@ -42,10 +40,10 @@ def sentiment_lexicon() -> tuple[frozenset[str], frozenset[str]]:
 def sentiment_score(text: str) -> float:
     """(positive − negative lexicon words) / number of words of ``text``, in [−1, 1]; 0 for text without words."""
     pos, neg = sentiment_lexicon()
-    words = _WORD.findall(text.replace("\u2019", "'").lower())
-    if not words:
+    found = split_words(text)
+    if not found:
         return 0.0
-    return (sum(w in pos for w in words) - sum(w in neg for w in words)) / len(words)
+    return (sum(w in pos for w in found) - sum(w in neg for w in found)) / len(found)
 
 
 def sentiment_token_ids(tokenizer, words: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
