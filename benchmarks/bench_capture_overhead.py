@@ -32,7 +32,6 @@ import torch
 import common
 import workbench
 from workbench.capture import tokens as tok
-from workbench.capture.capture import _pad_id  # the library's own pad choice, so the batches are identical
 from workbench.capture.hooks import hooks_attached, resolve_sites
 
 TARGET = 1.10
@@ -56,7 +55,7 @@ def main() -> None:
     assert len(resid) == 30 and len(three) == 90, (len(resid), len(three))
 
     tokenized = tok.tokenize(lm, texts, max_length=None, max_tokens=None)
-    batches = list(tok.batches(tokenized, 8, _pad_id(lm), "all", True))
+    batches = list(tok.batches(tokenized, 8, tok.pad_id(lm), "all", True))
     padded = sum(b.tokens.numel() for b in batches)
     print(f"{len(texts)} prompts, {tokenized.n_tokens} tokens ({padded} with padding) in {len(batches)} batches of 8; "
           f"torch threads {torch.get_num_threads()}; best of {repeats} after 1 warm-up, round-robin")
@@ -93,7 +92,7 @@ def main() -> None:
 
     def prepare() -> None:  # what capture does before its first batch, besides the probe forward
         t = tok.tokenize(lm, texts, max_length=None, max_tokens=None)
-        list(tok.batches(t, 8, _pad_id(lm), "all", True))
+        list(tok.batches(t, 8, tok.pad_id(lm), "all", True))
 
     variants = {
         "bare forward (baseline)": bare,

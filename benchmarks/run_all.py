@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("bench_capture_overhead.py", "bench_batched_spectra.py", "bench_capture_memory.py")
+SCRIPTS = ("bench_capture_overhead.py", "bench_batched_spectra.py", "bench_capture_memory.py", "bench_readout.py")
 
 
 def busy_cpu_seconds() -> float:
