@@ -6,13 +6,11 @@ shared/PAPERS.md (g)). For a generated token y_t the map over earlier positions 
 position's final hidden state, clipped at 0 (:func:`class_activation`). Earlier tokens' maps interfere with it; the
 interference is estimated as their score-weighted sum and removed with the least-squares scale
 (:func:`estimated_causal_inference`). A rank Gaussian filter denoises the map (:func:`rank_gaussian_filter`, 2-D on
-image grids, 1-D on token sequences). Pure tensor functions (float64 internally); the analysis that runs them on a
-model is built on top.
+image grids, 1-D on token sequences). Pure tensor functions (float64 internally); :mod:`workbench.tam.text` and
+:mod:`workbench.tam.vlm` run them on text and vision-language models.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -107,63 +105,3 @@ def min_max(*maps: torch.Tensor, joint: bool = True) -> list[torch.Tensor]:
         span = hi - lo
         out.append((m.double() - lo) / span if float(span) > 0 else torch.zeros_like(m, dtype=torch.float64))
     return out
-
-
-@dataclass(frozen=True)
-class TextTokenMaps:
-    """Maps of a text model's generated tokens over its prompt tokens (BOS excluded): ``raw`` (class activations),
-    ``eci`` (after estimated causal inference) and ``filtered`` (1-D rank Gaussian filter of ``eci``), each
-    ``[G, P]`` for G generated and P prompt tokens, not normalised (see :func:`min_max`)."""
-
-    prompt_tokens: list[str]
-    generated_tokens: list[str]
-    raw: torch.Tensor
-    eci: torch.Tensor
-    filtered: torch.Tensor
-
-
-def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3) -> TextTokenMaps:
-    """TAM on a text model: greedy-generate from ``prompt``, then for each generated token y_t at position p_t
-
-    - raw map A = relu(logit of y_t) at every prompt position's final hidden state;
-    - interference from every earlier token j (prompt tokens after BOS and earlier generated tokens) that is not the
-      same token: its own map M_j (relu(logit of token j) over the prompt positions) weighted by y_t's activation at
-      position j, removed by :func:`estimated_causal_inference`;
-    - the 1-D :func:`rank_gaussian_filter` (width ``kernel_size``) of the result.
-
-    One forward over prompt + continuation gives every hidden state (causal: equal to the generation-time ones)."""
-    from workbench.intervene.readout import final_residual, greedy_continuations, unembed
-
-    call = "text_token_maps"
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise config_error(call, "prompt", "a non-empty string", prompt)
-    prompt_ids = lm.model.to_tokens(prompt)[0].cpu()
-    bos = getattr(lm.tokenizer, "bos_token_id", None)
-    first = 1 if bos is not None and int(prompt_ids[0]) == bos else 0
-    n_prompt = len(prompt_ids)
-    if n_prompt - first < 1:
-        raise config_error(call, "prompt", "at least one token besides BOS", prompt)
-    generated = greedy_continuations(lm, [prompt], max_new_tokens=max_new_tokens)[0]
-    if len(generated) == 0:
-        raise config_error(call, "max_new_tokens", "a generation of at least one token (the model stopped at once)",
-                           max_new_tokens)
-    ids = torch.cat([prompt_ids, generated.long()])
-    x = final_residual(lm, ids[None])[0]
-    logits = unembed(lm, x).double().cpu()  # [T, V]: logits[j] read at position j
-    prompt_pos = torch.arange(first, n_prompt)
-    raws, ecis, filtered = [], [], []
-    for p in range(n_prompt, len(ids)):
-        y = int(ids[p])
-        a = logits[prompt_pos, y].clamp_min(0)
-        earlier = torch.arange(first, p)
-        maps = logits[prompt_pos][:, ids[earlier]].T.clamp_min(0)  # [K, P]: each earlier token's own map
-        scores = logits[earlier, y].clamp_min(0)  # y_t's activation at each earlier position
-        keep = ids[earlier] != y
-        cleaned = estimated_causal_inference(a, maps, scores, keep)
-        raws.append(a)
-        ecis.append(cleaned)
-        filtered.append(rank_gaussian_filter(cleaned, kernel_size) if len(cleaned) > kernel_size // 2 else cleaned)
-    decode = lambda i: lm.tokenizer.decode([int(i)])  # noqa: E731
-    return TextTokenMaps(prompt_tokens=[decode(i) for i in prompt_ids[first:]],
-                         generated_tokens=[decode(i) for i in generated], raw=torch.stack(raws),
-                         eci=torch.stack(ecis), filtered=torch.stack(filtered))

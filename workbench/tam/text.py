@@ -1,0 +1,142 @@
+"""TAM on a text model: the map of each generated token over the prompt tokens (raw, after estimated causal
+inference, after the 1-D rank Gaussian filter).
+
+How text positions are read (a choice the reference, written for image tokens, does not have to make): the score of
+prompt token j is the explained token's logit at position j's own final hidden state — the reference's reading. The
+alternative, the hidden state that *predicted* token j (position j − 1), was measured on the copy/recall set of the
+``token_maps`` analysis and localises far worse (its evaluation table keeps both rows), so it is not the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.errors import config_error, shape_error
+from workbench.tam.core import estimated_causal_inference, rank_gaussian_filter
+
+STAGES = ("raw", "eci", "filtered")
+
+
+@dataclass(frozen=True)
+class TextTokenMaps:
+    """Maps of a text model's generated tokens over its prompt tokens (BOS excluded): ``raw`` (class activations),
+    ``eci`` (after estimated causal inference) and ``filtered`` (1-D rank Gaussian filter of ``eci``), each
+    ``[G, P]`` for G generated and P prompt tokens, not normalised (see :func:`workbench.tam.min_max`)."""
+
+    prompt_tokens: list[str]
+    generated_tokens: list[str]
+    raw: torch.Tensor
+    eci: torch.Tensor
+    filtered: torch.Tensor
+
+    def stage(self, name: str) -> torch.Tensor:
+        if name not in STAGES:
+            raise config_error("TextTokenMaps.stage", "name", f"one of {list(STAGES)}", name)
+        return getattr(self, name)
+
+    def step(self, t: int) -> dict[str, torch.Tensor | str]:
+        """The maps of generated token ``t`` (negative counts from the end); a clear error when out of range."""
+        g = len(self.generated_tokens)
+        if not isinstance(t, int) or isinstance(t, bool) or not -g <= t < g:
+            raise config_error("TextTokenMaps.step", "t", f"a generated-token index in [{-g}, {g})", t)
+        return {"token": self.generated_tokens[t], **{s: getattr(self, s)[t] for s in STAGES}}
+
+    def top_inputs(self) -> list[dict]:
+        """Per generated token, the prompt token with the largest score at each stage and its share of the map's
+        total (0 when the map is all zero): "which input explains this output"."""
+        rows = []
+        for t, token in enumerate(self.generated_tokens):
+            row: dict = {"step": t, "output": token}
+            for s in STAGES:
+                m = getattr(self, s)[t]
+                j = int(m.argmax())
+                total = float(m.sum())
+                row[s] = {"index": j, "token": self.prompt_tokens[j], "share": float(m[j]) / total if total else 0.0}
+            rows.append(row)
+        return rows
+
+    def figure(self, title: str = ""):
+        """Heat-map strips (one row per generated token) for the raw, ECI and filtered maps side by side."""
+        from workbench.tam.plots import text_maps_figure
+
+        return text_maps_figure(self, title)
+
+    def _repr_html_(self) -> str:
+        return self.figure().to_html(full_html=False, include_plotlyjs=True)
+
+
+def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, first: int = 1,
+                     kernel_size: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(raw, eci, filtered)`` ``[G, P]`` maps of tokens ``ids[n_prompt:]`` over the prompt positions
+    ``first..n_prompt−1``, from ``logits`` ``[T, V]`` (``logits[j]`` read at position j's final hidden state):
+
+    - raw map A = relu(logits[prompt positions, y_t]);
+    - interference from every earlier token j (prompt tokens from ``first`` and earlier generated tokens) that is not
+      the same token: its own map (relu(logit of token j) over the prompt positions), weighted by y_t's activation at
+      position j, removed by :func:`estimated_causal_inference`;
+    - the 1-D :func:`rank_gaussian_filter` (width ``kernel_size``) of the result (unfiltered when the prompt is
+      shorter than the filter's half-width + 1)."""
+    call = "maps_from_logits"
+    if logits.ndim != 2 or ids.ndim != 1 or logits.shape[0] != ids.shape[0]:
+        raise shape_error(call, "logits", "[T, V] logits for ids [T]", (tuple(logits.shape), tuple(ids.shape)))
+    if not 0 <= first < n_prompt <= len(ids):
+        raise config_error(call, "n_prompt", f"an int in ({first}, {len(ids)}]", n_prompt)
+    if n_prompt == len(ids):
+        raise config_error(call, "ids", "at least one generated token after the prompt", len(ids))
+    logits, ids = logits.double().cpu(), ids.long().cpu()
+    prompt_pos = torch.arange(first, n_prompt)
+    at_prompt = logits[prompt_pos]  # [P, V]
+    raws, ecis, filtered = [], [], []
+    for p in range(n_prompt, len(ids)):
+        y = int(ids[p])
+        a = at_prompt[:, y].clamp_min(0)
+        earlier = torch.arange(first, p)
+        maps = at_prompt[:, ids[earlier]].T.clamp_min(0)  # [K, P]: each earlier token's own map
+        scores = logits[earlier, y].clamp_min(0)  # y_t's activation at each earlier position
+        cleaned = estimated_causal_inference(a, maps, scores, ids[earlier] != y)
+        raws.append(a)
+        ecis.append(cleaned)
+        filtered.append(rank_gaussian_filter(cleaned, kernel_size) if len(cleaned) > kernel_size // 2 else cleaned)
+    return torch.stack(raws), torch.stack(ecis), torch.stack(filtered)
+
+
+def sequence_logits(lm, ids: torch.Tensor) -> torch.Tensor:
+    """``[T, V]`` logits of every position of ``ids`` ``[T]`` (one forward; causal, so equal to the logits seen
+    while generating them)."""
+    from workbench.intervene.readout import final_residual, unembed
+
+    return unembed(lm, final_residual(lm, ids[None])[0]).double().cpu()
+
+
+def first_prompt_position(lm, prompt_ids: torch.Tensor) -> int:
+    """1 when the tokenizer's BOS leads ``prompt_ids`` (BOS gets no score), else 0."""
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    return 1 if bos is not None and int(prompt_ids[0]) == bos else 0
+
+
+def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3) -> TextTokenMaps:
+    """TAM on a text model: greedy-generate up to ``max_new_tokens`` from ``prompt``, then one forward over prompt +
+    continuation gives every position's logits and :func:`maps_from_logits` the maps of each generated token."""
+    from workbench.intervene.readout import greedy_continuations
+
+    call = "text_token_maps"
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise config_error(call, "prompt", "a non-empty string", prompt)
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+    prompt_ids = lm.model.to_tokens(prompt)[0].cpu()
+    first = first_prompt_position(lm, prompt_ids)
+    if len(prompt_ids) - first < 1:
+        raise config_error(call, "prompt", "at least one token besides BOS", prompt)
+    generated = greedy_continuations(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+    if len(generated) == 0:
+        raise config_error(call, "max_new_tokens", "a generation of at least one token (the model stopped at once)",
+                           max_new_tokens)
+    ids = torch.cat([prompt_ids, generated.long()])
+    raw, eci, filtered = maps_from_logits(sequence_logits(lm, ids), ids, len(prompt_ids), first=first,
+                                          kernel_size=kernel_size)
+    decode = lambda i: lm.tokenizer.decode([int(i)])  # noqa: E731
+    return TextTokenMaps(prompt_tokens=[decode(i) for i in prompt_ids[first:]],
+                         generated_tokens=[decode(i) for i in generated], raw=raw, eci=eci, filtered=filtered)
