@@ -118,6 +118,21 @@ def tiny_sentiment_model(tmp_path_factory):
     return _word_model(tmp_path_factory, "tiny-sentiment", sentiment_words(), 3)
 
 
+def recall_words():
+    """Every word of the copy/recall templates and word lists, the IOI words and the token-map example prompts."""
+    from analyses.token_maps import EXAMPLES
+    from workbench.tasks import recall
+
+    return ioi_words() + _words(" ".join(recall.SECRET_TEMPLATES + recall.LIST_TEMPLATES + recall.SECRET_WORDS
+                                         + recall.LIST_ITEMS + EXAMPLES))
+
+
+@pytest.fixture(scope="session")
+def tiny_recall_model(tmp_path_factory):
+    """2 layers, a tokenizer knowing the copy/recall prompts (token maps)."""
+    return _word_model(tmp_path_factory, "tiny-recall", recall_words(), 2)
+
+
 @pytest.fixture
 def all_threads():
     """Every core for one test on a real model (the tiny-model fixtures set torch to one thread for the session)."""

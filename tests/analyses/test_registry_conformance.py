@@ -44,7 +44,7 @@ def test_config_round_trips_and_rejects_bad_fields(name):
 # Analyses that need whole words as tokens run on tiny models with word-level tokenizers: IOI needs single-token
 # names, language steering needs tokens that mark English or Spanish, sentiment needs its lexicon words.
 WORD_LEVEL = {"subspace_patching": "tiny_ioi_model", "language_neurons": "tiny_lang_model",
-              "steer2edit": "tiny_sentiment_model"}
+              "steer2edit": "tiny_sentiment_model", "token_maps": "tiny_recall_model"}
 
 
 @pytest.fixture(scope="module")

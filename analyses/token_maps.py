@@ -1,0 +1,262 @@
+"""Token activation maps (TAM) of a text model: which prompt tokens explain each generated token, with a measured
+check of whether the maps point at the right input.
+
+Reference: "Token Activation Map to Visually Explain Multimodal LLMs" (reference code xmed-lab/TAM; formulas in
+:mod:`workbench.tam`). Two parts:
+
+1. Examples: for each prompt, greedy generation and the raw / causal-inference / filtered map of every generated
+   token over the prompt tokens (heat-map strips side by side) and a "which input explains this output" table.
+2. Evaluation: copy/recall prompts whose answer token occurs once in the prompt (:mod:`workbench.tasks.recall`);
+   only those the model answers correctly are kept (the count is reported). For each, the argmax of each map over
+   the prompt tokens (BOS excluded) is compared with the answer's position: TAM raw, raw read at the position that
+   predicted each token (j − 1, the alternative reading of text positions), after ECI, filtered; the gradient × input
+   baseline from captum on the same prompts; and chance (1 / number of prompt tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from workbench.attribution import gradient_x_input
+from workbench.errors import config_error
+from workbench.intervene.readout import position_logits, right_padded
+from workbench.registry import Analysis, register
+from workbench.results import PALETTE, Config, Result, is_int, table_figure
+from workbench.runner import Inputs
+from workbench.tam.plots import shown
+from workbench.tam.text import TextTokenMaps, first_prompt_position, maps_from_logits, sequence_logits, text_token_maps
+from workbench.tasks.recall import FAMILIES, recall_prompts
+
+EXAMPLES = (
+    "I need to buy milk, eggs and rice. The first thing I need to buy is",
+    "The password is dragon. Do not forget the password. The password is",
+    "When Mary and John went to the store, John gave a drink to",
+)
+METHODS = {
+    "tam_raw": "TAM raw",
+    "tam_raw_skip_first": "TAM raw, first prompt token excluded",
+    "tam_raw_prev": "TAM raw, read at j−1",
+    "tam_eci": "TAM after ECI",
+    "tam_filtered": "TAM filtered",
+    "grad_x_input": "gradient × input (captum)",
+}
+
+
+@dataclass(frozen=True)
+class TokenMapsConfig(Config):
+    """``prompts``: the example prompts mapped and shown (None: one per recall family). ``max_new_tokens``: greedy
+    tokens generated per example. ``kernel_size``: width of the 1-D rank Gaussian filter (the reference's 3).
+    ``eval_prompts``: copy/recall candidates drawn for the evaluation (0 skips it; ≈ 2/3 are answered correctly by
+    SmolLM2, so 90 gives ≥ 50 kept). ``baseline``: also run gradient × input (one backward per prompt)."""
+
+    kind = "token_maps_config"
+    prompts: list[str] | None = None
+    max_new_tokens: int = 8
+    kernel_size: int = 3
+    eval_prompts: int = 90
+    seed: int = 0
+    baseline: bool = True
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        self.check("prompts", self.prompts is None or (isinstance(self.prompts, list) and bool(self.prompts) and all(
+            isinstance(p, str) and p.strip() for p in self.prompts)), "None or a non-empty list of non-empty strings")
+        self.check("kernel_size", is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
+                   "an odd int >= 1")
+        for name, low in {"max_new_tokens": 1, "eval_prompts": 0, "batch_size": 1}.items():
+            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
+        self.check("seed", is_int(self.seed), "an int")
+        self.check("baseline", isinstance(self.baseline, bool), "True or False")
+
+
+@dataclass(frozen=True)
+class TokenMapsResult(Result):
+    """``examples``: per prompt its tokens, the generated tokens and the three ``[G, P]`` maps (lists).
+    ``evaluation``: candidates, answered-correctly counts per family, one row per kept prompt (target index and each
+    method's argmax) and the hit counts; empty when the evaluation was skipped."""
+
+    kind = "token_maps"
+    title = "Token activation maps: which prompt tokens explain each generated token"
+    model: str
+    kernel_size: int
+    examples: list[dict]
+    evaluation: dict
+    verdict: str
+
+    def maps(self, i: int) -> TextTokenMaps:
+        """Example ``i`` as :class:`~workbench.tam.text.TextTokenMaps` (for its figure or ``top_inputs``)."""
+        if not is_int(i) or not 0 <= i < len(self.examples):
+            raise config_error("TokenMapsResult.maps", "i", f"an example index in [0, {len(self.examples)})", i)
+        e = self.examples[i]
+        return TextTokenMaps(prompt_tokens=e["prompt_tokens"], generated_tokens=e["generated_tokens"],
+                             **{s: torch.tensor(e[s], dtype=torch.float64) for s in ("raw", "eci", "filtered")})
+
+    def plot(self) -> go.Figure:
+        return self.maps(0).figure(f"Example 1: {self.examples[0]['prompt']!r}")
+
+    def explain_table(self, i: int) -> go.Figure:
+        rows = [[f"{r['step']}: {shown(r['output'])}"] + [f"{shown(r[s]['token'])} ({100 * r[s]['share']:.0f}%)"
+                                                           for s in ("raw", "eci", "filtered")]
+                for r in self.maps(i).top_inputs()]
+        return table_figure(f"Which input explains this output (example {i + 1}; top prompt token, its share of the "
+                            f"map)", ["generated token", "raw", "after ECI", "filtered"], rows)
+
+    def plot_evaluation(self) -> go.Figure:
+        ev = self.evaluation
+        fig = go.Figure()
+        groups = ["all"] + [f for f in FAMILIES if ev["correct_by_family"].get(f)]
+        for k, (key, label) in enumerate(METHODS.items()):
+            if key not in ev["hits"]:
+                continue
+            rates = [_rate(ev, key, g) for g in groups]
+            fig.add_trace(go.Bar(x=groups, y=rates, name=label, marker_color=PALETTE[k % len(PALETTE)],
+                                 text=[f"{100 * r:.0f}%" for r in rates], textposition="outside"))
+        chance = [_chance(ev, g) for g in groups]
+        fig.add_trace(go.Scatter(x=groups, y=chance, mode="markers", name="chance (1/P)",
+                                 marker={"symbol": "line-ew", "size": 70, "line": {"width": 3, "color": "black"}}))
+        fig.update_layout(title=f"Does the map's argmax land on the recalled token? ({ev['n_correct']} prompts the "
+                                f"model answers correctly, of {ev['n_candidates']})", barmode="group",
+                          yaxis={"title": "argmax = answer's position", "range": [0, 1.1], "tickformat": ".0%"},
+                          height=440)
+        return fig
+
+    def figures(self) -> list[go.Figure]:
+        out: list[go.Figure] = []
+        if self.evaluation:
+            out.append(self.plot_evaluation())
+        for i, e in enumerate(self.examples):
+            out += [self.maps(i).figure(f"Example {i + 1}: {e['prompt']!r}"), self.explain_table(i)]
+        return out
+
+    def table(self):
+        ev = self.evaluation
+        if not ev:
+            return [], []
+        header = ["method", "hits", "prompts", "hit rate", "argmax on the first prompt token"]
+        rows = [[label, ev["hits"][key], ev["n_correct"], _rate(ev, key, "all"), ev["first_token"][key]]
+                for key, label in METHODS.items() if key in ev["hits"]]
+        return header, rows + [["chance (mean 1/P)", "", ev["n_correct"], _chance(ev, "all"), ""]]
+
+    def summary(self) -> str:
+        return self.verdict
+
+
+def _rows(ev: dict, family: str) -> list[dict]:
+    return [r for r in ev["rows"] if family == "all" or r["family"] == family]
+
+
+def _rate(ev: dict, key: str, family: str) -> float:
+    rows = _rows(ev, family)
+    return sum(r["argmax"][key] == r["target_index"] for r in rows) / len(rows) if rows else float("nan")
+
+
+def _chance(ev: dict, family: str) -> float:
+    rows = _rows(ev, family)
+    return sum(1 / r["n_inputs"] for r in rows) / len(rows) if rows else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _example(lm, prompt: str, config: TokenMapsConfig) -> dict:
+    maps = text_token_maps(lm, prompt, max_new_tokens=config.max_new_tokens, kernel_size=config.kernel_size)
+    return {"prompt": prompt, "prompt_tokens": maps.prompt_tokens, "generated_tokens": maps.generated_tokens,
+            **{s: [[round(float(v), 6) for v in row] for row in maps.stage(s)] for s in ("raw", "eci", "filtered")}}
+
+
+def score_prompt(lm, prompt_ids: torch.Tensor, y: int, *, kernel_size: int = 3,
+                 baseline: bool = True) -> dict[str, torch.Tensor]:
+    """Each method's ``[P]`` scores of the prompt tokens (BOS excluded) for the answer token ``y`` after
+    ``prompt_ids`` (see :data:`METHODS`); ``-inf`` marks a position a method may not pick."""
+    first = first_prompt_position(lm, prompt_ids)
+    ids = torch.cat([prompt_ids, torch.tensor([y])])
+    logits = sequence_logits(lm, ids)
+    raw, eci, filtered = (m[0] for m in maps_from_logits(logits, ids, len(prompt_ids), first=first,
+                                                         kernel_size=kernel_size))
+    prev = logits[torch.arange(first, len(prompt_ids)) - 1, y].clamp_min(0)
+    if first == 0:
+        prev[0] = 0.0  # no position predicted the first token
+    skip_first = raw.clone()
+    skip_first[0] = -torch.inf
+    scores = {"tam_raw": raw, "tam_raw_skip_first": skip_first, "tam_raw_prev": prev, "tam_eci": eci,
+              "tam_filtered": filtered}
+    if baseline:
+        scores["grad_x_input"] = gradient_x_input(lm, prompt_ids, y)[first:]
+    return scores
+
+
+def _evaluate(lm, config: TokenMapsConfig, progress: bool) -> dict:
+    tok = lm.tokenizer
+    cands = recall_prompts(tok, config.eval_prompts, seed=config.seed)
+    tokens, last = right_padded(lm, [c.prompt for c in cands])
+    answers = position_logits(lm, tokens, last, batch_size=config.batch_size).argmax(-1).tolist()
+    rows, correct = [], {f: 0 for f in FAMILIES}
+    kept = [(c, a) for c, a in zip(cands, answers) if a == tok(c.target, add_special_tokens=False)["input_ids"][0]]
+    for c, y in tqdm(kept, desc="token_maps evaluation", disable=not progress, leave=False):
+        correct[c.family] += 1
+        prompt_ids = lm.model.to_tokens(c.prompt)[0].cpu()
+        first = first_prompt_position(lm, prompt_ids)
+        scores = score_prompt(lm, prompt_ids, y, kernel_size=config.kernel_size, baseline=config.baseline)
+        target_index = int((prompt_ids == y).nonzero()[0]) - first
+        rows.append({"family": c.family, "prompt": c.prompt, "target": c.target, "target_index": target_index,
+                     "n_inputs": len(prompt_ids) - first, "argmax": {k: int(v.argmax()) for k, v in scores.items()}})
+    hits = {k: sum(r["argmax"][k] == r["target_index"] for r in rows) for k in (rows[0]["argmax"] if rows else {})}
+    first_token = {k: sum(r["argmax"][k] == 0 for r in rows) for k in hits}
+    return {"n_candidates": len(cands), "n_correct": len(rows), "correct_by_family": correct,
+            "candidates_by_family": {f: sum(c.family == f for c in cands) for f in FAMILIES}, "rows": rows,
+            "hits": hits, "first_token": first_token}
+
+
+def _verdict(ev: dict) -> str:
+    if not ev:
+        return "Evaluation skipped (eval_prompts = 0): the maps above are not checked against a known answer."
+    n = ev["n_correct"]
+    if n == 0:
+        return (f"The model answered none of the {ev['n_candidates']} copy/recall prompts correctly, so whether the "
+                f"maps point at the recalled token cannot be checked on this model.")
+    pct = {k: 100 * _rate(ev, k, "all") for k in ev["hits"]}
+    chance = 100 * _chance(ev, "all")
+    parts = [f"On {n} copy/recall prompts the model answers correctly (of {ev['n_candidates']}), the argmax of the raw "
+             f"map lands on the recalled token in {pct['tam_raw']:.0f}% (chance {chance:.0f}%)"]
+    parts.append(f"after ECI {pct['tam_eci']:.0f}%, filtered {pct['tam_filtered']:.0f}%")
+    if "grad_x_input" in pct:
+        parts.append(f"gradient × input {pct['grad_x_input']:.0f}%")
+    parts.append(f"reading each token at the position that predicted it (j−1) {pct['tam_raw_prev']:.0f}%; the raw "
+                 f"argmax is the first prompt token (attention sink) in {ev['first_token']['tam_raw']} prompts, and "
+                 f"excluding that token gives {pct['tam_raw_skip_first']:.0f}%")
+    text = "; ".join(parts) + "."
+    if pct["tam_raw"] > 2 * chance:
+        text += " The raw map localises the recalled token well above chance"
+        text += (" and better than gradient × input." if pct["tam_raw"] > pct.get("grad_x_input", 0)
+                 else ", but not better than gradient × input.")
+    else:
+        text += " The raw map does NOT localise the recalled token clearly above chance."
+    if pct["tam_eci"] < pct["tam_raw"]:
+        text += (" Estimated causal inference LOWERS the hit rate here: on text the class activations share a large "
+                 "common level across positions (see the raw strips), and the least-squares interference term "
+                 "fitted to it removes the peak with it — the step built for image maps does not transfer to text prompts as is.")
+    if n < 50:
+        text += f" Only {n} prompts were kept (< 50): treat the rates as rough."
+    return text
+
+
+def compute(inputs: Inputs, config: TokenMapsConfig) -> TokenMapsResult:
+    lm = inputs.model
+    prompts = list(EXAMPLES) if config.prompts is None else list(config.prompts)
+    examples = [_example(lm, p, config) for p in tqdm(prompts, desc="token_maps examples",
+                                                      disable=not inputs.progress, leave=False)]
+    evaluation = _evaluate(lm, config, inputs.progress) if config.eval_prompts else {}
+    return TokenMapsResult(model=inputs.model_name, kernel_size=config.kernel_size, examples=examples,
+                           evaluation=evaluation, verdict=_verdict(evaluation))
+
+
+register(Analysis(
+    name="token_maps",
+    description="Token activation maps (TAM): which prompt tokens explain each generated token, checked on "
+                "copy/recall prompts against gradient × input",
+    config=TokenMapsConfig, result=TokenMapsResult, compute=compute, needs_model=True, in_default_report=False,
+))

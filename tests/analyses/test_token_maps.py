@@ -1,0 +1,146 @@
+"""token_maps: each method's scores against a plain forward and hand autograd, the evaluation's bookkeeping, the
+copy/recall prompts, bad inputs, and the bundled model (slow) where the raw map must beat chance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import analyses.token_maps as tm
+from analyses.token_maps import TokenMapsConfig, TokenMapsResult, score_prompt
+from workbench.attribution import gradient_x_input
+from workbench.errors import ConfigError
+from workbench.runner import run_analysis
+from workbench.tam import maps_from_logits
+from workbench.tasks.recall import FAMILIES, recall_prompts
+
+
+def _logits(lm, ids):
+    with torch.no_grad():
+        return lm.model(ids[None])[0].double()
+
+
+def _manual_grad_x_input(lm, ids, y):
+    """Gradient × input written out with autograd: the embedding output kept by a forward hook."""
+    box = {}
+
+    def keep(module, args, out):
+        out.retain_grad()
+        box["e"] = out
+
+    handle = lm.model.embed.register_forward_hook(keep)
+    try:
+        lm.model(ids[None])[0, -1, y].backward()
+    finally:
+        handle.remove()
+    lm.model.zero_grad(set_to_none=True)
+    return (box["e"] * box["e"].grad)[0].sum(-1).detach().double()
+
+
+def test_scores_equal_a_plain_forward_and_hand_autograd(tiny_recall_model):
+    lm = tiny_recall_model
+    prompt_ids = lm.model.to_tokens("The password is tiger . The password is")[0]
+    y = int(lm.tokenizer(" tiger", add_special_tokens=False)["input_ids"][0])
+    s = score_prompt(lm, prompt_ids, y)
+    ids = torch.cat([prompt_ids, torch.tensor([y])])
+    logits = _logits(lm, ids)
+    n = len(prompt_ids)
+    assert torch.allclose(s["tam_raw"], logits[1:n, y].clamp_min(0), atol=1e-5)
+    assert torch.allclose(s["tam_raw_prev"], logits[0:n - 1, y].clamp_min(0), atol=1e-5)  # the predicting position
+    assert s["tam_raw_skip_first"][0] == -torch.inf and torch.equal(s["tam_raw_skip_first"][1:], s["tam_raw"][1:])
+    _, eci, filtered = maps_from_logits(logits, ids, n)
+    assert torch.allclose(s["tam_eci"], eci[0], atol=1e-5) and torch.allclose(s["tam_filtered"], filtered[0], atol=1e-5)
+    manual = _manual_grad_x_input(lm, prompt_ids, y)
+    assert torch.allclose(s["grad_x_input"], manual[1:], atol=1e-6)
+    assert torch.allclose(gradient_x_input(lm, prompt_ids, y), manual, atol=1e-6)
+    assert all(p.grad is None for p in lm.model.parameters())  # captum leaves no gradients behind
+
+
+def test_evaluation_keeps_only_correct_answers_and_counts_hits(tiny_recall_model, monkeypatch):
+    lm = tiny_recall_model
+    cands = recall_prompts(lm.tokenizer, 9, seed=1)
+    target_ids = [lm.tokenizer(c.target, add_special_tokens=False)["input_ids"][0] for c in cands]
+    vocab = lm.model.cfg.d_vocab
+
+    def answers(_lm, tokens, last, batch_size):  # the "model" answers prompts 0, 2, 4, 6, 8 correctly
+        out = torch.zeros(len(last), vocab)
+        for i, t in enumerate(target_ids):
+            out[i, t if i % 2 == 0 else (t + 1) % vocab] = 1.0
+        return out
+
+    def scores(_lm, prompt_ids, y, kernel_size, baseline):  # raw hits the answer, ECI always the first token
+        target = int((prompt_ids == y).nonzero()[0]) - 1
+        raw = torch.zeros(len(prompt_ids) - 1)
+        raw[target] = 1.0
+        return {"tam_raw": raw, "tam_eci": torch.eye(len(raw))[0]}
+
+    monkeypatch.setattr(tm, "position_logits", answers)
+    monkeypatch.setattr(tm, "score_prompt", scores)
+    ev = tm._evaluate(lm, TokenMapsConfig(eval_prompts=9, seed=1), progress=False)
+    assert ev["n_candidates"] == 9 and ev["n_correct"] == 5
+    assert ev["correct_by_family"] == {f: sum(1 for i, c in enumerate(cands) if i % 2 == 0 and c.family == f)
+                                       for f in FAMILIES}
+    assert ev["hits"] == {"tam_raw": 5, "tam_eci": sum(r["target_index"] == 0 for r in ev["rows"])}
+    assert ev["first_token"]["tam_eci"] == 5
+    assert tm._rate(ev, "tam_raw", "all") == 1.0
+    assert tm._chance(ev, "all") == pytest.approx(sum(1 / r["n_inputs"] for r in ev["rows"]) / 5)
+
+
+def test_recall_prompts_are_deterministic_balanced_and_single_target():
+    from conftest import recall_words, word_tokenizer
+
+    tok = word_tokenizer(recall_words())
+    a, b = recall_prompts(tok, 12, seed=3), recall_prompts(tok, 12, seed=3)
+    assert a == b and a != recall_prompts(tok, 12, seed=4)
+    assert [p.family for p in a] == list(FAMILIES) * 4
+    for p in a:
+        target = tok(p.target, add_special_tokens=False)["input_ids"]
+        assert len(target) == 1 and tok(p.prompt, add_special_tokens=False)["input_ids"].count(target[0]) == 1
+    with pytest.raises(ConfigError, match="'n'"):
+        recall_prompts(tok, 0)
+    with pytest.raises(ConfigError, match="'tokenizer'"):
+        recall_prompts(word_tokenizer(["x"]), 3)
+
+
+def test_text_maps_step_and_top_inputs(tiny_recall_model):
+    r = run_analysis(tiny_recall_model, "token_maps", TokenMapsConfig(
+        prompts=["The password is tiger . The password is"], max_new_tokens=3, eval_prompts=0))
+    maps = r.maps(0)
+    assert maps.step(-1)["token"] == maps.generated_tokens[-1]
+    with pytest.raises(ConfigError, match="'t'"):
+        maps.step(3)
+    with pytest.raises(ConfigError, match="'i'"):
+        r.maps(1)
+    rows = maps.top_inputs()
+    for t, row in enumerate(rows):
+        j = int(maps.raw[t].argmax())
+        assert row["raw"]["index"] == j and row["raw"]["token"] == maps.prompt_tokens[j]
+        assert row["raw"]["share"] == pytest.approx(float(maps.raw[t, j] / maps.raw[t].sum()))
+    assert "skipped" in r.summary() and r.table() == ([], [])
+    assert TokenMapsResult.from_json(r.to_json()) == r and len(r.figures()) == 2  # strips + explain table
+
+
+@pytest.mark.parametrize("field, value", [("kernel_size", 2), ("prompts", []), ("prompts", [" "]),
+                                          ("eval_prompts", -1), ("max_new_tokens", 0), ("baseline", 1)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        TokenMapsConfig(**{field: value})
+
+
+def test_bad_target_for_the_baseline(tiny_recall_model):
+    ids = tiny_recall_model.model.to_tokens("The password is")[0]
+    with pytest.raises(ConfigError, match="'target_id'"):
+        gradient_x_input(tiny_recall_model, ids, tiny_recall_model.model.cfg.d_vocab)
+
+
+@pytest.mark.slow
+def test_bundled_model_raw_map_finds_the_recalled_token(real_model, all_threads):
+    r = run_analysis(real_model, "token_maps")
+    ev = r.evaluation
+    assert ev["n_correct"] >= 50  # the model really does the copy/recall task on at least 50 prompts
+    raw, chance = tm._rate(ev, "tam_raw", "all"), tm._chance(ev, "all")
+    assert raw > 3 * chance and raw > 0.3  # measured 45% vs 6% chance
+    assert tm._rate(ev, "tam_raw", "secret") > 0.8  # measured 95%: a word asked back is found
+    assert tm._rate(ev, "tam_eci", "all") < raw  # the documented negative: ECI removes the peak on text
+    assert [e["generated_tokens"][0] for e in r.examples] == [" milk", " dragon", " Mary"]
+    assert "NOT" not in r.summary().split("ECI")[0]  # the verdict says the raw map localises above chance

@@ -1,0 +1,27 @@
+"""Attribution baselines from a library, for comparing token maps against: gradient × input via captum."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.errors import config_error
+
+
+def gradient_x_input(lm, ids: torch.Tensor, target_id: int) -> torch.Tensor:
+    """``[T]`` gradient × input of the next-token logit of ``target_id`` at the last position of ``ids`` ``[T]``,
+    per input position: Σ_d e_{p,d}·∂logit/∂e_{p,d} over the token embeddings (the output of the model's ``embed``
+    module) — Shrikumar et al. 2016, computed by captum's ``LayerGradientXActivation`` on that module. Signed; the
+    parameters' ``requires_grad`` flags are left as they were."""
+    from captum.attr import LayerGradientXActivation
+
+    vocab = lm.model.cfg.d_vocab
+    if not isinstance(target_id, int) or isinstance(target_id, bool) or not 0 <= target_id < vocab:
+        raise config_error("gradient_x_input", "target_id", f"a token id in [0, {vocab})", target_id)
+    if ids.ndim != 1 or len(ids) == 0:
+        raise config_error("gradient_x_input", "ids", "a non-empty 1-D tensor of token ids", tuple(ids.shape))
+
+    def forward(tokens: torch.Tensor) -> torch.Tensor:
+        return lm.model(tokens)[:, -1, target_id]
+
+    attr = LayerGradientXActivation(forward, lm.model.embed).attribute(ids[None].to(lm.device))
+    return attr[0].sum(-1).detach().double().cpu()
