@@ -125,3 +125,31 @@ def test_text_token_maps_bad_inputs(tiny_model):
         text_token_maps(tiny_model, "  ")
     with pytest.raises(ConfigError, match="'max_new_tokens'"):
         text_token_maps(tiny_model, "abc", max_new_tokens=0)
+
+
+def test_maps_from_logits_bad_inputs():
+    from workbench.tam import maps_from_logits
+
+    logits, ids = torch.randn(5, 7), torch.tensor([1, 2, 3, 4, 5])
+    with pytest.raises(ConfigError, match="'ids'"):  # an empty generation: nothing to explain
+        maps_from_logits(logits, ids, 5)
+    with pytest.raises(ConfigError, match="'n_prompt'"):  # the prompt boundary out of range
+        maps_from_logits(logits, ids, 6)
+    with pytest.raises(ConfigError, match="'n_prompt'"):
+        maps_from_logits(logits, ids, 1, first=1)
+    with pytest.raises(ShapeError, match="'logits'"):
+        maps_from_logits(logits[:4], ids, 3)
+    raw, eci, filtered = maps_from_logits(logits, ids, 3)
+    assert raw.shape == (2, 2) and torch.allclose(raw[0], logits[1:3, 4].double().clamp_min(0))
+
+
+def test_text_maps_figure_and_repr(tiny_model):
+    from workbench.tam import text_token_maps
+
+    maps = text_token_maps(tiny_model, "abcab c", max_new_tokens=2)
+    fig = maps.figure()
+    assert [d.type for d in fig.data] == ["heatmap"] * 3  # raw | ECI | filtered
+    assert fig.data[0].z.shape == (2, len(maps.prompt_tokens)) and float(fig.data[0].z.max()) <= 1.0
+    assert "plotly" in maps._repr_html_()
+    with pytest.raises(ConfigError, match="'name'"):
+        maps.stage("smooth")
