@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.intervene.language import sparse_shift
 from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
@@ -104,8 +104,8 @@ def stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple[
     window_states = [st for st in states if window[0] <= st.layer <= window[1]]
     plan = [("sparse", lam, ratio, None) for lam in config.lambdas for ratio in config.ratios]
     plan += [("dense", lam, 0.0, None) for lam in config.lambdas]
-    bar = tqdm(total=1 + len(plan) + config.n_random * len(config.lambdas), desc="stage III: steering",
-               disable=not progress, leave=False)
+    bar = progress_bar(total=1 + len(plan) + config.n_random * len(config.lambdas), desc="stage III: steering",
+                       disable=not progress, leave=False)
     base = _evaluate(lm, prompts, data, None, "none", 0.0, 0.0, None, config)
     base_gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
     base_nll = continuation_nll(lm, prompts, base_gens)

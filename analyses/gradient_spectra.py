@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.errors import config_error, shape_error
 from workbench.models.adapters import LAYER_KINDS
@@ -129,7 +129,7 @@ def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequ
             p.requires_grad_(False)
         for wp in params:
             wp.param.requires_grad_(True)
-        for ids, n_prompt in tqdm(encoded, desc=f"gradients: {name}", disable=not progress, leave=False):
+        for ids, n_prompt in progress_bar(encoded, desc=f"gradients: {name}", disable=not progress, leave=False):
             with torch.enable_grad():
                 loss = response_loss(lm, ids, n_prompt)
                 grads = torch.autograd.grad(loss, [wp.param for wp in params])

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from analyses._language_plots import layer_figure, spectra_figure, stage1_figure, steering_figure
 from analyses._language_steering import METHODS, SITE, LayerState, best, degenerate, margins, stage3
@@ -262,7 +262,7 @@ def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[d
     n = len(train)
     lift_tokens, lift_last = right_padded(lm, [en for en, _ in train[:config.lift_prompts]])
     rows, states = [], []
-    for layer in tqdm(layers, desc="stage I: SAE, selectivity, lift", disable=not progress, leave=False):
+    for layer in progress_bar(layers, desc="stage I: SAE, selectivity, lift", disable=not progress, leave=False):
         stats = captured[SITE.format(layer)]
         last = stats.last.to(lm.device).float()
         fit_rows = stats.full.to(lm.device).float() if config.sae_rows == "all" else last

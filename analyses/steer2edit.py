@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.capture.hooks import count_hooks
 from workbench.errors import config_error
@@ -220,8 +220,8 @@ def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
     tokens, last = right_padded(lm, prompts)
     data = {"prompts": prompts, "tokens": tokens, "last": last, "pos": pos_ids, "neg": neg_ids,
             "utility": _utility_tokens(lm, config)}
-    bar = tqdm(total=1 + len(config.alphas) + len(config.rhos), desc="steer2edit sweep", disable=not inputs.progress,
-               leave=False)
+    bar = progress_bar(total=1 + len(config.alphas) + len(config.rhos), desc="steer2edit sweep",
+                       disable=not inputs.progress, leave=False)
     base = _measure(lm, data, config)
     points = [_point("none", 0.0, "unmodified", base, None)]
     examples = [{"method": "none", "prompt": p, "continuation": t} for p, t in zip(prompts[:3], base["texts"][:3])]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.errors import config_error
 from workbench.intervene import Patch, patching, record
@@ -176,7 +176,7 @@ def _heatmap(lm, data, progress) -> list[list[float]]:
     differs = (data["base"] != data["source"]).any(0).nonzero()
     first_diff = int(differs[0]) if differs.numel() else n_pos
     rows = []
-    for layer in tqdm(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
+    for layer in progress_bar(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
         site = f"blocks.{layer}.hook_resid_pre"
         acts = record(lm, data["source"], [site])
         row = []

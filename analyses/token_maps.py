@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import torch
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.attribution import gradient_x_input
 from workbench.errors import config_error
@@ -196,7 +196,7 @@ def _evaluate(lm, config: TokenMapsConfig, progress: bool) -> dict:
     answers = position_logits(lm, tokens, last, batch_size=config.batch_size).argmax(-1).tolist()
     rows, correct = [], {f: 0 for f in FAMILIES}
     kept = [(c, a) for c, a in zip(cands, answers) if a == tok(c.target, add_special_tokens=False)["input_ids"][0]]
-    for c, y in tqdm(kept, desc="token_maps evaluation", disable=not progress, leave=False):
+    for c, y in progress_bar(kept, desc="token_maps evaluation", disable=not progress, leave=False):
         correct[c.family] += 1
         prompt_ids = lm.model.to_tokens(c.prompt)[0].cpu()
         first = first_prompt_position(lm, prompt_ids)
@@ -238,7 +238,8 @@ def _verdict(ev: dict) -> str:
     if pct["tam_eci"] < pct["tam_raw"]:
         text += (" Estimated causal inference LOWERS the hit rate here: on text the class activations share a large "
                  "common level across positions (see the raw strips), and the least-squares interference term "
-                 "fitted to it removes the peak with it — the step built for image maps does not transfer to text prompts as is.")
+                 "fitted to it removes the peak with it — the step built for image maps does not "
+                 "transfer to text prompts as is.")
     if n < 50:
         text += f" Only {n} prompts were kept (< 50): treat the rates as rough."
     return text
@@ -247,7 +248,7 @@ def _verdict(ev: dict) -> str:
 def compute(inputs: Inputs, config: TokenMapsConfig) -> TokenMapsResult:
     lm = inputs.model
     prompts = list(EXAMPLES) if config.prompts is None else list(config.prompts)
-    examples = [_example(lm, p, config) for p in tqdm(prompts, desc="token_maps examples",
+    examples = [_example(lm, p, config) for p in progress_bar(prompts, desc="token_maps examples",
                                                       disable=not inputs.progress, leave=False)]
     evaluation = _evaluate(lm, config, inputs.progress) if config.eval_prompts else {}
     return TokenMapsResult(model=inputs.model_name, kernel_size=config.kernel_size, examples=examples,

@@ -34,24 +34,51 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"read_prompts(): parameter 'path' must be an existing file; received {str(path)!r}")
-    if path.suffix not in (".txt", ".jsonl"):
-        raise ConfigError(f"read_prompts(): parameter 'path' must end in .txt or .jsonl; received {path.name!r}")
-    lines = _read_lines("read_prompts", path)
-    prompts = _jsonl(path, lines) if path.suffix == ".jsonl" else [line for line in lines if line.strip()]
+    return parse_prompts(str(path), _read_bytes("read_prompts", path))
+
+
+def parse_prompts(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BYTES) -> list[str]:
+    """Prompts from the bytes of a file called ``name`` (an upload in the dashboard): .txt one per non-blank line,
+    .jsonl one ``{"text": ...}`` object per line. Refused with a message naming the file: another extension, more
+    than ``max_bytes``, binary (NUL bytes) or non-UTF-8 content, a bad JSONL line (its number), no prompts."""
+    call = "read_prompts"
+    suffix = Path(name).suffix
+    if suffix not in (".txt", ".jsonl"):
+        raise ConfigError(f"{call}(): parameter 'path' must end in .txt or .jsonl; received {Path(name).name!r}")
+    lines = _decode(call, name, data, max_bytes)
+    prompts = _jsonl(name, lines) if suffix == ".jsonl" else [line for line in lines if line.strip()]
     if not prompts:
-        raise ConfigError(f"read_prompts(): {path} holds no prompts")
+        raise ConfigError(f"{call}(): {name} holds no prompts")
     return prompts
+
+
+def _read_bytes(call: str, path: Path) -> bytes:
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise ConfigError(f"{call}(): {path} is {path.stat().st_size / 2**20:.0f} MiB, over the "
+                          f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB limit for a prompt file")
+    return path.read_bytes()
+
+
+def _decode(call: str, name: object, data: bytes, max_bytes: int = MAX_PROMPT_FILE_BYTES) -> list[str]:
+    """The lines of UTF-8 text ``data`` under the size limit; errors name the call and the file."""
+    if len(data) > max_bytes:
+        raise ConfigError(f"{call}(): {name} is {_size(len(data))}, over the {_size(max_bytes)} limit for a prompt "
+                          f"file")
+    if b"\x00" in data:
+        raise ConfigError(f"{call}(): {name} is a binary file, not text")
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{call}(): {name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} bytes"
 
 
 def _read_lines(call: str, path: Path) -> list[str]:
     """The lines of a UTF-8 text file under the size limit; errors name the call and the file."""
-    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-        raise ConfigError(f"{call}(): {path} is {path.stat().st_size / 2**20:.0f} MiB, over the "
-                          f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB limit for a prompt file")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{call}(): {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return _decode(call, path, _read_bytes(call, path))
 
 
 def _records(call: str, name: object, lines: list[str]):
@@ -65,7 +92,7 @@ def _records(call: str, name: object, lines: list[str]):
             raise ConfigError(f"{call}(): {name}:{number} is not valid JSON ({exc.msg})") from None
 
 
-def _jsonl(path: Path, lines: list[str]) -> list[str]:
+def _jsonl(path: object, lines: list[str]) -> list[str]:
     prompts = []
     for number, record in _records("read_prompts", path, lines):
         if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
@@ -93,6 +120,14 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file() or path.suffix != ".jsonl":
         raise ConfigError(f"read_pairs(): parameter 'path' must be an existing .jsonl file; received {str(path)!r}")
     return _pairs(str(path), _read_lines("read_pairs", path))
+
+
+def parse_pairs(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BYTES) -> list[tuple[str, str]]:
+    """(prompt, response) pairs from the bytes of a .jsonl file called ``name`` (an upload), refused as
+    :func:`parse_prompts` refuses bad files."""
+    if Path(name).suffix != ".jsonl":
+        raise ConfigError(f"read_pairs(): parameter 'path' must be a .jsonl file; received {Path(name).name!r}")
+    return _pairs(name, _decode("read_pairs", name, data, max_bytes))
 
 
 def _pairs(name: str, lines: list[str]) -> list[tuple[str, str]]:

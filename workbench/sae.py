@@ -200,7 +200,7 @@ def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progres
     from sae_lens import (SAE, LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,
                           TopKTrainingSAE, TopKTrainingSAEConfig)
     from sae_lens.config import SAETrainerConfig
-    from tqdm.auto import tqdm
+    from workbench.progress import bar as progress_bar
 
     x = activations.detach().to(device=device, dtype=torch.float32).contiguous()
     n, d = x.shape
@@ -235,7 +235,7 @@ def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progres
 
     order = torch.Generator().manual_seed(spec.seed)
     history: list[float] = []
-    for _ in tqdm(range(spec.epochs), desc="Training SAE", disable=not progress):
+    for _ in progress_bar(range(spec.epochs), desc="Training SAE", disable=not progress):
         perm = torch.randperm(n, generator=order).to(device)
         total = torch.zeros((), device=device)
         for step in range(steps_per_epoch):

@@ -70,7 +70,8 @@ def test_read_prompts_txt_and_jsonl(tmp_path):
     ("empty.txt", "\n\n", "no prompts"),
     ("bad.jsonl", '{"text": "ok"}\nnot json\n', "bad.jsonl:2"),
     ("cols.jsonl", '{"prompt": "x"}\n', '"text"'),
-    ("bin.txt", b"\xff\xfe\x00\x01", "UTF-8"),
+    ("bin.txt", b"\xff\xfe\x00\x01", "binary"),
+    ("latin.txt", "caf\xe9\n".encode("latin-1"), "UTF-8"),
     ("x.csv", "a,b\n", ".txt or .jsonl"),
 ])
 def test_read_prompts_errors(tmp_path, name, content, match):
@@ -78,6 +79,19 @@ def test_read_prompts_errors(tmp_path, name, content, match):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ConfigError, match=match):
         read_prompts(path)
+
+
+def test_parse_uploaded_prompts_and_pairs():
+    from workbench.prompts import parse_pairs, parse_prompts
+
+    assert parse_prompts("up.txt", b"one\n\ntwo\n") == ["one", "two"]
+    with pytest.raises(ConfigError, match="up.txt is 200 bytes, over the 104 bytes limit"):
+        parse_prompts("up.txt", b"x" * 200, max_bytes=104)
+    assert parse_pairs("p.jsonl", b'{"prompt": "q", "response": "a"}\n') == [("q", "a")]
+    with pytest.raises(ConfigError, match='p.jsonl:1 must be an object with "prompt" and "response"'):
+        parse_pairs("p.jsonl", b'{"text": "q"}\n')
+    with pytest.raises(ConfigError, match=".jsonl file"):
+        parse_pairs("p.txt", b"q")
 
 
 def test_read_prompts_missing_file(tmp_path):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.capture import tokens as tok
 from workbench.capture.accumulators import Moments, Reservoir, RowStore
@@ -202,7 +202,7 @@ def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: li
                 raise _StopForward
         return hook
 
-    bar = tqdm(total=n_tokens, unit="tok", desc="capture", disable=not progress)
+    bar = progress_bar(total=n_tokens, unit="tok", desc="capture", disable=not progress)
     try:
         with hooks_attached(points, {name: make_hook(site) for name, site in state.items()}), torch.inference_mode():
             for batch in batches:

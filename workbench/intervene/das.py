@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import orthogonal
-from tqdm.auto import tqdm
+from workbench.progress import bar as progress_bar
 
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import Patch, forward, patching, record
@@ -98,7 +98,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
-        for epoch in tqdm(range(epochs), desc=f"DAS {site}", disable=not progress, leave=False):
+        for epoch in progress_bar(range(epochs), desc=f"DAS {site}", disable=not progress, leave=False):
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
             total = 0.0
             for chunk in perm.split(batch_size):
