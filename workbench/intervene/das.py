@@ -28,12 +28,19 @@ class RotatedSubspace(torch.nn.Module):
 
     def __init__(self, d: int, k: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        linear = torch.nn.Linear(d, k, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(torch.randn(k, d, generator=generator) / d ** 0.5)
         # Householder map: O(k·d) per step; the default matrix_exp map forms a d × d exponential (12 s per step at
-        # d = 1536 on 2 CPU cores), Cayley a d × d solve
-        self.map = orthogonal(linear, orthogonal_map="householder")
+        # d = 1536 on 2 CPU cores), Cayley a d × d solve. Building the layer and registering the map draw from
+        # torch's global RNG (default init; completing the k × d matrix to a square one), so those draws are seeded
+        # from ``generator`` inside a forked RNG: the same seed gives the same fit, and the caller's global RNG
+        # state is left alone.
+        seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else None
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            linear = torch.nn.Linear(d, k, bias=False)
+            with torch.no_grad():
+                linear.weight.copy_(torch.randn(k, d, generator=generator) / d ** 0.5)
+            self.map = orthogonal(linear, orthogonal_map="householder")
 
     def basis(self) -> torch.Tensor:
         """``[d, k]`` orthonormal columns."""

@@ -94,6 +94,19 @@ def test_das_is_seeded():
     assert not torch.equal(a.basis, c.basis)
 
 
+def test_rotated_subspace_depends_only_on_its_generator_and_leaves_the_global_rng_alone():
+    from workbench.intervene.das import RotatedSubspace
+
+    bases = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        bases.append(RotatedSubspace(16, 3, torch.Generator().manual_seed(5)).basis().detach())
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's global RNG is untouched
+    assert torch.equal(bases[0], bases[1])  # registering the orthogonal map no longer draws from the global RNG
+    assert torch.allclose(bases[0].T @ bases[0], torch.eye(3), atol=1e-5)
+
+
 def test_das_bad_inputs():
     model = Distilled()
     base, source, answer, cf = pairs()
