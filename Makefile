@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements-bundled.txt | cksum | cut -d' ' -f1)
 OUT    ?= reports/smollm2
+HOST   ?= 127.0.0.1
+PORT   ?= 8501
+MODEL  ?= smollm2-135m
 ARGS   ?=
 
-.PHONY: setup report test test-fast bench bench-ww clean
+.PHONY: setup report test test-fast bench bench-ww app browser clean
 
 setup: $(STAMP)
 
@@ -21,10 +24,17 @@ $(STAMP): pyproject.toml requirements-bundled.txt
 report: setup
 	$(PY) -m workbench report --out $(OUT) --overwrite $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(ARGS)
 
-test-fast: setup
+browser:  # Debian Chromium for the dashboard's browser test (Playwright drives it; it downloads no browser)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+app: setup  # the dashboard on http://127.0.0.1:8501 (HOST=0.0.0.0 to share it; MODEL=folder for another model)
+	WORKBENCH_APP_MODEL=$(MODEL) $(PY) -m streamlit run app/Home.py --server.address $(HOST) --server.port $(PORT) \
+		--server.headless true --browser.gatherUsageStats false
+
+test-fast: setup browser
 	$(PY) -m pytest -m 'not slow' $(ARGS)
 
 bench: setup

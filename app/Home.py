@@ -1,0 +1,34 @@
+"""The dashboard's landing page: what each page does and every registered analysis (``make app``)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for ``app`` and ``analyses``
+
+import streamlit as st  # noqa: E402
+
+from app.common import model  # noqa: E402
+from workbench import registry  # noqa: E402
+
+st.set_page_config(page_title="workbench", layout="wide")
+st.title("workbench")
+st.write("Interpretability and spectral analysis of transformer language models. Pick a model in the sidebar "
+         "(the bundled SmolLM2-135M-Instruct by default, or a local folder), then a page on the left.")
+lm = model()
+st.markdown("""
+| Page | What it shows |
+|---|---|
+| Model | architecture summary and the weight spectra heat-map |
+| Activations | effective rank and RankMe per layer for prompts you pick, paste or upload |
+| Dynamics | a generation's effective-rank curve and its velocity / acceleration (ERV / ERA) per layer |
+| Gradients | layer-wise gradient spectra of two datasets side by side |
+| Patching | the IOI patching heat-map and DAS with the interpretability-illusion diagnostics |
+| Steering and edits | contrast vectors, live steering, Steer2Edit edits applied and reverted, the trade-off sweep |
+| Token maps | which prompt tokens explain each generated token (TAM) |
+| Analyses | any registered analysis with its config as JSON |
+| Reports | open past JSON reports and compare two |
+""")
+st.subheader("Registered analyses")
+st.dataframe([{"analysis": n, "description": registry.get(n).description,
+               "in the default report": registry.get(n).in_default_report} for n in registry.names()],
+             hide_index=True, key="analyses")

@@ -1,0 +1,153 @@
+"""What every dashboard page shares: the model picker, running work with a progress bar and a Cancel button,
+readable errors, prompt input (bundled, pasted or uploaded), and showing a result with its downloads.
+
+Pages call the workbench API through these helpers and do no computation of their own. The loaded model is cached
+with ``st.cache_resource`` (one per source and device); a page's last result lives in ``st.session_state`` so that
+widgets can be changed without recomputing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+import workbench
+from workbench.errors import WorkbenchError
+from workbench.progress import reporting
+from workbench.prompts import categories, default_prompts, parse_prompts
+from workbench.report import Report, package_versions
+
+DEFAULT_MODEL = "smollm2-135m"  # WORKBENCH_APP_MODEL overrides it (read at every run: tests point it at tiny models)
+MAX_UPLOAD_BYTES = 8 * 2**20
+
+
+@contextlib.contextmanager
+def guard(what: str = "") -> Iterator[None]:
+    """Show an exception as a readable message (details folded away) and stop the page; Streamlit's own control
+    flow (rerun, stop) passes through."""
+    try:
+        yield
+    except WorkbenchError as exc:
+        st.error(f"{what + ': ' if what else ''}{exc}")
+        st.stop()
+    except Exception as exc:  # noqa: BLE001 - anything else still gets a message, not a traceback wall
+        st.error(f"{what + ': ' if what else ''}{type(exc).__name__}: {exc}")
+        with st.expander("Details"):
+            st.code("".join(traceback.format_exception(exc))[-4000:])
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _load(source: str, device: str):
+    return workbench.load_model(source, device=device)
+
+
+def devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if torch.backends.mps.is_available() else [])
+
+
+def model():
+    """The sidebar's model (a bundled name such as ``smollm2-135m`` / ``gemma3-270m`` or a local folder)."""
+    st.sidebar.header("Model")
+    source = st.sidebar.text_input("Bundled model name or local folder", key="model_source",
+                                   value=os.environ.get("WORKBENCH_APP_MODEL", DEFAULT_MODEL),
+                                   help="smollm2-135m (default) or gemma3-270m, or a folder with a Hugging Face model "
+                                        "and its tokenizer")
+    device = st.sidebar.selectbox("Device", devices(), key="device")
+    with guard(f"Could not load {source!r}"), st.spinner(f"Loading {source} (converted once, then cached)…"):
+        lm = _load(source.strip(), device)
+    facts = lm.facts
+    st.sidebar.caption(f"{lm.name}: {facts.n_layers} layers, d_model {facts.d_model}, {facts.n_heads} heads")
+    return lm
+
+
+def run(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with a progress bar fed by the library's bars and a Cancel button (clicking it
+    reruns the page, which stops the work at its next step; hooks and edits are released by the library)."""
+    cancel = st.empty()
+    cancel.button("Cancel", key=f"cancel-{label}", help="Stops the work at its next step")
+    bar = st.progress(0.0, text=f"{label}…")
+
+    def callback(desc: str, done: int, total: int | None) -> None:
+        frac = min(1.0, done / total) if total else 0.0
+        bar.progress(frac, text=f"{label} — {desc}: {done}/{total if total else '?'}")
+
+    with guard(label), reporting(callback), st.spinner(f"{label}…"):
+        out = fn(*args, **kwargs)
+    bar.empty()
+    cancel.empty()
+    return out
+
+
+def prompts_input(key: str, default_category: str = "prose") -> list[str] | None:
+    """Prompts from the bundled passages (by category), pasted text (one per line) or an uploaded .txt/.jsonl
+    (refused with a message when empty, binary, not UTF-8, with the wrong JSONL fields, or over 8 MiB)."""
+    source = st.radio("Prompts", ["Bundled", "Paste", "Upload"], horizontal=True, key=f"{key}-source")
+    if source == "Bundled":
+        cats = st.multiselect("Categories", categories(), default=[default_category], key=f"{key}-cats")
+        texts = [t for c in cats for t in default_prompts(c)]
+    elif source == "Paste":
+        text = st.text_area("One prompt per line", key=f"{key}-paste", height=150)
+        texts = [line for line in text.splitlines() if line.strip()]
+    else:
+        upload = st.file_uploader("A .txt (one prompt per line) or .jsonl ({\"text\": ...} per line)",
+                                  type=["txt", "jsonl"], key=f"{key}-upload")
+        if upload is None:
+            return None
+        try:
+            texts = parse_prompts(upload.name, upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
+        except WorkbenchError as exc:
+            st.error(str(exc))
+            return None
+    if not texts:
+        st.warning("No prompts yet.")
+        return None
+    st.caption(f"{len(texts)} prompts")
+    return texts
+
+
+def single_report(name: str, result, lm=None) -> Report:
+    prov = {"model": getattr(lm, "name", getattr(result, "model", "")), "source": "dashboard",
+            "versions": package_versions()}
+    return Report(results={name: result}, provenance=prov)
+
+
+def table_frame(result) -> pd.DataFrame:
+    """The result's table as a DataFrame; a column mixing numbers and text (e.g. "-" for undefined) becomes text,
+    which Arrow needs."""
+    header, rows = result.table()
+    frame = pd.DataFrame([[json.dumps(v) if isinstance(v, (dict, list)) else v for v in row] for row in rows],
+                         columns=header)
+    for column in frame.columns:
+        kinds = {type(v) for v in frame[column] if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float, bool}:
+            frame[column] = frame[column].map(lambda v: "" if v is None else str(v))
+    return frame
+
+
+def show_result(name: str, result, *, lm=None, key: str = "") -> None:
+    """Summary, figures, table and JSON/HTML downloads of one analysis result."""
+    key = key or name
+    st.subheader(result.title)
+    if result.summary():
+        st.info(result.summary())
+    for i, fig in enumerate(result.figures()):
+        st.plotly_chart(fig, key=f"{key}-fig-{i}")
+    header, _ = result.table()
+    if header:
+        st.dataframe(table_frame(result), key=f"{key}-table", hide_index=True)
+    left, right = st.columns(2)
+    left.download_button("Download JSON", result.to_json(), file_name=f"{name}.json", mime="application/json",
+                         key=f"{key}-json")
+    right.download_button("Download HTML", single_report(name, result, lm).to_html(), file_name=f"{name}.html",
+                          mime="text/html", key=f"{key}-html")

@@ -1,0 +1,26 @@
+"""Model: architecture summary and the weight spectra heat-map."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from analyses.weight_spectra import WeightSpectraConfig  # noqa: E402
+from app.common import model, run, show_result  # noqa: E402
+from workbench.runner import run_analysis  # noqa: E402
+
+st.set_page_config(page_title="Model · workbench", layout="wide")
+st.title("Model")
+lm = model()
+st.subheader("Architecture")
+st.dataframe([{"fact": k, "value": str(v)} for k, v in lm.facts.to_dict().items()], hide_index=True, key="facts")
+st.subheader("Weight spectra")
+embeddings = st.checkbox("Include W_E and W_U (the slowest part: two d_vocab × d_model SVDs)", value=False,
+                         key="embeddings")
+if st.button("Compute weight spectra", key="go", type="primary"):
+    st.session_state["model_result"] = run("Weight spectra", run_analysis, lm, "weight_spectra",
+                                           WeightSpectraConfig(include_embeddings=embeddings))
+if "model_result" in st.session_state:
+    show_result("weight_spectra", st.session_state["model_result"], lm=lm)

@@ -1,0 +1,30 @@
+"""Dynamics: generate from a prompt; the effective rank of the response's hidden states as it grows, and its
+velocity / acceleration (ERV / ERA) per layer."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from analyses.erank_dynamics import DEFAULT_PROMPT, ErankDynamicsConfig  # noqa: E402
+from app.common import guard, model, run, show_result  # noqa: E402
+from workbench.runner import run_analysis  # noqa: E402
+
+st.set_page_config(page_title="Dynamics · workbench", layout="wide")
+st.title("Dynamics")
+lm = model()
+prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key="prompt")
+left, mid, right = st.columns(3)
+max_new = left.slider("Tokens to generate", 8, 512, 160, key="max_new_tokens")
+stride = mid.slider("Stride (VERL's diff_stride)", 1, 64, 20, key="stride")
+chat = right.checkbox("Wrap as a chat turn", value=True, key="chat")
+if st.button("Generate and analyse", key="go", type="primary"):
+    with guard("Config"):
+        config = ErankDynamicsConfig(prompt=prompt, max_new_tokens=max_new, stride=stride, chat_template=chat)
+    st.session_state["dyn_result"] = run("Generation", run_analysis, lm, "erank_dynamics", config)
+result = st.session_state.get("dyn_result")
+if result:
+    st.markdown(f"**Response** ({result.n_response_tokens} tokens): {result.response}")
+    show_result("erank_dynamics", result, lm=lm)

@@ -1,0 +1,33 @@
+"""Patching: the IOI task, a layer × position activation-patching heat-map, and DAS subspace patching with the
+interpretability-illusion diagnostics."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from analyses.subspace_patching import SubspacePatchingConfig  # noqa: E402
+from app.common import guard, model, run, show_result  # noqa: E402
+from workbench.runner import run_analysis  # noqa: E402
+
+st.set_page_config(page_title="Patching · workbench", layout="wide")
+st.title("Patching")
+lm = model()
+st.selectbox("Task", ["IOI: the position feature of the indirect object"], key="task",
+             help="The task whose patching is studied (the analysis first checks that the model does it)")
+layers = ["auto (before the name-mover-like heads)"] + list(range(lm.facts.n_layers))
+c1, c2, c3 = st.columns(3)
+layer = c1.selectbox("DAS layer", layers, key="layer")
+pairs = c2.slider("IOI pairs", 8, 192, 96, step=8, key="pairs")
+epochs = c3.slider("DAS epochs", 1, 60, 30, key="epochs")
+heatmap_pairs = c1.slider("Heat-map pairs", 2, 32, 8, key="heatmap_pairs")
+if st.button("Run patching and DAS", key="go", type="primary"):
+    with guard("Config"):
+        config = SubspacePatchingConfig(n_pairs=pairs, epochs=epochs, heatmap_pairs=heatmap_pairs,
+                                        layer=None if isinstance(layer, str) else int(layer))
+    st.session_state["patch_result"] = run("Patching", run_analysis, lm, "subspace_patching", config,
+                                           progress=True)
+if "patch_result" in st.session_state:
+    show_result("subspace_patching", st.session_state["patch_result"], lm=lm)

@@ -1,0 +1,97 @@
+"""Steering and edits: contrast vectors from two prompt sets, a generation steered live, Steer2Edit rank-1 edits
+applied to the weights and reverted exactly, and the steering-vs-editing trade-off sweep."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from analyses.steer2edit import Steer2EditConfig  # noqa: E402
+from app.common import guard, model, run, show_result  # noqa: E402
+from workbench.intervene.edit import apply_edits, steer2edit  # noqa: E402
+from workbench.intervene.readout import greedy_continuations  # noqa: E402
+from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers  # noqa: E402
+from workbench.runner import run_analysis  # noqa: E402
+from workbench.tasks.sentiment import sentiment_pairs  # noqa: E402
+
+st.set_page_config(page_title="Steering and edits · workbench", layout="wide")
+st.title("Steering and edits")
+lm = model()
+pairs = sentiment_pairs()[:10]
+
+st.header("1. Vectors from two prompt sets")
+left, right = st.columns(2)
+pos = left.text_area("Positive set (one per line)", "\n".join(p for p, _ in pairs), height=200, key="pos")
+neg = right.text_area("Negative set (one per line)", "\n".join(n for _, n in pairs), height=200, key="neg")
+layers = st.multiselect("Layers", list(range(lm.facts.n_layers)), default=list(range(lm.facts.n_layers)),
+                        key="layers")
+span = st.radio("Average over", list(SPANS), horizontal=True, key="span", help="all tokens of each text, or its last")
+pos_texts = [t for t in pos.splitlines() if t.strip()]
+neg_texts = [t for t in neg.splitlines() if t.strip()]
+if st.button("Build vectors", key="build", type="primary", disabled=not (pos_texts and neg_texts and layers)):
+    st.session_state["vectors"] = run("Contrast vectors", contrast_vectors, lm, pos_texts, neg_texts,
+                                      layers=layers, span=span)
+vectors = st.session_state.get("vectors")
+if not vectors:
+    st.stop()
+st.caption(f"Vectors for layers {sorted(vectors)} (mean positive − mean negative of the attention, MLP and "
+           f"residual outputs).")
+
+st.header("2. Steer a generation")
+prompt = st.text_input("Prompt", "The movie I watched last night was", key="prompt")
+c1, c2, c3 = st.columns(3)
+alpha = c1.slider("α (× unit vector, every position)", 0.0, 8.0, 2.0, 0.5, key="alpha")
+where = c2.radio("Where", ["components", "resid"], horizontal=True, key="where")
+max_new = c3.slider("Tokens", 4, 64, 24, key="max_new")
+
+
+def generate(steers=()):
+    with steering(lm, list(steers)):
+        return lm.tokenizer.decode(greedy_continuations(lm, [prompt], max_new_tokens=max_new)[0],
+                                   skip_special_tokens=True)
+
+
+if st.button("Generate", key="generate", disabled=not prompt.strip()):
+    with guard("Steering"):
+        st.session_state["steered"] = (generate(), generate(vector_steers(vectors, alpha, where=where)), alpha)
+if "steered" in st.session_state:
+    base, steered, used = st.session_state["steered"]
+    left, right = st.columns(2)
+    left.markdown(f"**Unsteered**\n\n{prompt}**{base}**")
+    right.markdown(f"**Steered, α = {used}**\n\n{prompt}**{steered}**")
+
+st.header("3. Steer2Edit: the vectors as rank-1 weight edits")
+rho = st.slider("ρ (sparsity: larger edits fewer components)", 0.05, 0.95, 0.6, 0.05, key="rho")
+handle = st.session_state.get("edit_handle")
+if handle is not None and handle.active:
+    heads = sum(e.kind == "head" for e in handle.edits)
+    st.warning(f"The loaded model is edited ({heads} heads, {len(handle.edits) - heads} neurons): every page uses "
+               f"the edited weights until you revert.")
+    if "edited_text" in st.session_state:
+        st.markdown(f"**With the edit** (no hooks)\n\n{prompt}**{st.session_state['edited_text']}**")
+    if st.button("Revert the edit", key="revert", type="primary"):
+        handle.revert()
+        st.session_state.pop("edited_text", None)
+        st.success("Weights restored bit for bit.")
+        st.rerun()
+elif st.button("Apply the edit", key="apply", type="primary"):
+    with guard("Steer2Edit"):
+        edits = steer2edit(lm, vectors, rho=rho)
+        if not edits:
+            st.info(f"No component passes the threshold at ρ = {rho}: nothing to edit (lower ρ).")
+            st.stop()
+        st.session_state["edit_handle"] = apply_edits(lm, edits)
+        st.session_state["edited_text"] = generate()
+    st.rerun()
+
+st.header("4. Trade-off: steering strength vs edit sparsity")
+n_eval = st.slider("Neutral prompts measured", 4, 40, 12, key="n_eval")
+if st.button("Run the Steer2Edit sweep", key="sweep", disabled=handle is not None and handle.active):
+    with guard("Config"):
+        config = Steer2EditConfig(layers=sorted(vectors), eval_prompts=n_eval, alphas=[0.5, 1.0, 2.0],
+                                  rhos=[0.8, 0.6, 0.4])
+    st.session_state["s2e_result"] = run("Steer2Edit sweep", run_analysis, lm, "steer2edit", config)
+if "s2e_result" in st.session_state:
+    show_result("steer2edit", st.session_state["s2e_result"], lm=lm)

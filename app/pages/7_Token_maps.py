@@ -1,0 +1,51 @@
+"""Token maps: prompt → generation → which prompt tokens explain each generated token (raw, after causal-inference
+removal, filtered)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from analyses.token_maps import EXAMPLES, TokenMapsConfig  # noqa: E402
+from app.common import guard, model, run, show_result  # noqa: E402
+from workbench.runner import run_analysis  # noqa: E402
+from workbench.tam import text_token_maps  # noqa: E402
+from workbench.tam.plots import shown  # noqa: E402
+
+st.set_page_config(page_title="Token maps · workbench", layout="wide")
+st.title("Token maps")
+lm = model()
+prompt = st.text_area("Prompt", EXAMPLES[1], key="prompt")
+c1, c2 = st.columns(2)
+max_new = c1.slider("Tokens to generate", 1, 32, 8, key="max_new")
+kernel = c2.selectbox("Filter width", [1, 3, 5], index=1, key="kernel")
+if st.button("Generate and map", key="go", type="primary", disabled=not prompt.strip()):
+    st.session_state["tam_maps"] = run("Token maps", text_token_maps, lm, prompt, max_new_tokens=max_new,
+                                       kernel_size=kernel)
+maps = st.session_state.get("tam_maps")
+if maps is not None:
+    st.plotly_chart(maps.figure(), key="strips")
+    t = st.selectbox("Generated token", list(range(len(maps.generated_tokens))), key="step",
+                     format_func=lambda i: f"{i}: {shown(maps.generated_tokens[i])}")
+    with guard("Token"):
+        step = maps.step(t)
+    st.dataframe({"prompt token": [shown(x) for x in maps.prompt_tokens], "raw": step["raw"].tolist(),
+                  "after ECI": step["eci"].tolist(), "filtered": step["filtered"].tolist()}, hide_index=True,
+                 key="step-table")
+    st.subheader("Which input explains this output")
+    st.dataframe([{"generated token": f"{r['step']}: {shown(r['output'])}",
+                   **{s: f"{shown(r[s]['token'])} ({100 * r[s]['share']:.0f}%)" for s in ("raw", "eci", "filtered")}}
+                  for r in maps.top_inputs()], hide_index=True, key="explain")
+
+st.header("Does it point at the right input?")
+st.caption("The token_maps analysis: copy/recall prompts the model answers correctly; how often each map's argmax "
+           "is the recalled token, against gradient × input and chance (≈ 35 s on SmolLM2).")
+n_eval = st.slider("Copy/recall candidates", 6, 150, 90, step=3, key="n_eval")
+if st.button("Run the evaluation", key="evaluate"):
+    with guard("Config"):
+        config = TokenMapsConfig(prompts=[prompt], max_new_tokens=max_new, kernel_size=kernel, eval_prompts=n_eval)
+    st.session_state["tam_result"] = run("Evaluation", run_analysis, lm, "token_maps", config, progress=True)
+if "tam_result" in st.session_state:
+    show_result("token_maps", st.session_state["tam_result"], lm=lm)

@@ -1,0 +1,36 @@
+"""Analyses: any registered analysis (the same registry as the CLI), its config edited as JSON."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import streamlit as st  # noqa: E402
+
+from app.common import guard, model, prompts_input, run, show_result  # noqa: E402
+from workbench import registry  # noqa: E402
+from workbench.runner import run_analyses  # noqa: E402
+
+st.set_page_config(page_title="Analyses · workbench", layout="wide")
+st.title("Analyses")
+lm = model()
+names = registry.names()
+name = st.selectbox("Analysis", names, key="name",
+                    format_func=lambda n: f"{n} — {registry.get(n).description}")
+spec = registry.get(name)
+defaults = {k: v for k, v in spec.config().to_dict().items() if k != "kind"}
+text = st.text_area("Config (JSON; the defaults are filled in)", json.dumps(defaults, indent=1), height=260,
+                    key=f"config-{name}")
+texts = prompts_input("analyses") if spec.sites is not None else None
+if st.button("Run", key="go", type="primary"):
+    with guard("Config"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the config is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        config = spec.config.from_dict(data)
+    st.session_state["any_result"] = (name, run(name, run_analyses, lm, {name: config}, texts=texts,
+                                                progress=True)[name])
+if "any_result" in st.session_state and st.session_state["any_result"][0] == name:
+    show_result(name, st.session_state["any_result"][1], lm=lm)
