@@ -89,6 +89,19 @@ def run(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return out
 
 
+def uploaded(where, label: str, types: list[str], key: str, parse: Callable[..., list]) -> list | None:
+    """The parsed content of a file uploaded in ``where`` (``st`` or a column), or None — with the parser's message
+    shown when the file is refused (empty, binary, not UTF-8, wrong fields, over 8 MiB)."""
+    upload = where.file_uploader(label, type=types, key=key)
+    if upload is None:
+        return None
+    try:
+        return parse(upload.name, upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
+    except WorkbenchError as exc:
+        where.error(str(exc))
+        return None
+
+
 def prompts_input(key: str, default_category: str = "prose") -> list[str] | None:
     """Prompts from the bundled passages (by category), pasted text (one per line) or an uploaded .txt/.jsonl
     (refused with a message when empty, binary, not UTF-8, with the wrong JSONL fields, or over 8 MiB)."""
@@ -100,14 +113,9 @@ def prompts_input(key: str, default_category: str = "prose") -> list[str] | None
         text = st.text_area("One prompt per line", key=f"{key}-paste", height=150)
         texts = [line for line in text.splitlines() if line.strip()]
     else:
-        upload = st.file_uploader("A .txt (one prompt per line) or .jsonl ({\"text\": ...} per line)",
-                                  type=["txt", "jsonl"], key=f"{key}-upload")
-        if upload is None:
-            return None
-        try:
-            texts = parse_prompts(upload.name, upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
-        except WorkbenchError as exc:
-            st.error(str(exc))
+        texts = uploaded(st, "A .txt (one prompt per line) or .jsonl ({\"text\": ...} per line)", ["txt", "jsonl"],
+                         f"{key}-upload", parse_prompts)
+        if texts is None:
             return None
     if not texts:
         st.warning("No prompts yet.")

@@ -1,5 +1,6 @@
 """Gradients: layer-wise gradient spectra of the attention projections for two datasets side by side."""
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -9,8 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import streamlit as st  # noqa: E402
 
 from analyses.gradient_spectra import ATTENTION, GradientSpectraConfig  # noqa: E402
-from app.common import MAX_UPLOAD_BYTES, guard, model, run, show_result  # noqa: E402
-from workbench.errors import WorkbenchError  # noqa: E402
+from app.common import guard, model, run, show_result, uploaded  # noqa: E402
 from workbench.prompts import PAIR_SETS, parse_pairs  # noqa: E402
 from workbench.runner import run_analysis  # noqa: E402
 
@@ -25,21 +25,14 @@ def dataset(column, key: str, default: str) -> tuple[str, str] | None:
     choice = column.selectbox(f"Dataset {key}", options, index=options.index(default), key=f"ds-{key}")
     if choice != "upload":
         return choice.split(":", 1)[1], choice
-    upload = column.file_uploader('A .jsonl of {"prompt": ..., "response": ...}', type=["jsonl"], key=f"up-{key}")
-    if upload is None:
+    pairs = uploaded(column, 'A .jsonl of {"prompt": ..., "response": ...}', ["jsonl"], f"up-{key}", parse_pairs)
+    if pairs is None:
         return None
-    try:
-        pairs = parse_pairs(upload.name, upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
-    except WorkbenchError as exc:
-        column.error(str(exc))
-        return None
-    import json
-
-    folder = Path(tempfile.mkdtemp(prefix="workbench-upload-"))
-    path = folder / Path(upload.name).name
+    # the analysis reads datasets from paths: the checked pairs go to a private temporary file
+    path = Path(tempfile.mkdtemp(prefix="workbench-upload-")) / f"dataset-{key}.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs))
     column.caption(f"{len(pairs)} pairs")
-    return Path(upload.name).stem, str(path)
+    return f"upload {key}", str(path)
 
 
 left, right = st.columns(2)

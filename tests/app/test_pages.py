@@ -222,3 +222,15 @@ def test_reports_page_opens_and_compares(app_model, tmp_path):
     assert dict(zip(prov["field"], prov["differs"])) == {"model": True, "seed": False}
     at.file_uploader(key="uploads").set_value(("bad.json", b"{}", "application/json")).run()
     assert any("bad.json: not a workbench report" in e.value for e in at.error)
+
+
+def test_gradients_page_takes_an_uploaded_dataset_and_refuses_a_bad_one(app_model):
+    at = page("Gradients")
+    at.selectbox(key="ds-A").set_value("upload").run()
+    assert at.button(key="go").disabled  # nothing uploaded yet
+    good = b'{"prompt": "2+2?", "response": "4"}\n{"prompt": "Capital of France?", "response": "Paris"}\n'
+    at.file_uploader(key="up-A").set_value(("mine.jsonl", good, "application/json")).run()
+    assert any(c.value == "2 pairs" for c in at.caption) and not at.button(key="go").disabled
+    at.file_uploader(key="up-A").set_value(("bad.jsonl", b'{"prompt": "x"}\n', "application/json")).run()
+    assert any('bad.jsonl:1 must be an object with "prompt" and "response"' in e.value for e in at.error)
+    assert at.button(key="go").disabled
