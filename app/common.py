@@ -68,6 +68,10 @@ def model():
         lm = _load(source.strip(), device)
     facts = lm.facts
     st.sidebar.caption(f"{lm.name}: {facts.n_layers} layers, d_model {facts.d_model}, {facts.n_heads} heads")
+    handle = st.session_state.get("edit_handle")
+    if handle is not None and handle.active and handle.lm is lm:
+        st.sidebar.warning("This model's weights carry a Steer2Edit edit: every page computes with it until you "
+                           "revert it on the Steering and edits page.")
     return lm
 
 

@@ -174,6 +174,11 @@ def test_steering_page_steers_applies_and_reverts_exactly(app_model):
     click(at, "apply")
     assert any("The loaded model is edited" in w.value for w in at.warning)
     assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())  # the weights changed
+    other = page("Token_maps")  # a new session: its own state, so no banner there
+    at.switch_page(str(APP / "pages" / "7_Token_maps.py")).run()  # the same session on another page: the banner
+    assert any("carry a Steer2Edit edit" in w.value for w in at.sidebar.warning)
+    assert not other.sidebar.warning
+    at.switch_page(str(APP / "pages" / "6_Steering_and_edits.py")).run()
     click(at, "revert")
     assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())  # bit for bit
     assert not any("The loaded model is edited" in w.value for w in at.warning)
@@ -234,3 +239,15 @@ def test_gradients_page_takes_an_uploaded_dataset_and_refuses_a_bad_one(app_mode
     at.file_uploader(key="up-A").set_value(("bad.jsonl", b'{"prompt": "x"}\n', "application/json")).run()
     assert any('bad.jsonl:1 must be an object with "prompt" and "response"' in e.value for e in at.error)
     assert at.button(key="go").disabled
+
+
+@pytest.mark.slow
+def test_token_maps_page_on_the_bundled_model(real_model, all_threads, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_APP_MODEL", str(real_model.folder))
+    at = page("Token_maps")
+    at.slider(key="max_new").set_value(2).run()
+    click(at, "go")  # the default prompt: "The password is dragon. ... The password is"
+    explain = frame(at, "generated token")
+    assert explain["generated token"][0] == "0:  dragon" and explain["raw"][0].startswith(" dragon")
+    expected = text_token_maps(real_model, at.text_area(key="prompt").value, max_new_tokens=2)
+    numeric_equal(frame(at, "after ECI")["raw"], expected.raw[0])
