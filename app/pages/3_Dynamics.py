@@ -26,5 +26,6 @@ if st.button("Generate and analyse", key="go", type="primary"):
     st.session_state["dyn_result"] = run("Generation", run_analysis, lm, "erank_dynamics", config)
 result = st.session_state.get("dyn_result")
 if result:
-    st.markdown(f"**Response** ({result.n_response_tokens} tokens): {result.response}")
+    st.markdown(f"**Response** ({result.n_response_tokens} tokens)")
+    st.text(result.response)
     show_result("erank_dynamics", result, lm=lm)

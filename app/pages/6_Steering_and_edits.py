@@ -59,8 +59,10 @@ if st.button("Generate", key="generate", disabled=not prompt.strip()):
 if "steered" in st.session_state:
     base, steered, used = st.session_state["steered"]
     left, right = st.columns(2)
-    left.markdown(f"**Unsteered**\n\n{prompt}**{base}**")
-    right.markdown(f"**Steered, α = {used}**\n\n{prompt}**{steered}**")
+    left.markdown("**Unsteered**")
+    left.text(prompt + base)  # as plain text: a continuation may hold markdown characters
+    right.markdown(f"**Steered, α = {used}**")
+    right.text(prompt + steered)
 
 st.header("3. Steer2Edit: the vectors as rank-1 weight edits")
 rho = st.slider("ρ (sparsity: larger edits fewer components)", 0.05, 0.95, 0.6, 0.05, key="rho")
@@ -70,7 +72,8 @@ if handle is not None and handle.active:
     st.warning(f"The loaded model is edited ({heads} heads, {len(handle.edits) - heads} neurons): every page uses "
                f"the edited weights until you revert.")
     if "edited_text" in st.session_state:
-        st.markdown(f"**With the edit** (no hooks)\n\n{prompt}**{st.session_state['edited_text']}**")
+        st.markdown("**With the edit** (no hooks attached)")
+        st.text(prompt + st.session_state["edited_text"])
     if st.button("Revert the edit", key="revert", type="primary"):
         handle.revert()
         st.session_state.pop("edited_text", None)

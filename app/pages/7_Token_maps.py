@@ -36,7 +36,8 @@ if maps is not None:
                  key="step-table")
     st.subheader("Which input explains this output")
     st.dataframe([{"generated token": f"{r['step']}: {shown(r['output'])}",
-                   **{s: f"{shown(r[s]['token'])} ({100 * r[s]['share']:.0f}%)" for s in ("raw", "eci", "filtered")}}
+                   **{label: f"{shown(r[s]['token'])} ({100 * r[s]['share']:.0f}%)"
+                      for s, label in (("raw", "raw"), ("eci", "after ECI"), ("filtered", "filtered"))}}
                   for r in maps.top_inputs()], hide_index=True, key="explain")
 
 st.header("Does it point at the right input?")

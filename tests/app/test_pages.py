@@ -118,7 +118,7 @@ def test_dynamics_page_equals_the_api(app_model):
         prompt="hello there, how are you", max_new_tokens=8, stride=2, chat_template=True))
     shown = frame(at, "ERV")
     numeric_equal(shown.iloc[:, 2], [r[2] for r in expected.table()[1]])  # ER at the last k, per layer
-    assert expected.response in at.markdown[0].value or expected.response in " ".join(m.value for m in at.markdown)
+    assert any(t.value == expected.response for t in at.text)
 
 
 def test_gradients_page_two_datasets_equal_the_api(app_model):
@@ -155,6 +155,9 @@ def test_patching_page_equals_the_api(tiny_ioi_model, monkeypatch):
             numeric_equal(shown[name], [r[i] for r in rows])
 
 
+PAGE_PROMPT = "The movie I watched last night was"
+
+
 def _app_model(folder) -> object:
     from app.common import _load
 
@@ -168,6 +171,7 @@ def test_steering_page_steers_applies_and_reverts_exactly(app_model):
     click(at, "generate")
     texts = " ".join(m.value for m in at.markdown)
     assert "Unsteered" in texts and "Steered, α = 2.0" in texts
+    assert len([t for t in at.text if t.value.startswith(PAGE_PROMPT)]) == 2  # both continuations shown
     lm = _app_model(app_model.folder)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     at.slider(key="rho").set_value(0.05).run()
