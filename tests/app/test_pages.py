@@ -66,6 +66,7 @@ def test_home_lists_every_registered_analysis(app_model):
 
 def test_model_page_weight_spectra_equal_the_api(app_model):
     at = click(page("Model"), "go")
+    assert [d.proto.label for d in at.get("download_button")] == ["Download JSON", "Download HTML"]
     expected = run_analysis(app_model, "weight_spectra", WeightSpectraConfig(include_embeddings=False))
     shown = frame(at, "effective rank") if "effective rank" in frame(at, "layer").columns else frame(at, "layer")
     header, rows = expected.table()
