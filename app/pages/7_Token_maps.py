@@ -1,6 +1,7 @@
 """Token maps: prompt → generation → which prompt tokens explain each generated token (raw, after causal-inference
 removal, filtered)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +27,15 @@ if st.button("Generate and map", key="go", type="primary", disabled=not prompt.s
                                        kernel_size=kernel)
 maps = st.session_state.get("tam_maps")
 if maps is not None:
-    st.plotly_chart(maps.figure(), key="strips")
+    fig = maps.figure()
+    st.plotly_chart(fig, key="strips")
+    left, right = st.columns(2)
+    left.download_button("Download JSON", json.dumps({
+        "prompt": prompt, "prompt_tokens": maps.prompt_tokens, "generated_tokens": maps.generated_tokens,
+        **{s: maps.stage(s).tolist() for s in ("raw", "eci", "filtered")}}), file_name="token_maps.json",
+        mime="application/json", key="maps-json")
+    right.download_button("Download HTML", fig.to_html(include_plotlyjs=True), file_name="token_maps.html",
+                          mime="text/html", key="maps-html")
     t = st.selectbox("Generated token", list(range(len(maps.generated_tokens))), key="step",
                      format_func=lambda i: f"{i}: {shown(maps.generated_tokens[i])}")
     with guard("Token"):

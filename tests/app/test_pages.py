@@ -201,6 +201,7 @@ def test_token_maps_page_equals_the_api(app_model):
     numeric_equal(shown["after ECI"], expected.eci[1])
     numeric_equal(shown["filtered"], expected.filtered[1])
     assert len(frame(at, "generated token")) == 3
+    assert [d.proto.label for d in at.get("download_button")] == ["Download JSON", "Download HTML"]
 
 
 def test_analyses_page_runs_any_analysis_and_reports_bad_json(app_model):
