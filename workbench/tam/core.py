@@ -69,14 +69,31 @@ def _filter_window(window: torch.Tensor) -> torch.Tensor:
     return (values * kernel / kernel.sum()).sum()
 
 
+def check_kernel_size(call: str, kernel_size: object) -> None:
+    """The filter's window must be an odd int >= 1 (checked before any generation by the callers)."""
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+
+
+def explained_token_maps(region_logits: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, earlier: torch.Tensor,
+                         y: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(raw, eci)`` maps of token ``y`` over a region (prompt tokens or image tokens) whose positions' logits are
+    ``region_logits`` ``[N, V]``: raw = relu(logit of y) per region position; ECI removes the interference of the
+    ``earlier`` positions' tokens (``ids[earlier]``): each one's own map over the region, weighted by y's activation at
+    its position (``logits[earlier, y]``), tokens equal to y excluded (:func:`estimated_causal_inference`)."""
+    raw = region_logits[:, y].clamp_min(0)
+    maps = region_logits[:, ids[earlier]].T.clamp_min(0)  # [K, N]: each earlier token's own map
+    eci = estimated_causal_inference(raw, maps, logits[earlier, y].clamp_min(0), ids[earlier] != y)
+    return raw, eci
+
+
 def rank_gaussian_filter(x: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
     """The reference's rank Gaussian filter on a 2-D map (``kernel_size`` × ``kernel_size`` windows) or its 1-D
     variant on a token sequence (windows of ``kernel_size``), with reflect padding as ``np.pad(mode="reflect")``.
     Each output = Σ sorted(window)·g / Σ g, g = exp(−k²/(2σ²)) over the rank offsets k (centred), σ = std/mean of the
     window (population std); 0 where the window mean ≤ 0; the constant where the window is constant and positive."""
     call = "rank_gaussian_filter"
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+    check_kernel_size(call, kernel_size)
     if x.ndim not in (1, 2):
         raise shape_error(call, "x", "a 1-D token map or a 2-D image grid", tuple(x.shape))
     pad = kernel_size // 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.tam.core import estimated_causal_inference, rank_gaussian_filter
+from workbench.tam.core import check_kernel_size, explained_token_maps, rank_gaussian_filter
 
 STAGES = ("raw", "eci", "filtered")
 
@@ -90,12 +90,7 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
     at_prompt = logits[prompt_pos]  # [P, V]
     raws, ecis, filtered = [], [], []
     for p in range(n_prompt, len(ids)):
-        y = int(ids[p])
-        a = at_prompt[:, y].clamp_min(0)
-        earlier = torch.arange(first, p)
-        maps = at_prompt[:, ids[earlier]].T.clamp_min(0)  # [K, P]: each earlier token's own map
-        scores = logits[earlier, y].clamp_min(0)  # y_t's activation at each earlier position
-        cleaned = estimated_causal_inference(a, maps, scores, ids[earlier] != y)
+        a, cleaned = explained_token_maps(at_prompt, logits, ids, torch.arange(first, p), int(ids[p]))
         raws.append(a)
         ecis.append(cleaned)
         filtered.append(rank_gaussian_filter(cleaned, kernel_size) if len(cleaned) > kernel_size // 2 else cleaned)
@@ -124,8 +119,7 @@ def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: i
     call = "text_token_maps"
     if not isinstance(prompt, str) or not prompt.strip():
         raise config_error(call, "prompt", "a non-empty string", prompt)
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+    check_kernel_size(call, kernel_size)
     prompt_ids = lm.model.to_tokens(prompt)[0].cpu()
     first = first_prompt_position(lm, prompt_ids)
     if len(prompt_ids) - first < 1:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.tam.core import estimated_causal_inference, min_max, rank_gaussian_filter
+from workbench.tam.core import check_kernel_size, explained_token_maps, min_max, rank_gaussian_filter
 
 SEQUENCE_KEYS_ZERO = ("mm_token_type_ids", "token_type_ids")  # per-position keys extended with 0 for generated text
 
@@ -143,8 +143,7 @@ def vlm_token_maps(model, inputs: Mapping[str, torch.Tensor], *, tokenizer=None,
     call = "vlm_token_maps"
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+    check_kernel_size(call, kernel_size)
     layout = image_layout(model, inputs, grid)
     device = next(model.parameters()).device
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
@@ -171,11 +170,7 @@ def vlm_token_maps(model, inputs: Mapping[str, torch.Tensor], *, tokenizer=None,
     raws, ecis, filtered, texts = [], [], [], []
     for p in range(n_prompt, len(ids)):
         y = int(ids[p])
-        a = at_image[:, y].clamp_min(0)
-        earlier = torch.cat([text_pos, torch.arange(n_prompt, p)])
-        maps = at_image[:, ids[earlier]].T.clamp_min(0)
-        scores = logits[earlier, y].clamp_min(0)
-        cleaned = estimated_causal_inference(a, maps, scores, ids[earlier] != y)
+        a, cleaned = explained_token_maps(at_image, logits, ids, torch.cat([text_pos, torch.arange(n_prompt, p)]), y)
         txt = logits[text_pos, y].clamp_min(0)
         img_n, txt_n = min_max(cleaned, txt, joint=joint) if len(txt) else (min_max(cleaned)[0], txt)
         frames = img_n.reshape(layout.grid)

@@ -44,17 +44,6 @@ class RecallPrompt:
     target: str
 
 
-def _single(tokenizer, words) -> list[str]:
-    """The words whose ``" " + word`` is one token of ``tokenizer`` other than its unknown token."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    out = []
-    for w in words:
-        ids = tokenizer(" " + w, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 and (unk is None or ids[0] != unk):
-            out.append(w)
-    return out
-
-
 def recall_prompts(tokenizer, n: int, *, seed: int = 0) -> list[RecallPrompt]:
     """``n`` prompts, the families in turn (name, secret, list, name, …), deterministic for ``seed``; only words that
     are a single token of ``tokenizer`` are drawn, and a prompt whose target token occurs more than once is redrawn."""
@@ -63,8 +52,8 @@ def recall_prompts(tokenizer, n: int, *, seed: int = 0) -> list[RecallPrompt]:
         raise config_error(call, "n", "an int >= 1", n)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise config_error(call, "seed", "an int", seed)
-    names, words, items = (single_token_names(tokenizer), _single(tokenizer, SECRET_WORDS),
-                           _single(tokenizer, LIST_ITEMS))
+    names, words, items = (single_token_names(tokenizer), single_token_names(tokenizer, SECRET_WORDS),
+                           single_token_names(tokenizer, LIST_ITEMS))
     if len(names) < 2 or not words or len(items) < 3:
         raise config_error(call, "tokenizer", "a tokenizer with single-token names and words (English BPE)",
                            type(tokenizer).__name__)
