@@ -11,6 +11,13 @@ import streamlit as st  # noqa: E402
 from app.common import MAX_UPLOAD_BYTES, show_result  # noqa: E402
 from workbench.report import Report  # noqa: E402
 
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def load(path: str, mtime: float) -> Report:
+    """Parsed once per file version (``mtime`` in the key), not on every rerun of the page."""
+    return Report.load(path)
+
+
 st.set_page_config(page_title="Reports · workbench", layout="wide")
 st.title("Reports")
 folder = st.text_input("Folder searched for report.json files", "reports", key="folder")
@@ -19,7 +26,7 @@ uploads = st.file_uploader("…or upload report.json files", type=["json"], acce
 reports: dict[str, Report] = {}
 for path in found:
     try:
-        reports[str(path)] = Report.load(path)
+        reports[str(path)] = load(str(path), path.stat().st_mtime)
     except Exception as exc:  # noqa: BLE001 - a broken file is listed, not fatal
         st.warning(f"{path}: not a workbench report ({type(exc).__name__}: {exc})")
 for up in uploads or []:
