@@ -108,3 +108,7 @@ def test_overlay_figure_and_bad_indices(llava):
         maps.figure(0, np.zeros((32, 32), dtype=np.uint8))
     with pytest.raises(ConfigError, match="'max_new_tokens'"):
         vlm_token_maps(model, inputs, max_new_tokens=0)
+    alone = vlm_token_maps(model, inputs, max_new_tokens=2, joint=False)  # text scores normalised on their own
+    assert torch.equal(alone.raw, maps.raw)
+    assert all(float(row.max()) == 1.0 for row in alone.text if float(row.max()) > 0)
+    assert not (torch.equal(alone.text, maps.text) and torch.equal(alone.filtered, maps.filtered))  # joint mattered
