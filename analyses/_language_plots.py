@@ -14,7 +14,7 @@ METHOD_COLOURS = {"none": "#000000", "sparse": PALETTE[1], "dense": PALETTE[0], 
 
 
 def stage1_figure(stage1: list[dict]) -> go.Figure:
-    """Selectivity vs causal lift of every candidate feature, by layer; kept features (the language-neuron sources)
+    """Selectivity vs causal lift of every candidate SAE feature, by layer; kept features (the language neurons)
     drawn filled."""
     fig = go.Figure()
     for i, entry in enumerate(stage1):
@@ -26,7 +26,7 @@ def stage1_figure(stage1: list[dict]) -> go.Figure:
                 marker={"color": colour, "size": 9 if kept else 6, "symbol": "circle" if kept else "circle-open"},
                 name=f"L{entry['layer']}" + (" kept" if kept else ""), legendgroup=str(entry["layer"]),
                 showlegend=kept or not any(f["kept"] for f in entry["candidates"]),
-                text=[f"feature {f['feature']}, dims {f['dims']}" for f in c],
+                text=[f"SAE feature {f['feature']}" for f in c],
                 hovertemplate="%{text}<br>Sel %{x:.2f}, lift %{y:.4f}<extra></extra>"))
     if not fig.data:
         fig.add_trace(go.Scatter(x=[e["layer"] for e in stage1], y=[e["max_selectivity"] for e in stage1],
@@ -53,7 +53,7 @@ def spectra_figure(stage2: list[dict]) -> go.Figure:
                                  line={"color": colour}, name=name, legendgroup=name, showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="i")
     fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_layout(title="Stage II: spectrum of the paired Spanish − English residual differences", height=420)
+    fig.update_layout(title="Stage II: spectrum of ΔZ, the paired Spanish − English SAE-code differences on the language neurons", height=420)
     return fig
 
 

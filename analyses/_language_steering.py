@@ -1,38 +1,23 @@
-"""Stage III of :mod:`analyses.language_neurons`: the per-layer state stage I leaves, the sparse / dense / random
-steering configurations, and their measurement on held-out English prompts (Spanish fraction, next-token margin,
+"""Stage III of :mod:`analyses.language_neurons` (PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py): the sparse (SAE
+language neurons, through the stage-II subspace), dense (difference of means) and random (SAE features of the same
+number) steering configurations, and their measurement on held-out English prompts (Spanish fraction, next-token margin,
 English perplexity ratio, fluency after the Spanish prompt, distinct-token ratio)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-from workbench.progress import bar as progress_bar
 
-from workbench.intervene.language import sparse_shift
+from workbench.intervene.language import prototypes, reference_shift, steering_directions
 from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
 from workbench.intervene.steer import Steer, steering
+from workbench.progress import bar as progress_bar
 from workbench.tasks.language import detect_language, language_margin, spanish_score
 
-SITE = "blocks.{}.hook_resid_post"
+STEER_SITE = "blocks.{}.hook_resid_post"  # the output of block L, where the reference's hooks sit
 METHODS = ("none", "sparse", "dense", "random")
 DEGENERATE_FRACTION = 0.75
-
-
-@dataclass
-class LayerState:
-    """What stage I leaves per layer for stages II and III (tensors on the model's device, float32)."""
-
-    layer: int
-    mean: torch.Tensor  # [d] standardisation
-    std: torch.Tensor  # [d]
-    z_en: torch.Tensor  # [N, d] standardised last-token residuals
-    z_es: torch.Tensor
-    neurons: list[int]
-
-    def mu(self, side: str) -> torch.Tensor:
-        return (self.z_es if side == "es" else self.z_en).mean(0)
 
 
 def margins(lm, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
@@ -43,36 +28,44 @@ def margins(lm, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
     return language_margin(logits, en_ids, es_ids)
 
 
-def _shift(st: LayerState, mask: torch.Tensor, lam: float, beta: float):
-    mu_es, mu_en = st.mu("es"), st.mu("en")
+def _shift(st, features: list[int], v_r: torch.Tensor, lam: float, beta: float):
+    """The stage-III shift of one layer (PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py, Stage3InterventionHook):
+    z = SAE.encode(h) (l2 path: the raw residual, as the reference's hook), Δz = λ·μ_tgt − β·P(⟨z, μ_en⟩μ_en) on
+    ``features``, and the residual gains the decoder's LINEAR part W_decᵀΔz — no decoder bias, as the reference's
+    tied decode ``z @ W.T`` has none — unscaled on the l2 path (the reference adds it to the raw residual), ·σ on the
+    standardised path. μ_en is built from the training pairs' English prompts (the reference: its weak prompts)."""
+    from workbench.sae import decoder_directions, encode
+
+    mu_tgt, mu_en, proj = prototypes(st.z_en, st.z_es, st.z_en, features, v_r)
+    w_dec = decoder_directions(st.sae).double()  # [F, d]
 
     def shift(x: torch.Tensor) -> torch.Tensor:
-        z = (x.float() - st.mean.to(x.device)) / st.std.to(x.device)
-        dz = sparse_shift(z, mu_es.to(x.device), mu_en.to(x.device), mask.to(x.device), lam=lam, beta=beta)
-        return (dz * st.std.to(x.device)).to(x.dtype)
+        flat = x.reshape(-1, x.shape[-1])
+        z = encode(st.sae, st.to_sae(flat, hook=True))
+        dz = reference_shift(z, mu_tgt, mu_en, proj, features, lam=lam, beta=beta)
+        dh = st.to_residual((dz @ w_dec.to(x.device)).float())
+        return dh.reshape(x.shape).to(x.dtype)
     return shift
 
 
-def _method_steers(method: str, window_states: list[LayerState], lam: float, ratio: float, seed: int | None):
+def _method_steers(method: str, window_states: list, lam: float, ratio: float, seed: int | None):
     """``positions -> [Steer]`` for one configuration (positions: "last", a [B] index tensor or a [B, T] mask)."""
     parts = []
     gen = torch.Generator().manual_seed(seed if seed is not None else 0)
     for st in window_states:
-        d = st.mean.shape[0]
         if method == "dense":
-            vector = lam * (st.mu("es") - st.mu("en")) * st.std
-            parts.append((st.layer, vector))
+            parts.append((st.layer, lam * st.raw_diff))
             continue
         if method == "sparse":
-            units = st.neurons
-        else:  # random: a set of the same size, drawn per layer
-            units = torch.randperm(d, generator=gen)[:len(st.neurons)].tolist()
-        if not units:
+            features, v_r = st.neurons, st.v_r
+        else:  # random SAE features, as many as the layer's language neurons, through the same stage II
+            features = torch.randperm(st.z_en.shape[1], generator=gen)[:len(st.neurons)].tolist() if st.neurons \
+                else []
+            v_r = steering_directions((st.z_es - st.z_en).double().cpu(), features)[1] if features else None
+        if not features or v_r is None:
             continue
-        mask = torch.zeros(d, dtype=torch.bool)
-        mask[units] = True
-        parts.append((st.layer, _shift(st, mask, lam, ratio * lam)))
-    return lambda positions: [Steer(SITE.format(layer), vec, positions=positions) for layer, vec in parts]
+        parts.append((st.layer, _shift(st, features, v_r, lam, ratio * lam)))
+    return lambda positions: [Steer(STEER_SITE.format(layer), vec, positions=positions) for layer, vec in parts]
 
 
 def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> dict:

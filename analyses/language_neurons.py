@@ -1,93 +1,115 @@
-"""Language-neuron steering ("Neural FOXP2"): find the units that make a model write Spanish, find the layers where
-they form a stable low-rank steering subspace, and steer English prompts with a signed sparse shift — against a dense
-difference-of-means vector and random unit sets of the same size.
+"""Language-neuron steering ("Neural FOXP2"): find the SAE features that make a model write Spanish, find the layers
+where they form a stable low-rank steering subspace, and steer English prompts with a signed sparse shift in SAE-code
+space — against a dense difference-of-means vector and random SAE-feature sets of the same size.
 
-Reference: "Neural FOXP2 — Language Specific Neuron Steering for Targeted Language Improvement in LLMs" (reference code
-PhotonTJ/NeuralFoxP2; the formulas are in :mod:`workbench.intervene.language`, shared/PAPERS.md (e)). Stages:
+Reference: "Neural FOXP2 — Language Specific Neuron Steering for Targeted Language Improvement in LLMs", reference code
+PhotonTJ/NeuralFoxP2 (neural_foxp2/stage1.py, stage2.py, stage3.py); the formulas are in
+:mod:`workbench.intervene.language`, stages I–II in :mod:`analyses._language_stages`, stage III in
+:mod:`analyses._language_steering`. By default (``path == "reference"``) the analysis computes what the reference does:
 
-I. Localise. Last-token residuals (``blocks.L.hook_resid_post``) of paired English/Spanish prompts (train split),
-   standardised per dimension (Gemma 3 has an outlier dimension ~100x the others); a sae-lens SAE per layer (cached on
-   disk); per SAE feature the selectivity Sel_j = (μ_es − μ_en)/(σ_es + σ_en + 1e-6) and, for the ``n_candidates``
-   most Spanish-selective features, the causal lift = median over α of ΔM/α when α·(decoder direction) is added at
-   the last token of English prompts, M = Σ p(Spanish tokens) − Σ p(English tokens) at the next token. Features with
-   max(Sel, 0)·max(lift, 0) > 0 (the top ``n_features``) are traced to the residual dimensions their decoder direction
-   loads on most: the layer's language neurons.
-II. Subspace and window. Per layer ΔZ = z_es − z_en over pairs on the language neurons; SVD; rank
-   r = min(⌈erank⌉, 12, eigengap); score = top-r spectral mass × bootstrap stability; the window is the contiguous
-   run of 3–6 layers with the largest summed score.
-III. Steer. Δz = λ·μ_es − β·⟨z, μ̂_en⟩μ̂_en on the language neurons of every window layer, at the last token, during
-   greedy generation from held-out English prompts. Measured: the fraction of continuations the offline detector
-   calls Spanish, the next-token margin M, the perplexity of the unsteered (English) continuation under steering
-   (the cost on English text), the likelihood of the steered continuation under the unsteered model after the
-   prompt's Spanish translation (fluency of what was written) and the distinct-token ratio (degeneration: a
-   configuration below 0.75 of the unsteered ratio is not counted as a success). Baselines: a dense difference of
-   means (λ·(x̄_es − x̄_en) on every dimension of the same layers) and random unit sets of the same size per layer.
+I. Localise (stage1.py, run_stage1). Last-token residuals of the paired English/Spanish training prompts at
+   ``hidden_states[L]`` (``blocks.L.hook_resid_pre``), L2-normalised h/(‖h‖+1e-6); a ReLU SAE per layer (sae-lens
+   "standard", 1,024 features, MSE + L1, 150 epochs, lr 5e-4, batch 512); per SAE feature the selectivity
+   Sel_j = (μ_es − μ_en)/(σ_es + σ_en + 1e-6); for the 50 most selective (``np.argsort(sel)[-50:]``) the causal lift
+   = median over α ∈ {0.5, 1, 2, 5, 10, 15} of mean ΔM/α, adding α·(unit decoder column) to block L's output at the
+   last token; M = Σ p(Spanish tokens) − Σ p(English tokens) at the next token, token sets by Unicode range from the
+   raw vocabulary (data.py, build_language_token_sets). The language neurons are the SAE FEATURE indices with
+   max(Sel, 0)·max(lift, 0) > 0, ranked by it.
+II. Subspace and window (stage2.py). ΔZ = z_es − z_en in SAE-code space, zero outside the language neurons; SVD;
+   r = max(1, min(⌈erank(σ²)⌉, 12, eigengap over the first 12 ratio gaps)); score = top-r mass × bootstrap
+   stability (20 resamples, r re-chosen on each, median tr(PᵢPⱼ)/tr(Pᵢ)); window = the contiguous 3–6 layers with
+   the largest summed score.
+III. Steer (stage3.py). μ_es = normalize(P·normalize(mean ΔZ on the neurons)), μ_en = normalize(P·normalize(mean
+   z_en on the neurons)), P = V_r V_rᵀ from stage II; at the last token of every forward at block L's output in the
+   window: z = SAE.encode(h) (raw h, as the reference's hook), Δz = λ·μ_es − β·P(⟨z, μ_en⟩μ_en) on the language
+   neurons, h += W_dec Δz (the decoder's linear part; no bias, as the reference's tied decode). Measured during greedy
+   generation from held-out English prompts: the fraction of continuations the offline detector calls Spanish, the
+   next-token margin M (the reference's only measure), the perplexity of the unsteered continuation under steering
+   (the cost on English), the likelihood of the steered continuation under the unsteered model after the prompt's
+   Spanish translation (fluency) and the distinct-token ratio (degeneration: below 0.75 of the unsteered ratio is not
+   counted as a success). Baselines: λ·(x̄_es − x̄_en) on every dimension of the same layers; random SAE-feature
+   sets of the same size per layer, through the same stage II and III.
 
-Choices that differ from the reference (parameters): the residuals are standardised (z-scored with the statistics of
-the SAE's training rows) rather than L2-normalised; the SAE is a TopK SAE by default and is trained on every token of
-the training prompts (``sae_rows="all"``; ~2,700 rows instead of ~200 last tokens, which a 1,024-feature SAE would
-memorise); the effective rank in the rank rule is Roy–Vetterli on σ (``energy_erank=True``: the reference's σ²).
+Deviations always present (scale, data): 140 bundled pairs (98 train) instead of 2,500 OPUS-100 pairs; ``lift_prompts``
+(8) of the training pairs' English prompts instead of the 300 "weak" prompts for the lift, and the training English
+prompts for μ_en (the reference uses its evaluation prompts); the SAE is sae-lens's untied ReLU SAE (W_enc, W_dec,
+b_dec subtracted before encoding; L1 weighted by decoder norms, coefficient 5e-3·d on a per-row summed MSE, which
+keeps the ratio of the reference's 5e-3 on a per-element
+mean MSE; decoder rows folded to unit norm at the end) where the
+reference ties W_dec = W_encᵀ, has no b_dec and renormalises decoder columns after every epoch; each row of a batch
+gets its own z in the hook (the reference's hook uses the first row's). Deviations as options (``path`` names them):
+``inputs="standardised"``, ``architecture="topk"``, ``sae_rows="all"``, ``token_sets="pairs"``,
+``read_site="resid_post"``, ``energy_erank=False``, other SAE sizes or epochs, ``n_features`` caps.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from workbench.progress import bar as progress_bar
-
 from analyses._language_plots import layer_figure, spectra_figure, stage1_figure, steering_figure
-from analyses._language_steering import METHODS, SITE, LayerState, best, degenerate, margins, stage3
-from workbench.capture import capture
+from analyses._language_stages import stage1, stage2
+from analyses._language_steering import METHODS, best, degenerate, stage3
 from workbench.errors import config_error
-from workbench.intervene.language import (best_window, causal_lift, selectivity, steering_rank,
-                                          subspace_stability, top_mass)
-from workbench.intervene.readout import right_padded
-from workbench.intervene.steer import Steer
+from workbench.intervene.language import best_window
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
-from workbench.sae import ARCHITECTURES, cached_sae, decoder_directions, encode
-from workbench.spectra import effective_rank
-from workbench.tasks.language import (language_token_ids, load_en_es_pairs,
-                                      read_en_es_pairs, split_pairs)
+from workbench.sae import ARCHITECTURES
+from workbench.tasks.language import (language_token_ids, load_en_es_pairs, read_en_es_pairs, split_pairs,
+                                      unicode_token_ids)
 
-SAE_ROWS = ("all", "last")
-STD_FLOOR = 1e-6  # standard deviations below this (constant dimensions) are treated as this
+SAE_ROWS = ("last", "all")
+INPUTS = ("l2", "standardised")
+READ_SITES = ("resid_pre", "resid_post")
+TOKEN_SETS = ("unicode", "pairs")
+# The reference's choices (PhotonTJ/NeuralFoxP2 config.py and stage1-3.py); any other value makes the run a variant.
+REFERENCE = {"inputs": "l2", "read_site": "resid_pre", "architecture": "standard", "sae_rows": "last",
+             "token_sets": "unicode", "d_sae": 1024, "sae_epochs": 150, "sae_lr": 5e-4, "sae_batch": 512,
+             "l1_coefficient": None, "n_candidates": 50, "n_features": None, "rank_cap": 12, "energy_erank": True,
+             "resamples": 20, "window_min": 3, "window_max": 6, "alphas": [0.5, 1.0, 2.0, 5.0, 10.0, 15.0]}
 
 
 @dataclass(frozen=True)
 class LanguageNeuronsConfig(Config):
     """``pairs``: ``"bundled"`` (140 EN/ES pairs written for the project) or a JSONL file of ``{"en", "es"}``; split
     train / held-out by ``test_fraction`` and ``seed``. ``layers``: contiguous layers to analyse (None: the middle
-    half, as the reference's 8–23 of 32). SAE: ``architecture``, ``d_sae``, ``k`` (TopK), ``sae_epochs``, ``sae_lr``,
-    ``sae_rows`` (``"all"`` tokens of the training prompts or only their ``"last"`` tokens). Stage I:
-    ``n_candidates`` most selective features get a causal lift from ``lift_prompts`` English prompts at each of
-    ``alphas``; the top ``n_features`` by max(Sel,0)·max(lift,0) are kept, each giving its ``dims_per_feature``
-    largest decoder loadings. Stage II: ``rank_cap``, ``energy_erank``, ``resamples``, window length
-    ``window_min``..``window_max`` (or a fixed ``window`` [first, last]). Stage III: ``lambdas`` × ``ratios``
-    (β = ratio·λ), ``n_random`` random unit sets, ``eval_prompts`` held-out English prompts (None: all),
-    ``max_new_tokens`` greedy tokens each."""
+    half, as the reference's 8–23 of 32). Residuals: ``inputs`` (``"l2"``: h/(‖h‖+1e-6), the reference;
+    ``"standardised"``: z-scored), ``read_site`` (``"resid_pre"``: the reference's ``hidden_states[L]``;
+    ``"resid_post"``: block L's output, where the lift and the steering act), ``sae_rows`` (``"last"`` tokens, the
+    reference, or ``"all"`` tokens of the training prompts). SAE: ``architecture`` (``"standard"`` ReLU + L1, the
+    reference; ``"topk"`` with ``k``), ``d_sae``, ``sae_epochs``, ``sae_lr``, ``sae_batch``, ``l1_coefficient``
+    (None: 5e-3·d_model, the reference's 5e-3 for sae-lens's per-row summed MSE). Stage I: ``token_sets``
+    (``"unicode"``: the reference's script ranges on the raw vocabulary; ``"pairs"``: word-initial tokens seen on one
+    side of the pairs only); the ``n_candidates`` most selective features get a causal lift from ``lift_prompts``
+    English prompts at each of ``alphas``; every feature with max(Sel,0)·max(lift,0) > 0 is a language neuron
+    (``n_features``: keep only the top so many). Stage II: ``rank_cap``, ``energy_erank``, ``resamples``, window
+    length ``window_min``..``window_max`` (or a fixed ``window`` [first, last]). Stage III: ``lambdas`` × ``ratios``
+    (β = ratio·λ), ``n_random`` random feature sets, ``eval_prompts`` held-out English prompts (None: all),
+    ``max_new_tokens`` greedy tokens each. Fields listed in ``REFERENCE`` at other values make the run a variant
+    (the result's ``path``)."""
 
     kind = "language_neurons_config"
     pairs: str = "bundled"
     test_fraction: float = 0.3
     layers: list[int] | None = None
-    architecture: str = "topk"
+    inputs: str = "l2"
+    read_site: str = "resid_pre"
+    sae_rows: str = "last"
+    architecture: str = "standard"
     d_sae: int = 1024
     k: int = 32
-    sae_epochs: int = 50
+    sae_epochs: int = 150
     sae_lr: float = 5e-4
-    sae_rows: str = "all"
-    n_candidates: int = 12
+    sae_batch: int = 512
+    l1_coefficient: float | None = None
+    token_sets: str = "unicode"
+    n_candidates: int = 50
     alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 15.0])
     lift_prompts: int = 8
-    n_features: int = 8
-    dims_per_feature: int = 8
+    n_features: int | None = None
     rank_cap: int = 12
-    energy_erank: bool = False
+    energy_erank: bool = True
     resamples: int = 20
     window_min: int = 3
     window_max: int = 6
@@ -100,6 +122,11 @@ class LanguageNeuronsConfig(Config):
     batch_size: int = 48
     seed: int = 0
 
+    def path(self) -> str:
+        """``"reference"`` or ``"variant (field=value, ...)"`` naming every field that differs from ``REFERENCE``."""
+        diff = [f"{k}={getattr(self, k)!r}" for k, v in REFERENCE.items() if getattr(self, k) != v]
+        return "reference" if not diff else "variant (" + ", ".join(diff) + ")"
+
     def validate(self) -> None:
         self.check("pairs", isinstance(self.pairs, str) and bool(self.pairs), '"bundled" or a JSONL file path')
         self.check("test_fraction", is_number(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
@@ -107,9 +134,17 @@ class LanguageNeuronsConfig(Config):
                    "None or a non-empty list of consecutive increasing layer indices >= 0")
         self.check("architecture", self.architecture in ARCHITECTURES, f"one of {list(ARCHITECTURES)}")
         self.check("sae_rows", self.sae_rows in SAE_ROWS, f"one of {list(SAE_ROWS)}")
-        for name, low in {"d_sae": 2, "k": 1, "sae_epochs": 1, "n_candidates": 1, "lift_prompts": 1, "n_features": 1,
-                          "dims_per_feature": 1, "rank_cap": 1, "resamples": 2, "window_min": 1, "n_random": 0,
-                          "max_new_tokens": 1, "batch_size": 1}.items():
+        self.check("inputs", self.inputs in INPUTS, f"one of {list(INPUTS)}")
+        self.check("read_site", self.read_site in READ_SITES, f"one of {list(READ_SITES)}")
+        self.check("token_sets", self.token_sets in TOKEN_SETS, f"one of {list(TOKEN_SETS)}")
+        self.check("n_features", self.n_features is None or (is_int(self.n_features) and self.n_features >= 1),
+                   "None or an int >= 1")
+        self.check("l1_coefficient", self.l1_coefficient is None or (is_number(self.l1_coefficient)
+                                                                     and self.l1_coefficient >= 0),
+                   "None or a number >= 0")
+        for name, low in {"d_sae": 2, "k": 1, "sae_epochs": 1, "sae_batch": 1, "n_candidates": 1, "lift_prompts": 1,
+                          "rank_cap": 1, "resamples": 2, "window_min": 1, "n_random": 0, "max_new_tokens": 1,
+                          "batch_size": 1}.items():
             self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
         self.check("window_max", is_int(self.window_max) and self.window_max >= self.window_min,
                    f"an int >= window_min ({self.window_min})")
@@ -140,8 +175,10 @@ def _numbers(values) -> bool:
 
 @dataclass(frozen=True)
 class LanguageNeuronsResult(Result):
-    """``stage1``: per layer the SAE fit and the candidate features (selectivity, lift, joint score, kept, the
-    residual dimensions they load on). ``neurons``: the language-neuron set per layer (as ``str(layer)`` keys).
+    """``path``: ``"reference"`` when the run computed what PhotonTJ/NeuralFoxP2 computes, else ``"variant (...)"``
+    naming the options that differ. ``stage1``: per layer the SAE fit and the candidate features (selectivity, lift,
+    joint score, kept). ``neurons``: the language neurons per layer — SAE feature indices ranked by joint score (as
+    ``str(layer)`` keys).
     ``stage2``: per layer the ΔZ singular values (first 24), erank, rank, top mass, stability and score.
     ``steering``: one row per steering configuration (method, λ, ratio, seed) with its measures; ``examples``:
     continuations of the first held-out prompts for the baseline and the best configuration of each method."""
@@ -149,6 +186,7 @@ class LanguageNeuronsResult(Result):
     kind = "language_neurons"
     title = "Language-neuron steering toward Spanish (Neural FOXP2): SAE features, steering subspace, sparse shifts"
     model: str
+    path: str
     layers: list[int]
     n_train: int
     n_test: int
@@ -188,7 +226,7 @@ class LanguageNeuronsResult(Result):
         return header, rows
 
     def summary(self) -> str:
-        return self.verdict
+        return f"[{self.path} path] {self.verdict}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,97 +263,6 @@ def _layers(config: LanguageNeuronsConfig, n_layers: int) -> list[int]:
     return layers
 
 
-def _digest(pairs) -> str:
-    return hashlib.sha256(repr(list(pairs)).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# stage I
-
-
-def _capture(lm, train, layers, config, progress):
-    texts = [en for en, _ in train] + [es for _, es in train]
-    sites = [SITE.format(l) for l in layers]
-    keep = ("per_prompt", "full") if config.sae_rows == "all" else ("per_prompt",)
-    return capture(lm, texts, sites=sites, keep=keep, exclude_bos=True, batch_size=16, progress=progress,
-                   device=lm.device)
-
-
-def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, es_ids) -> torch.Tensor:
-    """``[C]`` causal lift of each raw-unit direction in ``vectors`` ``[C, d]``: every (direction, prompt) pair is
-    one row of a batch, steered at the prompt's last token."""
-    c, p = vectors.shape[0], tokens.shape[0]
-    base = margins(lm, tokens, last, en_ids, es_ids)  # [P]
-    rep_tokens, rep_last = tokens.repeat(c, 1), last.repeat(c)
-    per_row = vectors.repeat_interleave(p, dim=0)  # row b = direction b // p
-    deltas = []
-    for alpha in alphas:
-        steer = Steer(SITE.format(layer), lambda part, a=alpha: a * per_row.to(part.device, part.dtype)[:, None],
-                      positions=rep_last.to(lm.device))
-        m = margins(lm, rep_tokens, rep_last, en_ids, es_ids, [steer]).reshape(c, p)
-        deltas.append((m - base.reshape(1, p)).mean(1))
-    return causal_lift(torch.stack(deltas, dim=1), torch.tensor(alphas, dtype=torch.float64))
-
-
-def _stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
-    captured = _capture(lm, train, layers, config, progress)
-    n = len(train)
-    lift_tokens, lift_last = right_padded(lm, [en for en, _ in train[:config.lift_prompts]])
-    rows, states = [], []
-    for layer in progress_bar(layers, desc="stage I: SAE, selectivity, lift", disable=not progress, leave=False):
-        stats = captured[SITE.format(layer)]
-        last = stats.last.to(lm.device).float()
-        fit_rows = stats.full.to(lm.device).float() if config.sae_rows == "all" else last
-        mean, std = fit_rows.mean(0), fit_rows.std(0).clamp_min(STD_FLOOR)
-        z_fit = (fit_rows - mean) / std
-        z_en, z_es = (last[:n] - mean) / std, (last[n:] - mean) / std
-        key = {"model": lm.name, "site": SITE.format(layer), "rows": config.sae_rows, "standardised": True,
-               "pairs": _digest(train)}
-        sae = cached_sae(z_fit, key=key, d_sae=config.d_sae, k=min(config.k, config.d_sae),
-                         architecture=config.architecture, epochs=config.sae_epochs, lr=config.sae_lr,
-                         seed=config.seed, device=lm.device)
-        sel = selectivity(encode(sae, z_es), encode(sae, z_en)).float().cpu()
-        order = [int(j) for j in torch.argsort(sel, descending=True) if float(sel[j]) > 0][:config.n_candidates]
-        directions = decoder_directions(sae).float()  # [F, d] unit rows, standardised space
-        lift = (_lift(lm, layer, directions[order].to(lm.device) * std, lift_tokens, lift_last, config.alphas,
-                      en_ids, es_ids).float() if order else torch.zeros(0))
-        candidates = []
-        for j, lf in zip(order, lift.tolist()):
-            dims = torch.argsort(directions[j].abs(), descending=True)[:config.dims_per_feature].tolist()
-            candidates.append({"feature": j, "selectivity": float(sel[j]), "lift": lf,
-                               "joint": max(float(sel[j]), 0.0) * max(lf, 0.0), "dims": dims, "kept": False})
-        for c in sorted((c for c in candidates if c["joint"] > 0), key=lambda c: -c["joint"])[:config.n_features]:
-            c["kept"] = True
-        neurons = sorted({d for c in candidates if c["kept"] for d in c["dims"]})
-        rows.append({"layer": layer, "sae_fvu": sae.fvu, "sae_l0": sae.l0, "sae_path": str(sae.path),
-                     "n_positive_selectivity": int((sel > 0).sum()), "max_selectivity": float(sel.max()),
-                     "candidates": candidates, "n_neurons": len(neurons)})
-        states.append(LayerState(layer, mean, std, z_en, z_es, neurons))
-    return rows, states
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# stage II
-
-
-def _stage2(states: list[LayerState], config) -> list[dict]:
-    out = []
-    for st in states:
-        entry = {"layer": st.layer, "n_neurons": len(st.neurons), "singular_values": [], "erank": 0.0, "rank": 0,
-                 "top_mass": 0.0, "stability": 0.0, "score": 0.0}
-        if st.neurons:
-            delta = (st.z_es - st.z_en)[:, st.neurons].double().cpu()
-            s = torch.linalg.svdvals(delta)
-            r = min(steering_rank(s, cap=config.rank_cap, energy=config.energy_erank), min(delta.shape))
-            mass = top_mass(s, r)
-            stab = subspace_stability(delta, r, resamples=config.resamples, seed=config.seed) if r else 0.0
-            entry |= {"singular_values": s[:24].tolist(), "erank": float(effective_rank(s * s if config.energy_erank
-                                                                                            else s)),
-                      "rank": r, "top_mass": mass, "stability": stab, "score": mass * stab}
-        out.append(entry)
-    return out
-
-
 def _window(stage2: list[dict], layers: list[int], config) -> list[int] | None:
     if config.window is not None:
         return list(config.window)
@@ -330,24 +277,30 @@ def _window(stage2: list[dict], layers: list[int], config) -> list[int] | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _token_sets(lm, train, config) -> tuple[list[int], list[int]]:
+    if config.token_sets == "unicode":
+        return unicode_token_ids(lm.tokenizer)
+    return language_token_ids(lm.tokenizer, train)
+
+
 def compute(inputs: Inputs, config: LanguageNeuronsConfig) -> LanguageNeuronsResult:
     lm = inputs.model
     layers = _layers(config, lm.facts.n_layers)
     train, test = _pairs(config)
-    en_ids, es_ids = language_token_ids(lm.tokenizer, train)
-    stage1, states = _stage1(lm, train, layers, config, en_ids, es_ids, inputs.progress)
+    en_ids, es_ids = _token_sets(lm, train, config)
+    rows1, states = stage1(lm, train, layers, config, en_ids, es_ids, inputs.progress)
     neurons = {str(st.layer): st.neurons for st in states}
-    stage2, window, steering_rows, examples = [], None, [], []
+    rows2, window, steering_rows, examples = [], None, [], []
     if any(st.neurons for st in states):
-        stage2 = _stage2(states, config)
-        window = _window(stage2, layers, config)
+        rows2 = stage2(states, config)
+        window = _window(rows2, layers, config)
         if window is not None and any(st.neurons for st in states if window[0] <= st.layer <= window[1]):
             steering_rows, examples = stage3(lm, test, states, window, config, en_ids, es_ids, inputs.progress)
     return LanguageNeuronsResult(
-        model=inputs.model_name, layers=layers, n_train=len(train), n_test=len(test), n_en_tokens=len(en_ids),
-        n_es_tokens=len(es_ids), stage1=stage1, neurons=neurons, stage2=stage2, window=window,
+        model=inputs.model_name, path=config.path(), layers=layers, n_train=len(train), n_test=len(test),
+        n_en_tokens=len(en_ids), n_es_tokens=len(es_ids), stage1=rows1, neurons=neurons, stage2=rows2, window=window,
         steering=steering_rows, examples=examples,
-        verdict=_verdict(layers, stage1, stage2, window, steering_rows))
+        verdict=_verdict(layers, rows1, rows2, window, steering_rows))
 
 
 def _verdict(layers, stage1, stage2, window, rows) -> str:
@@ -390,7 +343,7 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
                      f"{100 * dn['spanish_fraction']:.0f}% Spanish at ratio {dn['ppl_ratio']:.3g}, λ={dn['lam']})")
     if "random" in tops:
         rd = tops["random"]
-        parts.append(f"random unit sets of the same size: at best {100 * rd['spanish_fraction']:.0f}% Spanish, "
+        parts.append(f"random SAE-feature sets of the same size: at best {100 * rd['spanish_fraction']:.0f}% Spanish, "
                      f"ΔM {rd['delta_margin']:+.3f}")
     gain = sp["spanish_fraction"] - base["spanish_fraction"]
     beats_random = "random" not in tops or sp["spanish_fraction"] > tops["random"]["spanish_fraction"] + 0.05
@@ -398,11 +351,11 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
         parts.append("VERDICT: the sparse language-neuron shift did NOT make Spanish the default output here "
                      f"(+{100 * gain:.0f} points)")
     elif not beats_random:
-        parts.append("VERDICT: steering moved the output language, but random unit sets of the same size did as "
+        parts.append("VERDICT: steering moved the output language, but random SAE-feature sets of the same size did as "
                      "well — the effect is not specific to the selected language neurons")
     else:
         parts.append(f"VERDICT: the sparse shift on the language neurons raised Spanish continuations by "
-                     f"{100 * gain:.0f} points, more than random unit sets of the same size")
+                     f"{100 * gain:.0f} points, more than random SAE-feature sets of the same size")
     return "; ".join(parts) + "."
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import analyses._language_stages as stages
 import analyses._language_steering as steering_stage
-import analyses.language_neurons as ln
 from analyses.language_neurons import LanguageNeuronsConfig, LanguageNeuronsResult
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError
@@ -18,7 +18,7 @@ from workbench.intervene.language import steering_rank, top_mass
 from workbench.runner import run_analysis
 from workbench.tasks.language import load_en_es_pairs
 
-SMALL = dict(d_sae=64, k=8, sae_epochs=5, n_candidates=6, lift_prompts=4, n_features=3, dims_per_feature=4,
+SMALL = dict(d_sae=64, k=8, sae_epochs=5, n_candidates=6, lift_prompts=4, n_features=3,
              lambdas=[1.0, 4.0], ratios=[0.0, 1.0], n_random=1, eval_prompts=8, max_new_tokens=6, resamples=5)
 
 
@@ -33,7 +33,7 @@ def _own_cache(request, tmp_path, monkeypatch):
 def small_result(tiny_lang_model, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WORKBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL, sae_rows="last"))
+        return run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
 
 
 def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_result):
@@ -46,7 +46,9 @@ def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_re
         assert len(kept) <= SMALL["n_features"] and all(c["joint"] > 0 for c in kept)
         assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"], 0))
                    for c in entry["candidates"])
-        assert r.neurons[str(entry["layer"])] == sorted({d for c in kept for d in c["dims"]})
+        # language neurons are SAE feature indices, ranked by joint score (PhotonTJ/NeuralFoxP2 stage1.py)
+        assert r.neurons[str(entry["layer"])] == [c["feature"] for c in sorted(kept, key=lambda c: -c["joint"])]
+        assert all(0 <= j < SMALL["d_sae"] for j in r.neurons[str(entry["layer"])])
     for e in r.stage2:
         assert e["score"] == pytest.approx(e["top_mass"] * e["stability"])
         assert 0 <= e["stability"] <= 1 + 1e-9 and e["rank"] <= 12
@@ -57,32 +59,75 @@ def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_re
     assert all(0 <= row["spanish_fraction"] <= 1 and row["ppl_ratio"] > 0 for row in r.steering)
     assert LanguageNeuronsResult.from_json(r.to_json()) == r
     assert len(r.figures()) == 5 and "VERDICT" in r.summary()  # 4 plots + the example continuations
+    assert r.path.startswith("variant (d_sae=64, sae_epochs=5, n_candidates=6, n_features=3")
+    assert r.summary().startswith(f"[{r.path} path]")
     assert count_hooks(tiny_lang_model.hook_points()) == 0
 
 
+def test_path_names_the_reference_or_the_deviations():
+    assert LanguageNeuronsConfig().path() == "reference"
+    assert LanguageNeuronsConfig(inputs="standardised", architecture="topk").path() == \
+        "variant (inputs='standardised', architecture='topk')"
+
+
 def test_stage2_equals_an_independent_recomputation(tiny_lang_model, small_result):
-    """ΔZ spectra from plain forwards (no capture code): standardise the last-token residuals with the statistics of
-    both languages' last tokens (sae_rows="last"), restrict to the layer's language neurons, numpy SVD."""
+    """ΔZ spectra from plain forwards (no capture code): the last-token residual at blocks.L.hook_resid_pre (the
+    reference's hidden_states[L]), L2-normalised h/(‖h‖+1e-6), encoded by the layer's cached SAE, ΔZ on the language
+    neurons, numpy SVD of the zero-padded full-width matrix, the reference's rank rule."""
+    from sae_lens import SAE
+
     train = load_en_es_pairs("train")
-    for entry in small_result.stage2:
+    for entry, st1 in zip(small_result.stage2, small_result.stage1):
         layer = entry["layer"]
         neurons = small_result.neurons[str(layer)]
         if not neurons:
             continue
-        site = f"blocks.{layer}.hook_resid_post"
+        site = f"blocks.{layer}.hook_resid_pre"
         rows = []
         for text in [en for en, _ in train] + [es for _, es in train]:
             _, cache = tiny_lang_model.model.run_with_cache(tiny_lang_model.model.to_tokens(text), names_filter=[site])
-            rows.append(cache[site][0, -1].double())
+            rows.append(cache[site][0, -1].float())
         x = torch.stack(rows)
-        z = ((x - x.mean(0)) / x.std(0)).numpy()
-        delta = (z[len(train):] - z[:len(train)])[:, neurons]
+        x = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+        sae = SAE.load_from_disk(st1["sae_path"], device="cpu")
+        with torch.no_grad():
+            z = sae.encode(x).double().numpy()
+        delta = np.zeros_like(z[len(train):])
+        delta[:, neurons] = (z[len(train):] - z[:len(train)])[:, neurons]
         s = np.linalg.svd(delta, compute_uv=False)
-        assert np.allclose(entry["singular_values"], s[:24], rtol=1e-3, atol=1e-4)
+        assert np.allclose(entry["singular_values"], s[:24], rtol=1e-3, atol=1e-5)
         r = steering_rank(torch.tensor(s))
         assert entry["rank"] == r
-        assert entry["top_mass"] == pytest.approx(float((s[:r] ** 2).sum() / (s ** 2).sum()), rel=1e-3)
+        assert entry["top_mass"] == pytest.approx(float((s[:r] ** 2).sum() / ((s ** 2).sum() + 1e-10)), rel=1e-3)
         assert entry["top_mass"] == pytest.approx(top_mass(torch.tensor(s), r), rel=1e-3)
+
+
+def test_hook_adds_the_decoders_linear_part_to_the_raw_residual():
+    """PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py, Stage3InterventionHook on the l2 path: z = SAE.encode(h) of the
+    RAW residual row, Δz = λμ_tgt − β·P(⟨z, μ_en⟩μ_en) on the neurons, h += SAE.decode(Δz) without bias — here
+    W_dec Δz (sae-lens's b_dec is not added) and no rescaling to the residual's norm."""
+    from analyses._language_stages import LayerState
+    from analyses._language_steering import _shift
+    from workbench.intervene.language import prototypes, steering_directions
+    from workbench.sae import decoder_directions, encode, train_sae
+
+    g = torch.Generator().manual_seed(0)
+    sae = train_sae(torch.randn(64, 6, generator=g), d_sae=10, architecture="standard", epochs=3)
+    with torch.no_grad():
+        sae.sae.b_dec.add_(0.5)  # a decoder bias that must NOT be added
+    z_en, z_es = torch.rand(12, 10, generator=g), torch.rand(12, 10, generator=g) + 0.2
+    st = LayerState(3, sae, "l2", None, None, z_en, z_es, torch.zeros(6), [1, 4, 7])
+    _, v_r, _ = steering_directions((z_es - z_en).double(), st.neurons)
+    h = 30 * torch.randn(2, 1, 6, generator=g)  # raw scale, far from unit norm
+    got = _shift(st, st.neurons, v_r, 2.0, 1.0)(h)
+    mu_tgt, mu_en, proj = prototypes(z_en, z_es, z_en, st.neurons, v_r)
+    z = encode(sae, h.reshape(2, 6)).double().numpy()
+    mask = np.zeros(10)
+    mask[st.neurons] = 1
+    p, t, e = proj.numpy(), mu_tgt.numpy(), mu_en.numpy()
+    want = np.stack([(2.0 * t - 1.0 * (p @ (np.dot(row, e) * e))) * mask for row in z])
+    want = want @ decoder_directions(sae).double().numpy()
+    assert np.allclose(got.reshape(2, 6).double().numpy(), want, atol=1e-5)
 
 
 def test_zero_strength_steering_is_identical_to_no_steering(tiny_lang_model):
@@ -112,10 +157,10 @@ def test_sae_cache_hit_on_rerun(tiny_lang_model, monkeypatch):
 
 
 def test_no_language_neurons_is_a_clear_null_not_a_crash(tiny_lang_model, monkeypatch):
-    monkeypatch.setattr(ln, "causal_lift", lambda dm, alphas: -torch.ones(dm.shape[0], dtype=torch.float64))
+    monkeypatch.setattr(stages, "causal_lift", lambda dm, alphas: -torch.ones(dm.shape[0], dtype=torch.float64))
     r = run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
     assert r.neurons == {"1": [], "2": []} and r.stage2 == [] and r.window is None and r.steering == []
-    assert r.summary().startswith("No language neurons found in layers 1–2")
+    assert r.verdict.startswith("No language neurons found in layers 1–2") and r.summary().startswith("[variant (")
     assert len(r.figures()) == 1 and r.table()[1]
     assert LanguageNeuronsResult.from_json(r.to_json()) == r
 
@@ -124,7 +169,7 @@ def test_hooks_removed_when_steering_raises(tiny_lang_model, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom in the shift")
 
-    monkeypatch.setattr(steering_stage, "sparse_shift", broken)
+    monkeypatch.setattr(steering_stage, "reference_shift", broken)
     with pytest.raises(RuntimeError, match="boom"):
         run_analysis(tiny_lang_model, "language_neurons", LanguageNeuronsConfig(**SMALL))
     assert count_hooks(tiny_lang_model.hook_points()) == 0
@@ -154,6 +199,8 @@ def test_unpaired_data_is_refused_with_its_line(tiny_lang_model, tmp_path):
 @pytest.mark.parametrize("field, value", [
     ("layers", [3, 1]), ("layers", []), ("layers", [1, 3]), ("window", [3, 1]), ("alphas", [0.0, 1.0]),
     ("ratios", [-1.0]), ("sae_rows", "middle"), ("window_max", 1), ("architecture", "jumprelu"),
+    ("inputs", "raw"), ("read_site", "hook_out"), ("token_sets", "ascii"), ("n_features", 0),
+    ("l1_coefficient", -1.0), ("sae_batch", 0),
 ])
 def test_bad_config_fields(field, value):
     with pytest.raises(ConfigError, match=repr(field)):

@@ -1,26 +1,43 @@
-"""The formulas of language-neuron steering ("Neural FOXP2", reference code PhotonTJ/NeuralFoxP2; shared/PAPERS.md (e)).
+"""The formulas of language-neuron steering ("Neural FOXP2"), as the reference code PhotonTJ/NeuralFoxP2 computes them.
 
-Stage I, localise: selectivity Sel_j = (μ_tgt − μ_en)/(σ_tgt + σ_en + 1e-6) per unit; causal lift = median over α of
-ΔM(α)/α. Stage II, subspace: for ΔZ = z_tgt − z_en over pairs restricted to the language neurons, rank
-r = min(⌈erank(σ)⌉, 12, argmax_i σ_i/σ_{i+1}); layer score = top-r spectral mass × bootstrap stability; window = the
-contiguous run of 3–6 layers with the largest summed score. Stage III, steer: Δz = λ·μ_tgt − β·⟨z, μ̂_en⟩μ̂_en on the
-language neurons only. Pure tensor functions; the analysis that runs them on a model is built on top.
+Stage I (``neural_foxp2/stage1.py``, ``run_stage1``; ``utils.py``, ``compute_selectivity``): selectivity
+Sel_j = (μ_tgt − μ_en)/(σ_tgt + σ_en + 1e-6) per SAE feature; the ``top_k`` most selective features
+(``np.argsort(sel)[-top_k:]``) get a causal lift = median over α of mean ΔM(α)/α (``compute_feature_lift``); the
+language neurons are those features, ranked by max(Sel, 0)·max(lift, 0), whose joint score is > 0. A language neuron
+is an SAE feature index, not a residual dimension.
+
+Stage II (``stage2.py``): ΔZ = z_tgt − z_en over pairs, zero outside the language neurons; SVD; rank
+r = max(1, min(⌈erank(σ²)⌉, 12, eigengap)) (``compute_steering_directions``), mass = top-r share of σ²
+(``compute_spectral_mass``), stability = median over resample pairs of tr(PᵢPⱼ)/tr(Pᵢ) with r re-chosen on each
+bootstrap resample (``compute_stability_bootstrap``); window = the contiguous 3–6 layers with the largest summed
+mass·stability (``find_best_contiguous_window``).
+
+Stage III (``stage3.py``): μ_tgt, μ_en projected into the stage-II subspace (``compute_target_prototype``,
+``compute_english_attractor``, ``run_stage3``); Δz = λ·μ_tgt − β·P(⟨z, μ_en⟩μ_en) on the language neurons
+(``Stage3InterventionHook``).
+
+Every function computes in float64 and mirrors the reference's numpy tie-breaking (``np.argsort``, ``np.argmax``,
+``np.random.RandomState.choice``), so the parity tests in ``tests/workbench/intervene`` agree to 1e-8.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.spectra import effective_rank
 
-SELECTIVITY_EPS = 1e-6
+SELECTIVITY_EPS = 1e-6  # utils.py compute_selectivity
+GAP_EPS = 1e-10  # stage2.py find_eigengap / compute_spectral_mass
+NORMALIZE_EPS = 1e-8  # utils.py normalize_vector
+R_MAX = 12  # config.py r_max
 
 
 def selectivity(z_tgt: torch.Tensor, z_en: torch.Tensor, *, ddof: int = 0) -> torch.Tensor:
-    """``[F]`` Sel_j = (μ_tgt − μ_en)/(σ_tgt + σ_en + 1e-6) over rows of ``[N_tgt, F]`` and ``[N_en, F]``.
+    """``[F]`` Sel_j = (μ_tgt − μ_en)/(σ_tgt + σ_en + 1e-6) over rows of ``[N_tgt, F]`` and ``[N_en, F]``
+    (PhotonTJ/NeuralFoxP2 neural_foxp2/utils.py, compute_selectivity).
 
     ``ddof``: 0 (population standard deviation, numpy's default, as the reference's numpy code) or 1."""
     if z_tgt.ndim != 2 or z_en.ndim != 2 or z_tgt.shape[1] != z_en.shape[1]:
@@ -34,87 +51,205 @@ def selectivity(z_tgt: torch.Tensor, z_en: torch.Tensor, *, ddof: int = 0) -> to
 
 
 def causal_lift(delta_m: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """Lift = median over α of ΔM(α)/α; ``delta_m`` ``[..., A]`` (mean change of M per α), ``alphas`` ``[A]``.
-
-    torch's median of an even count is the lower middle value; the reference's numpy median averages the two middle
-    values: this follows numpy."""
+    """Lift = median over α of ΔM(α)/α; ``delta_m`` ``[..., A]`` (mean change of M per α), ``alphas`` ``[A]``
+    (PhotonTJ/NeuralFoxP2 neural_foxp2/stage1.py, compute_feature_lift: ``np.median(slopes)``, which averages the two
+    middle values of an even count; torch's median would take the lower one, so a 0.5-quantile is used)."""
     if delta_m.shape[-1] != alphas.shape[0] or bool((alphas == 0).any()):
         raise config_error("causal_lift", "alphas", f"{delta_m.shape[-1]} non-zero values", alphas.tolist())
     return torch.quantile((delta_m.double() / alphas.double()), 0.5, dim=-1)
 
 
-def steering_rank(s: torch.Tensor, *, cap: int = 12, energy: bool = False, rtol: float = 1e-12) -> int:
-    """r = min(⌈erank⌉, cap, argmax_i σ_i/σ_{i+1}) for descending singular values ``s`` (i counted from 1).
+def top_selective(sel: torch.Tensor, top_k: int) -> list[int]:
+    """The ``top_k`` most selective feature indices in the reference's order, ``np.argsort(sel)[-top_k:]`` (ascending,
+    so the most selective comes last; ties as numpy's default sort breaks them) — PhotonTJ/NeuralFoxP2
+    neural_foxp2/stage1.py, run_stage1. Negative selectivities are kept when fewer are positive (their joint score
+    is then 0)."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise config_error("top_selective", "top_k", "an int >= 1", top_k)
+    return [int(j) for j in np.argsort(sel.double().cpu().numpy())[-top_k:]]
 
-    ``energy=False``: Roy–Vetterli effective rank on σ (the project's definition); the reference computes it on the
-    energies σ² (``energy=True``: for σ = [2, 1], 1.649 instead of 1.890). Values below ``rtol·σ_1`` count as zero
-    (a gap into zeros is infinite and wins)."""
+
+def rank_language_neurons(features: list[int], sel: torch.Tensor, lifts: torch.Tensor) -> tuple[list[int], list[float]]:
+    """(language neurons, their joint scores): ``features`` (``[K]`` indices with selectivity ``sel[features]`` and
+    ``lifts`` ``[K]``) ranked by joint = max(Sel, 0)·max(lift, 0) descending (``np.argsort(joint)[::-1]``, so ties
+    come in reverse order), keeping joint > 0 — PhotonTJ/NeuralFoxP2 neural_foxp2/stage1.py, run_stage1."""
+    idx = np.asarray(features, dtype=int)
+    if lifts.shape != (len(idx),):
+        raise shape_error("rank_language_neurons", "lifts", f"[{len(idx)}] (one per feature)", tuple(lifts.shape))
+    s = np.maximum(sel.double().cpu().numpy()[idx], 0)
+    c = np.maximum(lifts.double().cpu().numpy(), 0)
+    joint = s * c
+    order = np.argsort(joint)[::-1]
+    return ([int(j) for j, v in zip(idx[order], joint[order]) if v > 0],
+            [float(v) for v in joint[order] if v > 0])
+
+
+def energy_erank(s: torch.Tensor) -> float:
+    """exp(entropy) of the energies p = σ²/Σσ² (entries ≤ 1e-10 dropped; 1 when Σσ² < 1e-10) — PhotonTJ/NeuralFoxP2
+    neural_foxp2/stage2.py, compute_effective_rank. For σ = [2, 1]: 1.649 (Roy–Vetterli on σ would give 1.890)."""
+    s2 = s.double().cpu().numpy() ** 2
+    total = s2.sum()
+    if total < 1e-10:
+        return 1.0
+    p = s2 / total
+    p = p[p > 1e-10]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def eigengap(s: torch.Tensor, r_max: int = R_MAX) -> int:
+    """1 + argmax of σ_i/(σ_{i+1} + 1e-10) over the FIRST ``r_max`` gaps only (first index on ties) — PhotonTJ/
+    NeuralFoxP2 neural_foxp2/stage2.py, find_eigengap. A gap into zero singular values is ~σ·1e10 and wins."""
+    v = s.double().cpu().numpy()
+    if len(v) < 2:
+        return 1
+    gaps = (v[:-1] / (v[1:] + GAP_EPS))[:r_max]
+    return int(np.argmax(gaps)) + 1
+
+
+def steering_rank(s: torch.Tensor, *, cap: int = R_MAX, energy: bool = True) -> int:
+    """r = max(1, min(⌈erank⌉, cap, eigengap(σ, cap))) for descending singular values ``s`` — PhotonTJ/NeuralFoxP2
+    neural_foxp2/stage2.py, compute_steering_directions. ``s`` must hold all min(N, width) singular values of the
+    full-width ΔZ (zeros included: :func:`steering_directions` pads them), as the reference's SVD does.
+
+    ``energy=True`` (the reference): erank on σ²/Σσ²; ``energy=False`` (a deviation): Roy–Vetterli erank on σ."""
     s = s.double()
     if s.ndim != 1 or s.numel() == 0 or not bool((s[:-1] >= s[1:]).all()) or bool((s < 0).any()):
         raise config_error("steering_rank", "s", "descending non-negative singular values", s.tolist())
-    if float(s[0]) == 0.0:
-        return 0
-    er = float(effective_rank(s * s if energy else s))
-    kept = s[s > rtol * s[0]]
-    if kept.numel() < s.numel():
-        gap = kept.numel()  # the gap into the zero values
-    elif s.numel() == 1:
-        gap = 1
+    if energy:
+        er = energy_erank(s)
     else:
-        gap = int(torch.argmax(s[:-1] / s[1:])) + 1
-    return max(1, min(math.ceil(er - 1e-9), cap, gap))
+        from workbench.spectra import effective_rank
+        er = float(effective_rank(s)) if float(s.sum()) > 0 else 1.0
+    return max(min(min(int(math.ceil(er)), cap), eigengap(s, cap)), 1)
 
 
 def top_mass(s: torch.Tensor, r: int) -> float:
-    """Σ_{i≤r} σ_i² / Σ σ_i²: the share of ΔZ's energy in the top-r directions."""
-    e = s.double() ** 2
-    total = float(e.sum())
-    return float(e[:r].sum()) / total if total > 0 else 0.0
+    """Σ_{i≤r} σ_i² / (Σ σ_i² + 1e-10) — PhotonTJ/NeuralFoxP2 neural_foxp2/stage2.py, compute_spectral_mass."""
+    e = s.double().cpu().numpy() ** 2
+    return float(e[:r].sum() / (e.sum() + GAP_EPS))
 
 
-def subspace_stability(delta: torch.Tensor, r: int, *, resamples: int = 20, seed: int = 0) -> float:
-    """Median over pairs of bootstrap resamples (rows of ``delta`` ``[N, d]`` drawn with replacement) of
-    tr(P_i P_j)/r, P = the projector onto the top-r right singular vectors. 1 = the same subspace every time.
-    (The reference divides by min(d, 10); the issue's definition, /r, is used so that 1 means identical.)"""
-    if r < 1:
-        return 0.0
-    n = delta.shape[0]
-    if r > min(delta.shape):
-        raise config_error("subspace_stability", "r", f"at most min(N, d) = {min(delta.shape)}", r)
-    gen = torch.Generator().manual_seed(seed)
+def _restricted(delta: torch.Tensor, neurons: list[int]) -> np.ndarray:
+    if delta.ndim != 2:
+        raise shape_error("steering_directions", "delta", "a 2-D [N, F] matrix", tuple(delta.shape))
+    if not neurons or min(neurons) < 0 or max(neurons) >= delta.shape[1]:
+        raise config_error("steering_directions", "neurons", f"a non-empty list of indices in [0, {delta.shape[1]})",
+                           neurons)
+    return delta.double().cpu().numpy()[:, sorted(set(neurons))]
+
+
+def _directions(sub: np.ndarray, width: int, cap: int, energy: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    _, s, vt = np.linalg.svd(sub, full_matrices=False)
+    full = np.zeros(min(sub.shape[0], width))  # the reference's SVD of the zero-padded [N, F] ΔZ
+    full[:len(s)] = s
+    r = steering_rank(torch.from_numpy(full), cap=cap, energy=energy)
+    return full, vt.T, r
+
+
+def steering_directions(delta: torch.Tensor, neurons: list[int], *, cap: int = R_MAX,
+                        energy: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(σ ``[min(N, F)]``, V_r ``[F, r]``, r) of ΔZ ``[N, F]`` restricted to ``neurons`` (zero elsewhere) —
+    PhotonTJ/NeuralFoxP2 neural_foxp2/stage2.py, compute_language_shift_matrix + compute_steering_directions. The
+    SVD runs on the neuron columns; the singular values are padded with the zeros the full-width SVD has, and V_r is
+    zero outside the neurons, so P = V_r V_rᵀ equals the reference's projector."""
+    sub = _restricted(delta, neurons)
+    s, v, r = _directions(sub, delta.shape[1], cap, energy)
+    full_v = np.zeros((delta.shape[1], r))
+    full_v[sorted(set(neurons))] = v[:, :r]
+    return torch.from_numpy(s), torch.from_numpy(full_v), r
+
+
+def subspace_stability(delta: torch.Tensor, neurons: list[int], *, resamples: int = 20, seed: int = 0,
+                       cap: int = R_MAX, energy: bool = True) -> float:
+    """Median over pairs i < j of ``resamples`` bootstrap resamples of tr(PᵢPⱼ)/tr(Pᵢ), r re-chosen on each resample —
+    PhotonTJ/NeuralFoxP2 neural_foxp2/stage2.py, compute_stability_bootstrap. Rows are drawn as the reference draws
+    them, ``np.random.choice(n, n, replace=True)``, from ``np.random.RandomState(seed)`` (the reference uses the
+    global numpy generator). tr(PᵢPⱼ) = ‖V_iᵀV_j‖²_F and tr(Pᵢ) = r_i; 1 = the same subspace every time."""
+    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
+        raise config_error("subspace_stability", "resamples", "an int >= 1", resamples)
+    sub = _restricted(delta, neurons)
+    rng = np.random.RandomState(seed)
+    n = sub.shape[0]
     bases = []
     for _ in range(resamples):
-        rows = torch.randint(n, (n,), generator=gen)
-        _, _, vh = torch.linalg.svd(delta[rows].double(), full_matrices=False)
-        bases.append(vh[:r].T)  # [d, r]
-    overlaps = [float(((bases[i].T @ bases[j]) ** 2).sum()) / r
+        rows = rng.choice(n, n, replace=True)
+        _, v, r = _directions(sub[rows], delta.shape[1], cap, energy)
+        bases.append(v[:, :r])
+    overlaps = [float(((bases[i].T @ bases[j]) ** 2).sum()) / bases[i].shape[1]
                 for i in range(resamples) for j in range(i + 1, resamples)]
-    return float(torch.tensor(overlaps).median()) if overlaps else 1.0
+    return float(np.median(overlaps)) if overlaps else 1.0
 
 
 def best_window(scores: list[float], *, min_len: int = 3, max_len: int = 6) -> tuple[int, int]:
-    """``(first, last)`` layer (inclusive) of the contiguous run of ``min_len``..``max_len`` layers with the largest
-    summed score (ties: the earlier, then the shorter). With non-negative scores the longest runs tend to win, as
-    in the reference."""
+    """``(first, last)`` position (inclusive) of the contiguous run of ``min_len``..``max_len`` entries with the
+    largest summed score; a later run must be strictly larger (ties: the earlier, then the shorter) — PhotonTJ/
+    NeuralFoxP2 neural_foxp2/stage2.py, find_best_contiguous_window."""
     n = len(scores)
     if not 1 <= min_len <= max_len:
         raise config_error("best_window", "min_len", f"1 <= min_len <= max_len={max_len}", min_len)
     if n < min_len:
         raise config_error("best_window", "scores", f"at least min_len={min_len} layers", n)
-    best, where = -math.inf, (0, min_len - 1)
-    for start in range(n - min_len + 1):  # earlier first, then shorter: a strict improvement is needed to move
-        for length in range(min_len, min(max_len, n - start) + 1):
-            total = sum(scores[start:start + length])
-            if total > best + 1e-12:
-                best, where = total, (start, start + length - 1)
+    best, where = -1.0, (0, min_len - 1)
+    for start in range(n):
+        for end in range(start + min_len - 1, min(start + max_len, n)):
+            total = sum(scores[start:end + 1])
+            if total > best:
+                best, where = total, (start, end)
     return where
+
+
+def normalize(v: np.ndarray) -> np.ndarray:
+    """v/(‖v‖ + 1e-8) — PhotonTJ/NeuralFoxP2 neural_foxp2/utils.py, normalize_vector."""
+    return v / (np.linalg.norm(v) + NORMALIZE_EPS)
+
+
+def prototypes(z_en: torch.Tensor, z_tgt: torch.Tensor, z_weak: torch.Tensor, neurons: list[int],
+               v_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(μ_tgt, μ_en, P) ``[F]``, ``[F]``, ``[F, F]`` — PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py,
+    compute_target_prototype, compute_english_attractor and run_stage3:
+    μ_tgt = normalize(P·normalize(mean over pairs of (z_tgt − z_en) on the neurons)),
+    μ_en = normalize(P·normalize(mean over the English "weak" prompts ``z_weak`` of z on the neurons)),
+    P = V_r V_rᵀ with V_r ``[F, r]`` from :func:`steering_directions`."""
+    f = z_en.shape[1]
+    if z_tgt.shape != z_en.shape or z_weak.ndim != 2 or z_weak.shape[1] != f or v_r.ndim != 2 or v_r.shape[0] != f:
+        raise shape_error("prototypes", "z_tgt", f"[N, {f}] like z_en, z_weak [M, {f}], v_r [{f}, r]",
+                          (tuple(z_tgt.shape), tuple(z_weak.shape), tuple(v_r.shape)))
+    mask = np.zeros(f)
+    mask[np.asarray(neurons, dtype=int)] = 1.0
+    shift = ((z_tgt.double() - z_en.double()).cpu().numpy() * mask).mean(0)
+    attractor = (z_weak.double().cpu().numpy() * mask).mean(0)
+    v = v_r.double().cpu().numpy()
+    p = v @ v.T
+    mu_tgt, mu_en = normalize(p @ normalize(shift)), normalize(p @ normalize(attractor))
+    return torch.from_numpy(mu_tgt), torch.from_numpy(mu_en), torch.from_numpy(p)
+
+
+def reference_shift(z: torch.Tensor, mu_tgt: torch.Tensor, mu_en: torch.Tensor, projector: torch.Tensor,
+                    neurons: list[int], *, lam: float, beta: float) -> torch.Tensor:
+    """``[B, F]`` Δz = λ·μ_tgt − β·P(⟨z, μ_en⟩μ_en), kept on ``neurons`` (zero elsewhere), for each row of the SAE
+    codes ``z`` ``[B, F]`` — PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py, Stage3InterventionHook. (The reference's
+    hook encodes only the first row of a batch and applies its Δz to every row; here each row gets its own, which is
+    the same for a batch of one.) Computed in float64."""
+    f = z.shape[-1]
+    if mu_tgt.shape != (f,) or mu_en.shape != (f,) or projector.shape != (f, f):
+        raise shape_error("reference_shift", "mu_tgt", f"[{f}] prototypes and a [{f}, {f}] projector",
+                          (tuple(mu_tgt.shape), tuple(mu_en.shape), tuple(projector.shape)))
+    if not neurons:
+        raise config_error("reference_shift", "neurons", "at least one language neuron", "an empty set")
+    zd, en, p = z.double(), mu_en.double().to(z.device), projector.double().to(z.device)
+    neg = (zd @ en)[:, None] * (p @ en)[None, :]
+    dz = lam * mu_tgt.double().to(z.device)[None, :] - beta * neg
+    out = torch.zeros_like(dz)
+    idx = torch.tensor(sorted(set(neurons)), device=z.device)
+    out[:, idx] = dz[:, idx]
+    return out
 
 
 def sparse_shift(z: torch.Tensor, mu_tgt: torch.Tensor, mu_en: torch.Tensor, mask: torch.Tensor, *, lam: float,
                  beta: float) -> torch.Tensor:
-    """Δz = λ·μ_tgt − β·⟨z, μ̂_en⟩μ̂_en, restricted to the units in ``mask`` (``[d]`` bool), zero elsewhere.
-
-    μ̂_en is μ_en restricted to the mask and normalised, so β = 1 removes z's component along the English mean there."""
+    """Δz = λ·μ_tgt − β·⟨z, μ̂_en⟩μ̂_en restricted to the units in ``mask`` (``[d]`` bool), zero elsewhere, with μ̂_en
+    μ_en restricted to the mask and normalised — the steering rule without the stage-II projector (a general tool;
+    the analysis uses :func:`reference_shift`)."""
     d = z.shape[-1]
     if mu_tgt.shape != (d,) or mu_en.shape != (d,) or mask.shape != (d,):
         raise shape_error("sparse_shift", "mu_tgt", f"[{d}] vectors and mask", (tuple(mu_tgt.shape),

@@ -7,7 +7,8 @@ sets that tell the two languages apart.
   characters, suffixes) to judge whether a generation came out in Spanish or English, without any model or
   download.
 - :func:`language_token_ids`: token ids of word-initial tokens seen only on one side of the pairs, for logit-based
-  measures of "how Spanish" the next-token distribution is.
+  measures of "how Spanish" the next-token distribution is; :func:`unicode_token_ids`: the reference's script-based
+  sets (Neural FOXP2).
 """
 
 from __future__ import annotations
@@ -233,3 +234,39 @@ def language_margin(logits, en_ids: Sequence[int], es_ids: Sequence[int]):
     from workbench.intervene.readout import token_set_margin
 
     return token_set_margin(logits, es_ids, en_ids)
+
+
+# PhotonTJ/NeuralFoxP2 neural_foxp2/languages.py, LANGUAGE_REGISTRY["spanish"].unicode_ranges
+SPANISH_UNICODE_RANGES: tuple[tuple[int, int], ...] = ((0x00C0, 0x00FF), (0x0100, 0x024F))
+
+
+def unicode_token_ids(tokenizer, ranges: Sequence[tuple[int, int]] = SPANISH_UNICODE_RANGES
+                      ) -> tuple[list[int], list[int]]:
+    """(English ids, target ids) by script, as PhotonTJ/NeuralFoxP2 neural_foxp2/data.py, build_language_token_sets
+    (with languages.py, LanguageConfig.is_target_token) builds them: over ids ``0 .. tokenizer.vocab_size − 1`` (added
+    tokens beyond ``vocab_size`` are not looked at), the RAW token string ``tokenizer.convert_ids_to_tokens(id)`` is a
+    target token when any character's code point lies in one of ``ranges`` (Spanish: U+00C0–00FF, U+0100–024F), else
+    an English token when every character is ASCII and at least one is a letter (``str.isalpha``).
+
+    Consequences of reading raw token strings, kept as the reference has them: a byte-level BPE's space marker "Ġ" is
+    U+0120 (inside U+0100–024F), so every space-prefixed token of such a tokenizer (Llama 3, SmolLM2, GPT-2) counts as
+    target; SentencePiece's "▁" (U+2581) is neither ASCII nor in range, so Gemma's space-prefixed English words count
+    as neither. Both lists sorted; a :class:`ConfigError` when either is empty."""
+    call = "unicode_token_ids"
+    if not hasattr(tokenizer, "convert_ids_to_tokens") or not isinstance(getattr(tokenizer, "vocab_size", None), int):
+        raise config_error(call, "tokenizer", "a Hugging Face tokenizer (vocab_size, convert_ids_to_tokens)", tokenizer)
+    if not ranges or not all(isinstance(r, (tuple, list)) and len(r) == 2 and r[0] <= r[1] for r in ranges):
+        raise config_error(call, "ranges", "a non-empty sequence of (first, last) code points", ranges)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))
+    en_ids, tgt_ids = [], []
+    for tok_id, tok in enumerate(tokens):
+        if tok is None:
+            continue
+        if any(any(lo <= ord(ch) <= hi for lo, hi in ranges) for ch in tok):
+            tgt_ids.append(tok_id)
+        elif all(ch.isascii() for ch in tok) and any(ch.isalpha() for ch in tok):
+            en_ids.append(tok_id)
+    if not en_ids or not tgt_ids:
+        raise ConfigError(f"{call}(): the vocabulary has no target-script or no ASCII-letter token (English ids: "
+                          f"{len(en_ids)}, target ids: {len(tgt_ids)} over {tokenizer.vocab_size} ids)")
+    return en_ids, tgt_ids

@@ -41,7 +41,7 @@ def test_causal_lift_is_the_numpy_median_of_dm_over_alpha():
 
 
 def test_steering_rank_rules():
-    # erank(Roy-Vetterli) of [2, 1] is 1.89 -> ceil 2; gap argmax at i=1 -> r = 1
+    # erank on energies (the reference) of [2, 1] is 1.649 -> ceil 2; gap argmax at i=1 -> r = 1
     assert steering_rank(torch.tensor([2.0, 1.0])) == 1
     # flat spectrum of 20: erank 20, gap argmax 1 (all ratios 1) -> min(20, 12, 1) = 1
     assert steering_rank(torch.ones(20)) == 1
@@ -49,8 +49,9 @@ def test_steering_rank_rules():
     assert steering_rank(torch.tensor([5.0, 5.0, 5.0, 0.1, 0.1])) == 3
     # zeros after 4 values: the gap into zero wins
     assert steering_rank(torch.tensor([4.0, 3.0, 2.0, 1.5, 0.0, 0.0])) == 4
-    # energy weights as the reference: erank([2,1]**2) = 1.649 -> ceil 2, still capped by the gap
-    assert steering_rank(torch.tensor([2.0, 1.0, 0.0]), energy=True) == 2
+    # erank([2,1]**2) = 1.649 -> ceil 2; the gap into the zero is 1e10 -> 2; Roy-Vetterli (a variant) agrees here
+    assert steering_rank(torch.tensor([2.0, 1.0, 0.0])) == 2
+    assert steering_rank(torch.tensor([2.0, 1.0, 0.0]), energy=False) == 2
     assert steering_rank(torch.ones(30), cap=12) == 1
     with pytest.raises(ConfigError, match="'s'"):
         steering_rank(torch.tensor([1.0, 2.0]))
@@ -61,16 +62,20 @@ def test_top_mass_stability_and_window():
     assert top_mass(s, 1) == pytest.approx(0.9)
     g = torch.Generator().manual_seed(0)
     one_direction = torch.randn(40, 1, generator=g) * torch.tensor([[1.0, 0, 0, 0]])  # rank 1 along e1
-    assert subspace_stability(one_direction + 1e-6 * torch.randn(40, 4, generator=g), 1) == pytest.approx(1, abs=1e-6)
+    all4 = [0, 1, 2, 3]
+    assert subspace_stability(one_direction + 1e-6 * torch.randn(40, 4, generator=g), all4) == \
+        pytest.approx(1, abs=1e-6)
     noise = torch.randn(40, 4, generator=g)
-    assert subspace_stability(noise, 1) < 0.9
+    assert subspace_stability(noise, all4) < 0.9
     assert best_window([0, 0, 1, 5, 5, 5, 0, 0, 0], min_len=3, max_len=3) == (3, 5)
     assert best_window([1, 1, 1, 1, 1, 1, 1, 1]) == (0, 5)
     with pytest.raises(ConfigError, match="'scores'"):
         best_window([1.0, 2.0])
     assert best_window([0, 1, 1, 1, 0], min_len=3, max_len=4) == (0, 3)  # tie: the earlier window wins
-    with pytest.raises(ConfigError, match="'r'"):
-        subspace_stability(torch.randn(3, 10), 5)
+    with pytest.raises(ConfigError, match="'neurons'"):
+        subspace_stability(torch.randn(3, 10), [4, 10])
+    with pytest.raises(ShapeError, match="'delta'"):
+        subspace_stability(torch.randn(3), [0])
 
 
 def test_sparse_shift_by_hand():

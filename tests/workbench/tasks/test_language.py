@@ -245,3 +245,19 @@ def test_language_margin_by_hand():
     logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0), math.log(4.0)]])  # p = [1, 2, 3, 4] / 10
     assert float(language_margin(logits, en_ids=[0, 1], es_ids=[3])[0]) == pytest.approx(0.4 - 0.3)
     assert float(language_margin(logits, en_ids=[3], es_ids=[2])[0]) == pytest.approx(0.3 - 0.4)
+
+
+def test_unicode_token_ids_on_a_real_vocabulary_and_its_errors(pairs_tokenizer):
+    """The reference's script-based sets (parity with PhotonTJ/NeuralFoxP2 data.py, build_language_token_sets, is in
+    tests/workbench/intervene/test_language_parity.py); here: named errors for what is not a tokenizer or has no
+    target-script token."""
+    from workbench.tasks.language import unicode_token_ids
+
+    with pytest.raises(ConfigError, match="unicode_token_ids\\(\\): parameter 'tokenizer'"):
+        unicode_token_ids(object())
+    with pytest.raises(ConfigError, match="'ranges'"):
+        unicode_token_ids(pairs_tokenizer, ranges=[(5, 1)])
+    with pytest.raises(ConfigError, match="no target-script"):
+        unicode_token_ids(pairs_tokenizer, ranges=[(0x4E00, 0x9FFF)])  # no CJK in an English/Spanish vocabulary
+    en, es = unicode_token_ids(pairs_tokenizer)
+    assert en and es and not set(en) & set(es)
