@@ -19,6 +19,7 @@ for the SAE, selectivity, ΔZ and prototypes (utils.py, get_residuals) but hooks
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -126,13 +127,18 @@ def stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[di
         sel = selectivity(st.z_es, st.z_en).float().cpu()
         cands = top_selective(sel, min(config.n_candidates, sel.numel()))
         directions = decoder_directions(sae).float().to(lm.device)  # [F, d] unit rows (sae-lens folds the norms)
-        lift = _lift(lm, layer, st.to_residual(directions[cands]), lift_tokens, lift_last, config.alphas, en_ids,
-                     es_ids).float().cpu()
-        neurons, _ = rank_language_neurons(cands, sel, lift)
+        # A candidate with Sel <= 0 has joint score 0 whatever its lift, so its lift is not computed (NaN in the
+        # table; it counts as 0 in the ranking): the language neurons are exactly the reference's, at less cost.
+        live = [i for i, j in enumerate(cands) if float(sel[j]) > 0]
+        lift = torch.full((len(cands),), float("nan"))
+        if live:
+            lift[live] = _lift(lm, layer, st.to_residual(directions[[cands[i] for i in live]]), lift_tokens,
+                               lift_last, config.alphas, en_ids, es_ids).float().cpu()
+        neurons, _ = rank_language_neurons(cands, sel, torch.nan_to_num(lift, nan=0.0))
         st.neurons = neurons[:config.n_features] if config.n_features is not None else neurons
         kept = set(st.neurons)
-        candidates = [{"feature": j, "selectivity": float(sel[j]), "lift": float(lf),
-                       "joint": max(float(sel[j]), 0.0) * max(float(lf), 0.0), "kept": j in kept}
+        candidates = [{"feature": j, "selectivity": float(sel[j]), "lift": None if math.isnan(lf) else lf,
+                       "joint": 0.0 if math.isnan(lf) else max(float(sel[j]), 0.0) * max(lf, 0.0), "kept": j in kept}
                       for j, lf in zip(cands, lift.tolist())]
         rows.append({"layer": layer, "sae_fvu": sae.fvu, "sae_l0": sae.l0, "sae_path": str(sae.path),
                      "n_positive_selectivity": int((sel > 0).sum()), "max_selectivity": float(sel.max()),

@@ -306,13 +306,19 @@ def compute(inputs: Inputs, config: LanguageNeuronsConfig) -> LanguageNeuronsRes
 def _verdict(layers, stage1, stage2, window, rows) -> str:
     sizes = ", ".join(f"L{s['layer']} {s['n_neurons']}" for s in stage1)
     if not any(s["n_neurons"] for s in stage1):
+        l0 = ", ".join(f"{s['sae_l0']:.2g}" for s in stage1)
+        fvu = f"{min(s['sae_fvu'] for s in stage1):.2g}–{max(s['sae_fvu'] for s in stage1):.2g}"
         return (f"No language neurons found in layers {layers[0]}–{layers[-1]}: no SAE feature had both positive "
                 f"Spanish selectivity and a positive causal lift on the next-token margin, so stages II and III were "
-                f"not run. Try more layers, more candidates (n_candidates) or larger alphas.")
-    lifts = sorted(c["lift"] for s in stage1 for c in s["candidates"])
+                f"not run (features with positive selectivity per layer: "
+                + ", ".join(str(s["n_positive_selectivity"]) for s in stage1)
+                + f"; SAE L0 per layer: {l0}; FVU {fvu} — an SAE whose features never fire has no selectivity to "
+                  f"find). Try more layers, more candidates (n_candidates), larger alphas, or a variant SAE "
+                  f"(inputs='standardised', architecture='topk', a smaller l1_coefficient).")
+    lifts = sorted(c["lift"] for s in stage1 for c in s["candidates"] if c["lift"] is not None)
     positive = sum(v > 0 for v in lifts)
     parts = [f"language neurons per layer: {sizes}",
-             f"causal lifts of the most selective features: {positive} of {len(lifts)} positive, median "
+             f"causal lifts of the candidates with positive selectivity: {positive} of {len(lifts)} positive, median "
              f"{lifts[len(lifts) // 2]:+.2g}" + (" — weak: the neurons come mostly from selectivity"
                                                 if positive < 0.75 * len(lifts) else "")]
     if window is None:

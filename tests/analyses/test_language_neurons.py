@@ -44,7 +44,7 @@ def test_runs_end_to_end_round_trips_and_removes_hooks(tiny_lang_model, small_re
     for entry in r.stage1:
         kept = [c for c in entry["candidates"] if c["kept"]]
         assert len(kept) <= SMALL["n_features"] and all(c["joint"] > 0 for c in kept)
-        assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"], 0))
+        assert all(c["joint"] == pytest.approx(max(c["selectivity"], 0) * max(c["lift"] or 0, 0))
                    for c in entry["candidates"])
         # language neurons are SAE feature indices, ranked by joint score (PhotonTJ/NeuralFoxP2 stage1.py)
         assert r.neurons[str(entry["layer"])] == [c["feature"] for c in sorted(kept, key=lambda c: -c["joint"])]
@@ -211,26 +211,25 @@ def test_bad_config_fields(field, value):
 # the bundled models
 
 
-# The default run's window (L8–L13) with one steering setting (λ = 1, β = λ) and one random set: the same SAEs,
-# neurons and shift as the README's numbers, on 16 of the held-out prompts.
+# The default run's window layers (L8–L13), 16 held-out prompts, one steering setting: the same SAEs (cached by the
+# full run) and the same stage-I outcome as the README's numbers.
 GEMMA_WINDOW = dict(layers=[8, 9, 10, 11, 12, 13], window=[8, 13], lambdas=[1.0], ratios=[1.0], n_random=1,
                     eval_prompts=16)
 
 
 @pytest.mark.slow
-def test_gemma_sparse_language_neuron_shift_makes_spanish_the_default(all_threads):
+def test_gemma_reference_path_finds_no_language_neurons(all_threads):
+    """The reference path (PhotonTJ/NeuralFoxP2: L2-normalised last-token residuals, ReLU SAE with L1 5e-3, 150
+    epochs) on 98 pairs: the L1 term outweighs the per-element MSE of unit-norm inputs, so the SAE's features never
+    fire, no feature has a positive Spanish selectivity, and stages II and III do not run — an honest null."""
     import workbench
 
     lm = workbench.load_model("gemma3-270m")
     r = run_analysis(lm, "language_neurons", LanguageNeuronsConfig(**GEMMA_WINDOW))
-    assert all(s["sae_fvu"] < 0.3 for s in r.stage1)  # the SAEs reconstruct the standardised residuals
-    rows = {row["method"]: row for row in r.steering}
-    assert rows["none"]["spanish_fraction"] <= 0.1  # held-out English prompts continue in English unsteered
-    assert rows["sparse"]["spanish_fraction"] >= 0.6  # the sparse shift switches the language...
-    assert rows["sparse"]["distinct"] >= 0.75 * rows["none"]["distinct"]  # ...without degenerating
-    assert rows["random"]["spanish_fraction"] <= 0.2  # random unit sets of the same size do not
-    assert rows["sparse"]["ppl_ratio"] < rows["dense"]["ppl_ratio"]  # and it costs English less than dense steering
-    assert "VERDICT: the sparse shift on the language neurons raised" in r.summary()
+    assert r.path == "reference" and r.summary().startswith("[reference path] No language neurons")
+    assert all(s["sae_l0"] < 1 and s["n_positive_selectivity"] == 0 for s in r.stage1)
+    assert r.neurons == {str(l): [] for l in GEMMA_WINDOW["layers"]} and r.steering == []
+    assert r.n_es_tokens > 1000 and r.n_en_tokens > 1000  # the Unicode-range token sets of Gemma's vocabulary
 
 
 @pytest.mark.slow
