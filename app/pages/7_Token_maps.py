@@ -13,18 +13,24 @@ from analyses.token_maps import EXAMPLES, TokenMapsConfig  # noqa: E402
 from app.common import guard, model, run, show_result  # noqa: E402
 from workbench.runner import run_analysis  # noqa: E402
 from workbench.tam import text_token_maps  # noqa: E402
+from workbench.tam.core import ECI_WEIGHTS  # noqa: E402
 from workbench.tam.plots import shown  # noqa: E402
 
 st.set_page_config(page_title="Token maps · workbench", layout="wide")
 st.title("Token maps")
 lm = model()
 prompt = st.text_area("Prompt", EXAMPLES[1], key="prompt")
-c1, c2 = st.columns(2)
+c1, c2, c3, c4 = st.columns(4)
 max_new = c1.slider("Tokens to generate", 1, 32, 8, key="max_new")
 kernel = c2.selectbox("Filter width", [1, 3, 5], index=1, key="kernel")
+weights = c3.selectbox("ECI weights", list(ECI_WEIGHTS), key="eci_weights",
+                       help="reference: an earlier generated token is weighted at the position that generated it "
+                            "(xmed-lab/TAM); own_position: at its own position (a deviation)")
+chat = c4.checkbox("Chat template", False, key="chat", disabled=not getattr(lm.tokenizer, "chat_template", None),
+                   help="lay the prompt out as a user turn (the reference's layout); maps cover the user's text")
 if st.button("Generate and map", key="go", type="primary", disabled=not prompt.strip()):
     st.session_state["tam_maps"] = run("Token maps", text_token_maps, lm, prompt, max_new_tokens=max_new,
-                                       kernel_size=kernel)
+                                       kernel_size=kernel, chat_template=chat, eci_weights=weights)
 maps = st.session_state.get("tam_maps")
 if maps is not None:
     fig = maps.figure()
@@ -55,7 +61,8 @@ st.caption("The token_maps analysis: copy/recall prompts the model answers corre
 n_eval = st.slider("Copy/recall candidates", 6, 150, 90, step=3, key="n_eval")
 if st.button("Run the evaluation", key="evaluate"):
     with guard("Config"):
-        config = TokenMapsConfig(prompts=[prompt], max_new_tokens=max_new, kernel_size=kernel, eval_prompts=n_eval)
+        config = TokenMapsConfig(prompts=[prompt], max_new_tokens=max_new, kernel_size=kernel, eval_prompts=n_eval,
+                                 chat_template=chat, eci_weights=weights)
     st.session_state["tam_result"] = run("Evaluation", run_analysis, lm, "token_maps", config, progress=True)
 if "tam_result" in st.session_state:
     show_result("token_maps", st.session_state["tam_result"], lm=lm)

@@ -41,10 +41,10 @@ def test_scores_equal_a_plain_forward_and_hand_autograd(tiny_recall_model):
     lm = tiny_recall_model
     prompt_ids = lm.model.to_tokens("The password is tiger . The password is")[0]
     y = int(lm.tokenizer(" tiger", add_special_tokens=False)["input_ids"][0])
-    s = score_prompt(lm, prompt_ids, y)
     ids = torch.cat([prompt_ids, torch.tensor([y])])
-    logits = _logits(lm, ids)
     n = len(prompt_ids)
+    s = score_prompt(lm, ids, n)
+    logits = _logits(lm, ids)
     assert torch.allclose(s["tam_raw"], logits[1:n, y].clamp_min(0), atol=1e-5)
     assert torch.allclose(s["tam_raw_prev"], logits[0:n - 1, y].clamp_min(0), atol=1e-5)  # the predicting position
     assert s["tam_raw_skip_first"][0] == -torch.inf and torch.equal(s["tam_raw_skip_first"][1:], s["tam_raw"][1:])
@@ -68,11 +68,13 @@ def test_evaluation_keeps_only_correct_answers_and_counts_hits(tiny_recall_model
             out[i, t if i % 2 == 0 else (t + 1) % vocab] = 1.0
         return out
 
-    def scores(_lm, prompt_ids, y, kernel_size, baseline):  # raw hits the answer, ECI always the first token
-        target = int((prompt_ids == y).nonzero()[0]) - 1
-        raw = torch.zeros(len(prompt_ids) - 1)
+    def scores(_lm, ids, n_prompt, first, last, kernel_size, baseline, eci_weights):  # raw hits the answer, ECI
+        assert (first, last, len(ids)) == (1, n_prompt, n_prompt + 1)  # always the first token; plain layout
+        target = int((ids[:-1] == ids[-1]).nonzero()[0]) - 1
+        raw = torch.zeros(n_prompt - 1)
         raw[target] = 1.0
-        return {"tam_raw": raw, "tam_eci": torch.eye(len(raw))[0]}
+        return {"tam_raw": raw, "tam_eci": torch.eye(len(raw))[0],
+                "eci_parts": {"interference": torch.ones(len(raw)), "scale": 0.5}}
 
     monkeypatch.setattr(tm, "position_logits", answers)
     monkeypatch.setattr(tm, "score_prompt", scores)
@@ -82,6 +84,7 @@ def test_evaluation_keeps_only_correct_answers_and_counts_hits(tiny_recall_model
                                        for f in FAMILIES}
     assert ev["hits"] == {"tam_raw": 5, "tam_eci": sum(r["target_index"] == 0 for r in ev["rows"])}
     assert ev["first_token"]["tam_eci"] == 5
+    assert all(r["eci"]["target_kept"] == 0.5 and r["step"] == 0 for r in ev["rows"])  # relu(1 − 0.5·1)/1
     assert tm._rate(ev, "tam_raw", "all") == 1.0
     assert tm._chance(ev, "all") == pytest.approx(sum(1 / r["n_inputs"] for r in ev["rows"]) / 5)
 
@@ -144,3 +147,30 @@ def test_bundled_model_raw_map_finds_the_recalled_token(real_model, all_threads)
     assert tm._rate(ev, "tam_eci", "all") < raw  # the documented negative: ECI removes the peak on text
     assert [e["generated_tokens"][0] for e in r.examples] == [" milk", " dragon", " Mary"]
     assert "NOT" not in r.summary().split("ECI")[0]  # the verdict says the raw map localises above chance
+
+
+def test_chat_layout_evaluation_explains_the_first_generated_target(tiny_recall_model, monkeypatch):
+    """With ``chat_template``: the prompt is a user turn, the explained token is the first generated token equal to
+    the target (here the third), and the target's index is counted within the user's text."""
+    lm = tiny_recall_model
+    monkeypatch.setattr(lm.tokenizer, "chat_template", "{% for m in messages %}<bos> user : {{ m['content'] }} <eos>"
+                        "{% endfor %}{% if add_generation_prompt %} bot :{% endif %}", raising=False)
+    cands = recall_prompts(lm.tokenizer, 6, seed=2)
+    targets = {c.prompt: lm.tokenizer(c.target, add_special_tokens=False)["input_ids"][0] for c in cands}
+    seen = []
+
+    def generate(_lm, ids, max_new_tokens):  # prompts 0, 2, 4 answer "the the <target>", the others never say it
+        seen.append(ids)
+        i = len(seen) - 1
+        y = targets[cands[i].prompt]
+        return torch.tensor([5, 5, y if i % 2 == 0 else 6])
+
+    monkeypatch.setattr(tm, "greedy_from_ids", generate)
+    ev = tm._evaluate(lm, TokenMapsConfig(eval_prompts=6, seed=2, chat_template=True, baseline=False),
+                      progress=False)
+    assert ev["n_correct"] == 3 and [r["step"] for r in ev["rows"]] == [2, 2, 2]
+    for r, c in zip(ev["rows"], cands[::2]):
+        text_ids = lm.tokenizer(c.prompt, add_special_tokens=False)["input_ids"]  # the user's text alone
+        assert r["n_inputs"] == len(text_ids) and text_ids[r["target_index"]] == targets[c.prompt]
+    with pytest.raises(ConfigError, match="'eci_weights'"):
+        TokenMapsConfig(eci_weights="mine")

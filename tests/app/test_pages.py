@@ -202,6 +202,10 @@ def test_token_maps_page_equals_the_api(app_model):
     numeric_equal(shown["filtered"], expected.filtered[1])
     assert len(frame(at, "generated token")) == 3
     assert [d.proto.label for d in at.get("download_button")] == ["Download JSON", "Download HTML"]
+    at.selectbox(key="eci_weights").set_value("own_position").run()  # the earlier reading, as an option
+    click(at, "go")
+    own = text_token_maps(app_model, "abcab c", max_new_tokens=3, eci_weights="own_position")
+    numeric_equal(frame(at, "after ECI")["after ECI"], own.eci[1])
 
 
 def test_analyses_page_runs_any_analysis_and_reports_bad_json(app_model):

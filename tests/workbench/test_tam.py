@@ -111,9 +111,12 @@ def test_text_token_maps_equal_a_full_forward(tiny_model):
         p, y = n + t, int(ids[n + t])
         raw = logits[1:n, y].clamp_min(0)
         assert torch.allclose(maps.raw[t], raw, atol=1e-5)
-        earlier = torch.arange(1, p)
+        # the reference's weights: prompt tokens at their own position, generated ones where they were generated;
+        # y's own generating position p - 1 never (for the first token that is the last prompt token: left out)
+        earlier = torch.tensor([q for q in range(1, p) if q != p - 1 or p > n])
+        weight_at = torch.where(earlier >= n, earlier - 1, earlier)
         expected = estimated_causal_inference(raw, logits[1:n][:, ids[earlier]].T.clamp_min(0),
-                                              logits[earlier, y].clamp_min(0), ids[earlier] != y)
+                                              logits[weight_at, y].clamp_min(0), ids[earlier] != y)
         assert torch.allclose(maps.eci[t], expected, atol=1e-5)
         assert torch.allclose(maps.filtered[t], rank_gaussian_filter(maps.eci[t]), atol=1e-12)
 
@@ -153,3 +156,67 @@ def test_text_maps_figure_and_repr(tiny_model):
     assert "plotly" in maps._repr_html_()
     with pytest.raises(ConfigError, match="'name'"):
         maps.stage("smooth")
+
+
+CHAT = ("{% for m in messages %}<bos>user: {{ m['content'] }}<eos>{% endfor %}"
+        "{% if add_generation_prompt %}<bos>bot: {% endif %}")
+
+
+def test_chat_layout_maps_cover_the_user_text_only(tiny_model, monkeypatch):
+    """The reference's layout: the prompt as a user turn; the maps and interferers cover only the user's text, and
+    the first answer token is generated at a template position (so no weight is left out for it)."""
+    from workbench.intervene.readout import greedy_from_ids
+    from workbench.models.chat import user_turn
+    from workbench.tam import text_token_maps
+
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", CHAT, raising=False)
+    ids, first, last = user_turn(tiny_model, "abcab c")
+    assert tiny_model.tokenizer.decode(ids[first:last]) == "abcab c" and int(ids[first - 1]) != int(ids[first])
+    assert tiny_model.tokenizer.decode(ids[last:]).startswith("<eos>")
+    maps = text_token_maps(tiny_model, "abcab c", max_new_tokens=3, chat_template=True)
+    assert maps.prompt_tokens == list("abcab c")
+    generated = greedy_from_ids(tiny_model, ids, max_new_tokens=3)
+    full = torch.cat([ids, generated])
+    with torch.no_grad():
+        logits = tiny_model.model(full[None])[0].double()
+    n = len(ids)
+    for t in range(len(generated)):
+        p, y = n + t, int(full[n + t])
+        raw = logits[first:last, y].clamp_min(0)
+        earlier = torch.tensor(list(range(first, last)) + list(range(n, p)))
+        weight_at = torch.tensor(list(range(first, last)) + list(range(n - 1, p - 1)))
+        expected = estimated_causal_inference(raw, logits[first:last][:, full[earlier]].T.clamp_min(0),
+                                              logits[weight_at, y].clamp_min(0), full[earlier] != y)
+        assert torch.allclose(maps.eci[t], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="'eci_weights'"):
+        text_token_maps(tiny_model, "abc", eci_weights="mine")
+    with pytest.raises(ConfigError, match="'chat_template'"):
+        text_token_maps(tiny_model, "abc", chat_template="yes")
+
+
+def test_user_turn_refusals(tiny_model, monkeypatch):
+    from workbench.models.chat import user_turn
+
+    with pytest.raises(ConfigError, match="'lm'.*chat template"):
+        user_turn(tiny_model, "abc")  # the char tokenizer has no template
+    monkeypatch.setattr(tiny_model.tokenizer, "chat_template", "{{ 'fixed text' }}", raising=False)
+    with pytest.raises(ConfigError, match="'prompt'"):
+        user_turn(tiny_model, "abc")  # a template that drops the user's text
+
+
+def test_own_position_weights_keep_the_old_reading():
+    """``eci_weights="own_position"``: every earlier token at its own position (the first token's interferers
+    include the last prompt token weighted by y's own top logit)."""
+    from workbench.tam import maps_from_logits
+
+    torch.manual_seed(0)
+    logits, ids = torch.randn(7, 12) + 0.5, torch.tensor([1, 3, 4, 5, 3, 6, 7])
+    _, eci, _ = maps_from_logits(logits, ids, 5, eci_weights="own_position")
+    for t, p in enumerate((5, 6)):
+        y = int(ids[p])
+        earlier = torch.arange(1, p)
+        expected = estimated_causal_inference(logits[1:5, y].clamp_min(0), logits[1:5][:, ids[earlier]].T.clamp_min(0),
+                                              logits[earlier, y].clamp_min(0), ids[earlier] != y)
+        assert torch.allclose(eci[t], expected)
+    with pytest.raises(ConfigError, match="'last'"):
+        maps_from_logits(logits, ids, 5, last=6)

@@ -80,20 +80,42 @@ def test_maps_equal_a_separate_forward(name, request):
     with torch.no_grad():
         logits = model(**(inputs | extra | {"input_ids": ids[None]})).logits[0].double()
     assert maps.raw.shape == maps.eci.shape == maps.filtered.shape == (3, *layout.grid)
-    text_pos = [p for p in range(n) if ids[p] not in (IMAGE, START, END)]
-    assert maps.text.shape == (3, len(text_pos))
+    text_pos = list(range(int(layout.positions.max()) + 1 + (name == "qwen"), n))  # the user's text after the image
+    assert maps.text.shape == (3, len(text_pos) + 2)
+    assert len(text_pos) == (4 if name == "qwen" else 3)
     for t in range(3):
         p, y = n + t, int(ids[n + t])
         assert int(logits[p - 1].argmax()) == y  # the forward over prompt + answer reproduces the greedy choices
         a = logits[layout.positions, y].clamp_min(0)
         assert torch.allclose(maps.raw[t].flatten(), a, atol=1e-5)
         earlier = torch.tensor(text_pos + list(range(n, p)))
+        weight_at = torch.tensor(text_pos + list(range(n - 1, p - 1)))  # answer tokens where they were generated
+        # no template after the text here: for the first token the last text position generated it, never a weight
+        earlier, weight_at = earlier[weight_at != p - 1], weight_at[weight_at != p - 1]
         eci = estimated_causal_inference(a, logits[layout.positions][:, ids[earlier]].T.clamp_min(0),
-                                         logits[earlier, y].clamp_min(0), ids[earlier] != y)
+                                         logits[weight_at, y].clamp_min(0), ids[earlier] != y)
         assert torch.allclose(maps.eci[t].flatten(), eci, atol=1e-5)
-        img, txt = min_max(eci, logits[text_pos, y].clamp_min(0))
-        assert torch.allclose(maps.text[t], txt, atol=1e-5)
+        img, txt = min_max(eci, logits[weight_at, y].clamp_min(0))
+        assert torch.allclose(maps.text[t, :len(txt)], txt, atol=1e-5) and torch.isnan(maps.text[t, len(txt):]).all()
         assert torch.allclose(maps.filtered[t, 0], rank_gaussian_filter(img.reshape(layout.grid[1:])), atol=1e-5)
+
+
+def test_interfering_text_options(qwen):
+    model, inputs = qwen
+    ref = vlm_token_maps(model, inputs, max_new_tokens=2)
+    assert ref.text_tokens == ["7", "8", "9", "7"]  # the user's text only: not the tokens before the image
+    wide = vlm_token_maps(model, inputs, max_new_tokens=2, text_positions="all_text")
+    assert wide.text_tokens == ["1", "5", "6", "7", "8", "9", "7"]
+    span = vlm_token_maps(model, inputs, max_new_tokens=2, prompt_span=(11, 13))
+    assert span.text_tokens == ["7", "8"]
+    own = vlm_token_maps(model, inputs, max_new_tokens=2, eci_weights="own_position")
+    assert torch.equal(own.raw, ref.raw) and not torch.equal(own.text[1], ref.text[1])
+    with pytest.raises(ConfigError, match="'prompt_span'"):
+        vlm_token_maps(model, inputs, prompt_span=(5, 99))
+    with pytest.raises(ConfigError, match="'text_positions'"):
+        vlm_token_maps(model, inputs, text_positions="everything")
+    with pytest.raises(ConfigError, match="'eci_weights'"):
+        vlm_token_maps(model, inputs, eci_weights="mine")
 
 
 def test_overlay_figure_and_bad_indices(llava):

@@ -107,11 +107,30 @@ def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
         with torch.no_grad():
             tokens = lm.model.generate(chunk, max_new_tokens=max_new_tokens, do_sample=False, verbose=False,
                                        return_type="tokens", padding_side="left", stop_at_eos=eos is not None)
-        for row in tokens[:, width:].cpu():
-            if eos is not None and bool((row == eos).any()):
-                row = row[:int((row == eos).nonzero()[0]) + 1]
-            out.append(row)
+        out += [_cut_at_eos(row, eos) for row in tokens[:, width:].cpu()]
     return out
+
+
+def _cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
+    """``row`` up to and including its first EOS (all of it when there is none)."""
+    if eos is not None and bool((row == eos).any()):
+        return row[:int((row == eos).nonzero()[0]) + 1]
+    return row
+
+
+def greedy_from_ids(lm, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tensor:
+    """The greedy continuation (new token ids, cut after the first EOS) of one prompt given as ids ``[T]`` — for
+    prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``)."""
+    call = "greedy_from_ids"
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
+    if ids.ndim != 1 or len(ids) == 0:
+        raise config_error(call, "ids", "a non-empty 1-D tensor of token ids", tuple(ids.shape))
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    with torch.no_grad():
+        tokens = lm.model.generate(ids[None].to(lm.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                   verbose=False, return_type="tokens", stop_at_eos=eos is not None)
+    return _cut_at_eos(tokens[0, len(ids):].cpu(), eos)
 
 
 def continuation_nll(lm, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,

@@ -22,3 +22,29 @@ def response_ids(lm, response: str) -> torch.Tensor:
     """``[1, m]`` ids of ``response`` as a continuation (no special tokens added)."""
     ids = lm.tokenizer(response, add_special_tokens=False)["input_ids"]
     return torch.tensor([ids], dtype=torch.long, device=lm.device)
+
+
+def user_turn(lm, prompt: str) -> tuple[torch.Tensor, int, int]:
+    """``(ids [n], start, end)``: ``prompt`` as a chat user turn with the generation prompt (the layout of
+    :func:`prompt_ids`) and the span ``ids[start:end]`` of the user's own text in it — no role words, special tokens
+    or template newlines — found from the tokenizer's character offsets. Tokens that straddle the text's edges are
+    left out of the span."""
+    from workbench.errors import config_error
+
+    call = "user_turn"
+    tok = lm.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise config_error(call, "lm", "a model whose tokenizer has a chat template", type(tok).__name__)
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    at = text.rfind(prompt.strip())
+    if not prompt.strip() or at < 0:
+        raise config_error(call, "prompt", "non-empty text that the chat template keeps verbatim", prompt)
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError as exc:  # slow (Python) tokenizers have no offsets
+        raise config_error(call, "lm", "a fast tokenizer (character offsets)", type(tok).__name__) from exc
+    end_char = at + len(prompt.strip())
+    inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a >= at and b <= end_char]
+    if not inside:
+        raise config_error(call, "prompt", "text that tokenises to at least one whole token", prompt)
+    return torch.tensor(enc["input_ids"], dtype=torch.long), inside[0], inside[-1] + 1

@@ -28,13 +28,11 @@ def class_activation(hidden: torch.Tensor, unembed_column: torch.Tensor, bias: f
     return (hidden.double() @ unembed_column.double() + bias).clamp_min(0)
 
 
-def estimated_causal_inference(activation: torch.Tensor, earlier_maps: torch.Tensor, earlier_scores: torch.Tensor,
-                               keep: torch.Tensor | None = None) -> torch.Tensor:
-    """relu(A − s*·I) with I = Σ_i w_i·map_i, w_i = score_i/(Σ score + 1e-8) over the earlier tokens kept (``keep``:
-    False for tokens identical to the explained one, which the reference excludes), and s* = ⟨A, I⟩/⟨I, I⟩ (the
-    closed form of the reference's least-squares ``minimize_scalar``). ``activation`` ``[P]``, ``earlier_maps``
-    ``[K, P]``, ``earlier_scores`` ``[K]`` (each earlier token's own activation score). With no earlier token kept,
-    or an all-zero interference map, ``A`` is returned unchanged (clipped at 0)."""
+def interference(activation: torch.Tensor, earlier_maps: torch.Tensor, earlier_scores: torch.Tensor,
+                 keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(weights [K'], I [P], s*)``: the parts of :func:`estimated_causal_inference` — the normalised weights of the
+    earlier tokens kept, the interference map I = Σ_i w_i·map_i and the least-squares scale s* = ⟨A, I⟩/⟨I, I⟩ (0
+    when I is all zero or no token is kept). Exposed so an evaluation can say *what* ECI removed."""
     call = "estimated_causal_inference"
     a = activation.double()
     if earlier_maps.ndim != 2 or earlier_maps.shape[1:] != a.shape or earlier_scores.shape != earlier_maps.shape[:1]:
@@ -44,15 +42,22 @@ def estimated_causal_inference(activation: torch.Tensor, earlier_maps: torch.Ten
         if keep.shape != earlier_scores.shape or keep.dtype != torch.bool:
             raise shape_error(call, "keep", f"a [{earlier_scores.shape[0]}] bool mask", tuple(keep.shape))
         earlier_maps, earlier_scores = earlier_maps[keep], earlier_scores[keep]
-    if earlier_maps.shape[0] == 0:
-        return a.clamp_min(0)
     w = earlier_scores.double() / (earlier_scores.double().sum() + ECI_EPS)
-    interference = (earlier_maps.double() * w[:, None]).sum(0)
-    denom = float(interference @ interference)
-    if denom == 0.0:
-        return a.clamp_min(0)
-    scale = float(a @ interference) / denom
-    return (a - scale * interference).clamp_min(0)
+    inter = (earlier_maps.double() * w[:, None]).sum(0) if len(w) else torch.zeros_like(a)
+    denom = float(inter @ inter)
+    return w, inter, (float(a @ inter) / denom if denom > 0 else 0.0)
+
+
+def estimated_causal_inference(activation: torch.Tensor, earlier_maps: torch.Tensor, earlier_scores: torch.Tensor,
+                               keep: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(A − s*·I) with I = Σ_i w_i·map_i, w_i = score_i/(Σ score + 1e-8) over the earlier tokens kept (``keep``:
+    False for tokens identical to the explained one, which the reference excludes), and s* = ⟨A, I⟩/⟨I, I⟩ (the
+    closed form of the reference's least-squares ``minimize_scalar``; xmed-lab/TAM ``tam.py``, ``TAM`` and
+    ``least_squares``). ``activation`` ``[P]``, ``earlier_maps`` ``[K, P]``, ``earlier_scores`` ``[K]`` (y's
+    activation where each earlier token is weighted). With no earlier token kept, or an all-zero interference map,
+    ``A`` is returned unchanged (clipped at 0)."""
+    _, inter, scale = interference(activation, earlier_maps, earlier_scores, keep)
+    return (activation.double() - scale * inter).clamp_min(0)
 
 
 def _filter_window(window: torch.Tensor) -> torch.Tensor:
@@ -75,15 +80,50 @@ def check_kernel_size(call: str, kernel_size: object) -> None:
         raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
 
 
+ECI_WEIGHTS = ("reference", "own_position")
+
+
+def check_eci_weights(call: str, eci_weights: object) -> None:
+    if eci_weights not in ECI_WEIGHTS:
+        raise config_error(call, "eci_weights", f"one of {list(ECI_WEIGHTS)}", eci_weights)
+
+
+def interfering_tokens(prompt_positions: torch.Tensor, n_prompt: int, p: int,
+                       eci_weights: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(earlier, weight_at)``: the positions of the tokens that interfere with the token at position ``p`` (the
+    prompt tokens at ``prompt_positions``, then every generated token before ``p``; generation starts at
+    ``n_prompt``) and, for each, the position whose logit of the explained token weights its map.
+
+    ``"reference"`` (xmed-lab/TAM ``tam.py``, ``TAM``: ``txt_scores = [prompt_scores, last_prompt, answer_scores]``
+    indexed by ``range(vis_token_idx)``): a prompt token is weighted at its own position, a generated token at the
+    position that *generated* it (``q − 1``; for the first one the last prompt position), and the explained token's
+    own generating position ``p − 1`` is never a weight — an entry weighted there is left out. The reference never
+    meets that case (its generating position is a chat-template token outside the user's text); a plain text prompt
+    does: for the first generated token the last prompt token's own position *is* ``p − 1``.
+
+    ``"own_position"`` (this project's earlier reading, a deviation kept as an option): every earlier token is
+    weighted at its own position, so the last entry is ``p − 1`` — the explained token's top logit."""
+    check_eci_weights("interfering_tokens", eci_weights)
+    generated = torch.arange(n_prompt, p)
+    earlier = torch.cat([prompt_positions.long().cpu(), generated])
+    if eci_weights == "own_position":
+        return earlier, earlier
+    weight_at = torch.cat([prompt_positions.long().cpu(), generated - 1])
+    keep = weight_at != p - 1
+    return earlier[keep], weight_at[keep]
+
+
 def explained_token_maps(region_logits: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, earlier: torch.Tensor,
-                         y: int) -> tuple[torch.Tensor, torch.Tensor]:
+                         y: int, weight_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(raw, eci)`` maps of token ``y`` over a region (prompt tokens or image tokens) whose positions' logits are
     ``region_logits`` ``[N, V]``: raw = relu(logit of y) per region position; ECI removes the interference of the
     ``earlier`` positions' tokens (``ids[earlier]``): each one's own map over the region, weighted by y's activation at
-    its position (``logits[earlier, y]``), tokens equal to y excluded (:func:`estimated_causal_inference`)."""
+    ``weight_at`` (default: each token's own position; :func:`interfering_tokens` gives the reference's), tokens equal
+    to y excluded (:func:`estimated_causal_inference`)."""
+    weight_at = earlier if weight_at is None else weight_at
     raw = region_logits[:, y].clamp_min(0)
     maps = region_logits[:, ids[earlier]].T.clamp_min(0)  # [K, N]: each earlier token's own map
-    eci = estimated_causal_inference(raw, maps, logits[earlier, y].clamp_min(0), ids[earlier] != y)
+    eci = estimated_causal_inference(raw, maps, logits[weight_at, y].clamp_min(0), ids[earlier] != y)
     return raw, eci
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.tam.core import check_kernel_size, explained_token_maps, rank_gaussian_filter
+from workbench.tam.core import (check_eci_weights, check_kernel_size, explained_token_maps, interfering_tokens,
+                                rank_gaussian_filter)
 
 STAGES = ("raw", "eci", "filtered")
 
@@ -68,14 +69,18 @@ class TextTokenMaps:
 
 
 def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, first: int = 1,
-                     kernel_size: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(raw, eci, filtered)`` ``[G, P]`` maps of tokens ``ids[n_prompt:]`` over the prompt positions
-    ``first..n_prompt−1``, from ``logits`` ``[T, V]`` (``logits[j]`` read at position j's final hidden state):
+                     kernel_size: int = 3, last: int | None = None,
+                     eci_weights: str = "reference") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(raw, eci, filtered)`` ``[G, P]`` maps of tokens ``ids[n_prompt:]`` over the prompt's text positions
+    ``first..last−1`` (``last`` defaults to ``n_prompt``; inside a chat template it is where the user's text ends),
+    from ``logits`` ``[T, V]`` (``logits[j]`` read at position j's final hidden state):
 
-    - raw map A = relu(logits[prompt positions, y_t]);
-    - interference from every earlier token j (prompt tokens from ``first`` and earlier generated tokens) that is not
-      the same token: its own map (relu(logit of token j) over the prompt positions), weighted by y_t's activation at
-      position j, removed by :func:`estimated_causal_inference`;
+    - raw map A = relu(logits[text positions, y_t]);
+    - interference from every earlier token (the text positions' tokens and earlier generated tokens) that is not
+      the same token: its own map (relu(logit of that token) over the text positions), weighted by y_t's activation
+      where :func:`~workbench.tam.core.interfering_tokens` reads it (``eci_weights``: ``"reference"`` — a generated
+      token at the position that generated it, never y_t's own generating position — or ``"own_position"``), removed
+      by :func:`estimated_causal_inference`;
     - the 1-D :func:`rank_gaussian_filter` (width ``kernel_size``) of the result (unfiltered when the prompt is
       shorter than the filter's half-width + 1)."""
     call = "maps_from_logits"
@@ -83,14 +88,19 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
         raise shape_error(call, "logits", "[T, V] logits for ids [T]", (tuple(logits.shape), tuple(ids.shape)))
     if not 0 <= first < n_prompt <= len(ids):
         raise config_error(call, "n_prompt", f"an int in ({first}, {len(ids)}]", n_prompt)
+    last = n_prompt if last is None else last
+    if not isinstance(last, int) or isinstance(last, bool) or not first < last <= n_prompt:
+        raise config_error(call, "last", f"an int in ({first}, {n_prompt}]", last)
     if n_prompt == len(ids):
         raise config_error(call, "ids", "at least one generated token after the prompt", len(ids))
+    check_eci_weights(call, eci_weights)
     logits, ids = logits.double().cpu(), ids.long().cpu()
-    prompt_pos = torch.arange(first, n_prompt)
-    at_prompt = logits[prompt_pos]  # [P, V]
+    text_pos = torch.arange(first, last)
+    at_text = logits[text_pos]  # [P, V]
     raws, ecis, filtered = [], [], []
     for p in range(n_prompt, len(ids)):
-        a, cleaned = explained_token_maps(at_prompt, logits, ids, torch.arange(first, p), int(ids[p]))
+        earlier, weight_at = interfering_tokens(text_pos, n_prompt, p, eci_weights)
+        a, cleaned = explained_token_maps(at_text, logits, ids, earlier, int(ids[p]), weight_at)
         raws.append(a)
         ecis.append(cleaned)
         filtered.append(rank_gaussian_filter(cleaned, kernel_size) if len(cleaned) > kernel_size // 2 else cleaned)
@@ -111,26 +121,43 @@ def first_prompt_position(lm, prompt_ids: torch.Tensor) -> int:
     return 1 if bos is not None and int(prompt_ids[0]) == bos else 0
 
 
-def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3) -> TextTokenMaps:
-    """TAM on a text model: greedy-generate up to ``max_new_tokens`` from ``prompt``, then one forward over prompt +
-    continuation gives every position's logits and :func:`maps_from_logits` the maps of each generated token."""
-    from workbench.intervene.readout import greedy_continuations
+def prompt_layout(lm, prompt: str, chat_template: bool) -> tuple[torch.Tensor, int, int]:
+    """``(ids [n], first, last)``: the prompt's ids and the span of its text tokens. ``chat_template``: a user turn
+    of the model's chat template with the generation prompt (the reference's layout: its text scores cover only the
+    user's text, and the first answer token is generated at a template position), else the bridge's ``to_tokens``
+    with BOS excluded from the span."""
+    from workbench.models.chat import user_turn
+
+    if chat_template:
+        return user_turn(lm, prompt)
+    ids = lm.model.to_tokens(prompt)[0].cpu()
+    return ids, first_prompt_position(lm, ids), len(ids)
+
+
+def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3, chat_template: bool = False,
+                    eci_weights: str = "reference") -> TextTokenMaps:
+    """TAM on a text model: greedy-generate up to ``max_new_tokens`` after ``prompt`` (laid out by
+    :func:`prompt_layout`), then one forward over prompt + continuation gives every position's logits and
+    :func:`maps_from_logits` the maps of each generated token over the prompt's text tokens."""
+    from workbench.intervene.readout import greedy_from_ids
 
     call = "text_token_maps"
     if not isinstance(prompt, str) or not prompt.strip():
         raise config_error(call, "prompt", "a non-empty string", prompt)
     check_kernel_size(call, kernel_size)
-    prompt_ids = lm.model.to_tokens(prompt)[0].cpu()
-    first = first_prompt_position(lm, prompt_ids)
-    if len(prompt_ids) - first < 1:
+    check_eci_weights(call, eci_weights)
+    if not isinstance(chat_template, bool):
+        raise config_error(call, "chat_template", "True or False", chat_template)
+    prompt_ids, first, last = prompt_layout(lm, prompt, chat_template)
+    if last - first < 1:
         raise config_error(call, "prompt", "at least one token besides BOS", prompt)
-    generated = greedy_continuations(lm, [prompt], max_new_tokens=max_new_tokens)[0]
+    generated = greedy_from_ids(lm, prompt_ids, max_new_tokens=max_new_tokens)
     if len(generated) == 0:
         raise config_error(call, "max_new_tokens", "a generation of at least one token (the model stopped at once)",
                            max_new_tokens)
     ids = torch.cat([prompt_ids, generated.long()])
-    raw, eci, filtered = maps_from_logits(sequence_logits(lm, ids), ids, len(prompt_ids), first=first,
-                                          kernel_size=kernel_size)
+    raw, eci, filtered = maps_from_logits(sequence_logits(lm, ids), ids, len(prompt_ids), first=first, last=last,
+                                          kernel_size=kernel_size, eci_weights=eci_weights)
     decode = lambda i: lm.tokenizer.decode([int(i)])  # noqa: E731
-    return TextTokenMaps(prompt_tokens=[decode(i) for i in prompt_ids[first:]],
+    return TextTokenMaps(prompt_tokens=[decode(i) for i in prompt_ids[first:last]],
                          generated_tokens=[decode(i) for i in generated], raw=raw, eci=eci, filtered=filtered)
