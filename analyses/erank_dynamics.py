@@ -1,10 +1,19 @@
-"""Effective-rank dynamics over a generated response: ER_k of growing prefixes, ERV and ERA per layer.
+"""Effective-rank dynamics over a generated response: ER_k of growing prefixes, ERV and ERA — headline on the
+final-norm output, per block as an extension.
 
 "Beyond the Exploration-Exploitation Trade-off: A Hidden State Approach for LLM Reasoning in RLVR", as computed by its
-reference code (hf618/VERL ``verl/trainer/metrics_utils.py``, ``_calculate_diffs_batched_single_device``; see
-shared/PAPERS.md (a)). For the first K = min(T, max_seq_len) response tokens and k = s, 2s, ... <= K, ER_k is the
-effective rank (Roy & Vetterli) of the mean-centred prefix H[:k]; Δ_k = ER_k − mean(earlier ER) from the 2nd stride,
-ERV = mean Δ (effective-rank velocity), diff2_k = Δ_k − Δ_{k−s} from the 3rd stride, ERA = mean diff2 (acceleration).
+reference code (hf618/VERL; shared/PAPERS.md (a)). The formulas live in :mod:`workbench.spectra.dynamics`
+(:func:`erv_era`, re-exported here); this module picks the states and runs them.
+
+Which states (as VERL). The headline is the output of the model's final norm (``ln_final.hook_out``, what the LM
+head reads): VERL's patched vLLM saves exactly that ("save the final norm output", ``hidden_vllm/model_executor/
+models/{llama,qwen2}.py``). The residual stream after every block (``blocks.{l}.hook_resid_post``) is this project's
+extension. Alignment: VERL records, for each generated token, the hidden state of the forward step that *sampled*
+it (``append_hidden_state(output_token, hidden_states_decode)``: at prefill the last prompt position, then each
+previous response token's position). So response token i (0-based, prompt length n) is represented by the state at
+position n − 1 + i: the states at positions n−1 … n+T−2, never the last response token's own state.
+``alignment="own"`` takes positions n … n+T−1 instead (each response token's own state; this module's earlier
+choice). VERL stores the states in bf16; here they stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -18,119 +27,20 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from workbench.capture.hooks import hooks_attached
-from workbench.errors import config_error, shape_error
+from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int
 from workbench.runner import Inputs
+from workbench.spectra.dynamics import VARIANTS, ErankDynamics, erv_era, prefix_lengths, rank_dynamics
 
-VERL_EPS = 1e-8  # VERL's EPS in p = σ/(Σσ + EPS) and log(p + EPS)
+__all__ = ["ErankDynamics", "ErankDynamicsConfig", "ErankDynamicsResult", "erv_era", "rank_dynamics"]
+
 SITE = "blocks.{layer}.hook_resid_post"
+FINAL_SITE = "ln_final.hook_out"
+ALIGNMENTS = ("generating", "own")
 DEFAULT_PROMPT = ("A farmer has 17 sheep. All but 9 run away, then he buys twice as many as he has left. "
                   "How many sheep does he have now? Think step by step.")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tensor function (no model)
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ErankDynamics:
-    """What :func:`erv_era` returns; one entry per layer (a single ``[T, d]`` input counts as one layer).
-
-    ``ks``: prefix lengths s, 2s, ... <= K. ``erank_t[l][i]``: ER of the first ``ks[i]`` tokens at layer l.
-    ``erv``/``era``: NaN where undefined (ERV needs 2 strides, ERA 3).
-    """
-
-    ks: list[int]
-    erank_t: list[list[float]]
-    erv: list[float]
-    era: list[float]
-    n_tokens: int  # K, the tokens used
-
-
-def rank_dynamics(erank: list[float]) -> tuple[list[float], list[float], float, float]:
-    """VERL's arithmetic on one ER sequence: ``(deltas, diff2, erv, era)``, NaN where there are too few points.
-
-    Δ_i = ER_i − mean(ER_0..ER_{i−1}) for i >= 1; diff2_i = Δ_i − Δ_{i−1} for i >= 2; ERV = mean Δ; ERA = mean diff2.
-    (VERL divides the running sum by count + 1e-8; the plain mean differs from it by ~1e-8 relative.)
-    """
-    deltas = [erank[i] - sum(erank[:i]) / i for i in range(1, len(erank))]
-    diff2 = [deltas[i] - deltas[i - 1] for i in range(1, len(deltas))]
-    erv = sum(deltas) / len(deltas) if deltas else math.nan
-    era = sum(diff2) / len(diff2) if diff2 else math.nan
-    return deltas, diff2, erv, era
-
-
-def _check_args(hidden: object, stride: object, max_seq_len: object, center: object) -> torch.Tensor:
-    call = "erv_era"
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
-        raise config_error(call, "stride", "an int >= 1", stride)
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < stride:
-        raise config_error(call, "max_seq_len", f"an int >= stride ({stride})", max_seq_len)
-    if not isinstance(center, bool):
-        raise config_error(call, "center", "a bool", center)
-    if not isinstance(hidden, torch.Tensor) or hidden.ndim not in (2, 3):
-        got = f"shape {tuple(hidden.shape)}" if isinstance(hidden, torch.Tensor) else type(hidden).__name__
-        raise shape_error(call, "hidden", "a tensor of shape [T, d] or [L, T, d]", got)
-    if not hidden.dtype.is_floating_point:
-        raise shape_error(call, "hidden", "a floating-point tensor", hidden.dtype)
-    if hidden.shape[-2] < stride:
-        raise shape_error(call, "hidden", f"at least stride={stride} tokens (dim -2)", f"shape {tuple(hidden.shape)}")
-    if not bool(torch.isfinite(hidden).all()):
-        raise shape_error(call, "hidden", "finite (no NaN/Inf)", "a tensor with NaN or Inf")
-    return hidden if hidden.ndim == 3 else hidden.unsqueeze(0)
-
-
-def _verl_erank(eigvals: torch.Tensor) -> torch.Tensor:
-    """VERL's ``batched_effective_rank`` in float32: σ = sqrt(relu(λ)), p = σ/(Σσ + 1e-8), exp(−Σ p log(p + 1e-8)).
-
-    Written out rather than calling ``workbench.spectra.effective_rank(s, eps=1e-8)``: that one returns 0 on an
-    all-zero spectrum (e.g. identical tokens), where VERL's formula gives 1; elsewhere they agree exactly.
-    """
-    s = torch.sqrt(torch.relu(eigvals)).to(torch.float32)
-    p = s / (s.sum(dim=-1, keepdim=True) + VERL_EPS)
-    return torch.exp(-(p * torch.log(p + VERL_EPS)).sum(dim=-1))
-
-
-def erv_era(hidden: torch.Tensor, *, stride: int = 20, max_seq_len: int = 512, center: bool = True) -> ErankDynamics:
-    """ER_k at k = s, 2s, ... <= K = min(T, max_seq_len), and ERV/ERA, for ``hidden`` [T, d] or [L, T, d].
-
-    Incremental: the uncentred Gram Σ hᵢhᵢᵀ [L, d, d] and the running token sum are accumulated one block of
-    ``stride`` tokens at a time (from the first stride with k >= d); at each stride the prefix's centred Gram is G − k·μμᵀ (centring over the prefix's own
-    tokens; ``center=False`` skips it) and one batched ``eigvalsh`` gives every layer's spectrum. The Gram, centring
-    and eigenvalues are computed in float64 (G − kμμᵀ cancels badly in float32 when the mean is large, as it is in the
-    residual stream); eigenvalues below the float64 round-off level (λ_max·d·eps) are set to 0 (the d − k exact zeros
-    of a k-token prefix would otherwise come back as ±1e-16·λ_max noise); the singular values σ = sqrt(λ) are then
-    cast to float32 for VERL's entropy (see :func:`_verl_erank`). While k < d the k×k Gram of the centred prefix
-    tokens is used instead, as VERL does (same nonzero eigenvalues; a batched d×d ``eigvalsh`` costs seconds per
-    stride on a CPU at d = 576, the k×k one milliseconds).
-    """
-    h = _check_args(hidden, stride, max_seq_len, center)
-    n_layers, n_tokens, d = h.shape
-    k_max = min(n_tokens, max_seq_len)
-    gram = torch.zeros(n_layers, d, d, dtype=torch.float64, device=h.device)
-    total = torch.zeros(n_layers, d, dtype=torch.float64, device=h.device)
-    ks = list(range(stride, k_max + 1, stride))
-    eranks = []
-    done = 0  # tokens folded into gram/total (only needed once k >= d)
-    for k in ks:
-        if k < d:  # VERL's L-mode: the k×k token Gram has the same nonzero eigenvalues and is far cheaper
-            x = h[:, :k].to(torch.float64)
-            x = x - x.mean(dim=1, keepdim=True) if center else x
-            g = x @ x.transpose(1, 2)
-        else:
-            block = h[:, done:k].to(torch.float64)
-            gram += block.transpose(1, 2) @ block
-            total += block.sum(dim=1)
-            done = k
-            g = gram - total.unsqueeze(2) * total.unsqueeze(1) / k if center else gram
-        lam = torch.linalg.eigvalsh(g)
-        tol = lam[:, -1:].clamp(min=0) * g.shape[-1] * torch.finfo(torch.float64).eps
-        eranks.append(_verl_erank(torch.where(lam > tol, lam, torch.zeros_like(lam))))
-    erank_t = torch.stack(eranks, dim=1).tolist()  # [L, n_strides]
-    dyn = [rank_dynamics(row) for row in erank_t]
-    return ErankDynamics(ks=ks, erank_t=erank_t, erv=[x[2] for x in dyn], era=[x[3] for x in dyn], n_tokens=k_max)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,8 +50,10 @@ def erv_era(hidden: torch.Tensor, *, stride: int = 20, max_seq_len: int = 512, c
 @dataclass(frozen=True)
 class ErankDynamicsConfig(Config):
     """``response``: score this text instead of generating (its tokens follow the prompt's). ``chat_template``: wrap
-    the prompt as a user turn with the tokenizer's chat template when it has one. ``stride``/``max_seq_len``/``center``
-    as in :func:`erv_era` (VERL's ``diff_stride`` 20, ``max_seq_len`` 512)."""
+    the prompt as a user turn with the tokenizer's chat template when it has one. ``stride``/``max_seq_len``/
+    ``center``/``variant`` as in :func:`erv_era` (VERL's ``diff_stride`` 20, ``max_seq_len`` 512, its configured
+    ``diff_calculator_method: 'optimized'``). ``alignment``: ``"generating"`` (VERL: the state that produced each
+    response token) or ``"own"`` (each response token's own state); see the module docstring."""
 
     kind = "erank_dynamics_config"
     prompt: str = DEFAULT_PROMPT
@@ -154,6 +66,8 @@ class ErankDynamicsConfig(Config):
     max_seq_len: int = 512
     center: bool = True
     chat_template: bool = True
+    variant: str = "optimized"
+    alignment: str = "generating"
 
     def validate(self) -> None:
         self.check("prompt", isinstance(self.prompt, str) and bool(self.prompt), "a non-empty str")
@@ -169,11 +83,16 @@ class ErankDynamicsConfig(Config):
                    f"an int >= stride ({self.stride})")
         self.check("center", isinstance(self.center, bool), "a bool")
         self.check("chat_template", isinstance(self.chat_template, bool), "a bool")
+        self.check("variant", self.variant in VARIANTS, f"one of {list(VARIANTS)}")
+        self.check("alignment", self.alignment in ALIGNMENTS, f"one of {list(ALIGNMENTS)}")
 
 
 @dataclass(frozen=True)
 class ErankDynamicsResult(Result):
-    """Per layer (index = layer): ER_k at ``ks``, ERV and ERA (None where undefined: ERV needs 2 strides, ERA 3)."""
+    """Headline: ``final_erank``/``final_erv``/``final_era`` on the final-norm output (``final_site``), as VERL.
+    Extension, per block (index = layer): ``erank_t``/``erv``/``era`` on the residual stream. ER at prefix lengths
+    ``ks`` of the window of ``n_tokens_used`` response tokens starting at response token ``window_start``; ERV/ERA
+    None where undefined (2 prefixes for ERV, 3 for ERA)."""
 
     kind = "erank_dynamics"
     title = "Effective-rank dynamics over the response (ERV / ERA)"
@@ -185,6 +104,9 @@ class ErankDynamicsResult(Result):
     n_response_tokens: int
     n_tokens_used: int
     ks: list[int]
+    final_erank: list[float]
+    final_erv: float | None
+    final_era: float | None
     erank_t: list[list[float]]
     erv: list[float | None]
     era: list[float | None]
@@ -195,66 +117,95 @@ class ErankDynamicsResult(Result):
     seed: int
     temperature: float
     chat_template: bool
+    variant: str = "optimized"
+    alignment: str = "generating"
+    window_start: int = 0
+    final_site: str = FINAL_SITE
+
+    def _where(self) -> str:
+        first = "last" if self.variant == "optimized" else "first"
+        return f"variant '{self.variant}': the {first} {self.n_tokens_used} response tokens, stride {self.stride}"
 
     def plot(self) -> go.Figure:
+        """The headline: ER_k of the final-norm output, with ERV/ERA in the title."""
+        fig = go.Figure(go.Scatter(x=self.ks, y=self.final_erank, mode="lines+markers", name=self.final_site,
+                                   line={"color": "#d62728"}))
+        fig.update_layout(title=f"{self.model}: effective rank of the final-norm output ({self.final_site}) over "
+                                f"growing prefixes; ERV {_fmt(self.final_erv)}, ERA {_fmt(self.final_era)} "
+                                f"({self._where()})",
+                          xaxis_title="k (prefix length, tokens of the window)", yaxis_title="effective rank ER_k",
+                          height=420)
+        return fig
+
+    def plot_blocks(self) -> go.Figure:
         n = len(self.erank_t)
         colours = sample_colorscale("Viridis", [i / max(n - 1, 1) for i in range(n)])
         fig = go.Figure()
         for layer, (row, colour) in enumerate(zip(self.erank_t, colours, strict=True)):
             fig.add_trace(go.Scatter(x=self.ks, y=row, mode="lines+markers", name=f"layer {layer}",
                                      line={"color": colour}, marker={"size": 4}))
-        fig.update_layout(title=f"{self.model}: effective rank of the first k response tokens "
-                                f"({'centred' if self.center else 'uncentred'}, resid_post)",
-                          xaxis_title="k (response tokens)", yaxis_title="effective rank ER_k", height=450)
+        fig.add_trace(go.Scatter(x=self.ks, y=self.final_erank, mode="lines", name="final norm",
+                                 line={"color": "#d62728", "dash": "dash"}))
+        fig.update_layout(title=f"Extension: the residual stream after each block "
+                                f"({'centred' if self.center else 'uncentred'}, resid_post), final norm dashed",
+                          xaxis_title="k (prefix length)", yaxis_title="effective rank ER_k", height=450)
         return fig
 
     def plot_erv_era(self) -> go.Figure:
         layers = list(range(len(self.erv)))
         fig = make_subplots(rows=1, cols=2, subplot_titles=("ERV (mean Δ ER)", "ERA (mean Δ² ER)"))
         fig.add_trace(go.Bar(x=layers, y=self.erv, name="ERV", marker_color="#1f77b4"), row=1, col=1)
-        fig.add_trace(go.Bar(x=layers, y=self.era, name="ERA", marker_color="#d62728"), row=1, col=2)
-        fig.update_xaxes(title_text="layer")
-        fig.update_layout(title=f"ERV and ERA by layer (stride {self.stride}, {self.n_tokens_used} tokens)",
-                          height=400, showlegend=False)
+        fig.add_trace(go.Bar(x=layers, y=self.era, name="ERA", marker_color="#9467bd"), row=1, col=2)
+        for col, value in ((1, self.final_erv), (2, self.final_era)):
+            if value is not None:
+                fig.add_hline(y=value, line={"color": "#d62728", "dash": "dash"}, row=1, col=col,
+                              annotation_text="final norm")
+        fig.update_xaxes(title_text="layer (resid_post)")
+        fig.update_layout(title=f"ERV and ERA by block, final norm dashed ({self._where()})", height=400,
+                          showlegend=False)
         return fig
 
     def figures(self) -> list[go.Figure]:
-        return [self.plot(), self.plot_erv_era()]
+        return [self.plot(), self.plot_blocks(), self.plot_erv_era()]
 
     def table(self):
-        header = ["layer", f"ER at k={self.ks[0]}", f"ER at k={self.ks[-1]}", "ERV", "ERA"]
-        rows = [[layer, row[0], row[-1], _show(self.erv[layer]), _show(self.era[layer])]
-                for layer, row in enumerate(self.erank_t)]
+        header = ["site", f"ER at k={self.ks[0]}", f"ER at k={self.ks[-1]}", "ERV", "ERA"]
+        rows = [[f"{self.final_site} (headline)", self.final_erank[0], self.final_erank[-1], _show(self.final_erv),
+                 _show(self.final_era)]]
+        rows += [[SITE.format(layer=layer), row[0], row[-1], _show(self.erv[layer]), _show(self.era[layer])]
+                 for layer, row in enumerate(self.erank_t)]
         return header, rows
 
     def summary(self) -> str:
         n = len(self.ks)
         source = "generated" if self.generated else "given"
-        parts = [f"{self.n_response_tokens} {source} response tokens ({self.n_tokens_used} used), {n} strides of "
-                 f"{self.stride}"]
-        last = len(self.erank_t) - 1
-        parts.append(f"effective rank of the full prefix {self.erank_t[0][-1]:.1f} at layer 0 and "
-                     f"{self.erank_t[last][-1]:.1f} at layer {last}")
+        parts = [f"{self.n_response_tokens} {source} response tokens; {self._where()}: {n} prefixes"]
+        parts.append(f"final-norm output ({self.final_site}, the headline as VERL): effective rank "
+                     f"{self.final_erank[0]:.1f} at k={self.ks[0]} and {self.final_erank[-1]:.1f} at k={self.ks[-1]}")
         if n < 2:
-            parts.append("the response is too short to define ERV (needs 2 strides) or ERA (needs 3)")
+            parts.append("the response is too short to define ERV (needs 2 prefixes) or ERA (needs 3)")
         else:
-            defined = [v for v in self.erv if v is not None]
-            trend = ("the rank keeps growing as the response goes on" if min(defined) > 0 else
-                     "the rank shrinks as the response goes on" if max(defined) < 0 else "the sign varies by layer")
-            parts.append(f"ERV from {min(defined):.3g} to {max(defined):.3g} across layers ({trend})")
+            trend = ("the rank keeps growing as the response goes on" if self.final_erv > 0 else
+                     "the rank shrinks as the response goes on")
+            parts.append(f"ERV {self.final_erv:.3g} ({trend})")
             if n < 3:
-                parts.append(f"the response is too short to define ERA (needs 3 strides, i.e. "
-                             f"{3 * self.stride} tokens)")
+                parts.append(f"the response is too short to define ERA (needs 3 prefixes, i.e. "
+                             f"{3 * self.stride + (self.variant == 'optimized')} tokens)")
             else:
-                defined = [v for v in self.era if v is not None]
-                parts.append(f"ERA from {min(defined):.3g} to {max(defined):.3g}")
+                parts.append(f"ERA {self.final_era:.3g}")
+            defined = [v for v in self.erv if v is not None]
+            parts.append(f"per block (extension, resid_post): ERV from {min(defined):.3g} to {max(defined):.3g}")
         if n < 5:
-            parts.append("with this few strides ERV/ERA are noisy")
+            parts.append("with this few prefixes ERV/ERA are noisy")
         return "; ".join(parts) + "."
 
 
 def _show(value: float | None) -> float | str:
     return "undefined" if value is None else value
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3g}"
 
 
 def _prompt_tokens(lm, config: ErankDynamicsConfig) -> torch.Tensor:
@@ -272,20 +223,25 @@ def _full_tokens(lm, config: ErankDynamicsConfig, prompt: torch.Tensor, progress
                                  temperature=config.temperature, verbose=progress, return_type="tokens")
 
 
-def response_hidden(lm, tokens: torch.Tensor, n_prompt: int) -> torch.Tensor:
-    """[L, T_resp, d] residual stream after every block at the response positions, from one forward pass."""
+def response_hidden(lm, tokens: torch.Tensor, n_prompt: int, *, alignment: str = "generating"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(final [T, d], blocks [L, T, d])`` for the T = len(tokens) − n_prompt response tokens, from one forward pass:
+    the final-norm output and the residual stream after every block, at positions n−1 … n+T−2 (``"generating"``:
+    the state that produced each response token, as VERL) or n … n+T−1 (``"own"``)."""
     n_layers = lm.facts.n_layers
-    slices: dict[int, torch.Tensor] = {}
+    first = n_prompt - 1 if alignment == "generating" else n_prompt
+    last = tokens.shape[1] - 1 if alignment == "generating" else tokens.shape[1]
+    slices: dict[str, torch.Tensor] = {}
 
-    def keep(layer: int):
+    def keep(name: str):
         def hook(tensor, hook=None):
-            slices[layer] = tensor[0, n_prompt:].detach().float().cpu()
+            slices[name] = tensor[0, first:last].detach().float().cpu()
         return hook
 
-    hooks = {SITE.format(layer=layer): keep(layer) for layer in range(n_layers)}
-    with hooks_attached(lm.hook_points(), hooks), torch.no_grad():
+    names = [SITE.format(layer=layer) for layer in range(n_layers)] + [FINAL_SITE]
+    with hooks_attached(lm.hook_points(), {name: keep(name) for name in names}), torch.no_grad():
         lm.model(tokens)
-    return torch.stack([slices[layer] for layer in range(n_layers)])
+    return slices[FINAL_SITE], torch.stack([slices[name] for name in names[:-1]])
 
 
 def compute(inputs: Inputs, config: ErankDynamicsConfig) -> ErankDynamicsResult:
@@ -293,19 +249,25 @@ def compute(inputs: Inputs, config: ErankDynamicsConfig) -> ErankDynamicsResult:
     prompt = _prompt_tokens(lm, config)
     tokens = _full_tokens(lm, config, prompt, inputs.progress)
     n_prompt = prompt.shape[1]
-    hidden = response_hidden(lm, tokens, n_prompt)
-    if hidden.shape[1] < config.stride:
-        raise shape_error("erank_dynamics", "response", f"at least stride={config.stride} tokens",
-                          f"{hidden.shape[1]} tokens")
-    dyn = erv_era(hidden, stride=config.stride, max_seq_len=config.max_seq_len, center=config.center)
+    n_response = tokens.shape[1] - n_prompt
+    if not prefix_lengths(n_response, stride=config.stride, max_seq_len=config.max_seq_len, variant=config.variant)[2]:
+        need = 2 * config.stride if config.variant == "optimized" else config.stride
+        raise shape_error("erank_dynamics", "response", f"at least {need} tokens for stride={config.stride} "
+                          f"(variant {config.variant!r})", f"{n_response} tokens")
+    final, blocks = response_hidden(lm, tokens, n_prompt, alignment=config.alignment)
+    opts = {"stride": config.stride, "max_seq_len": config.max_seq_len, "center": config.center,
+            "variant": config.variant}
+    head, dyn = erv_era(final, **opts), erv_era(blocks, **opts)
     text = config.response if config.response is not None else lm.tokenizer.decode(
         tokens[0, n_prompt:].tolist(), skip_special_tokens=True)
     return ErankDynamicsResult(
         model=inputs.model_name, prompt=config.prompt, response=text, generated=config.response is None,
-        n_prompt_tokens=n_prompt, n_response_tokens=hidden.shape[1], n_tokens_used=dyn.n_tokens, ks=dyn.ks,
+        n_prompt_tokens=n_prompt, n_response_tokens=n_response, n_tokens_used=dyn.n_tokens, ks=dyn.ks,
+        final_erank=head.erank_t[0], final_erv=_none_if_nan(head.erv[0]), final_era=_none_if_nan(head.era[0]),
         erank_t=dyn.erank_t, erv=[_none_if_nan(v) for v in dyn.erv], era=[_none_if_nan(v) for v in dyn.era],
         stride=config.stride, max_seq_len=config.max_seq_len, center=config.center, do_sample=config.do_sample,
-        seed=config.seed, temperature=config.temperature, chat_template=config.chat_template)
+        seed=config.seed, temperature=config.temperature, chat_template=config.chat_template,
+        variant=config.variant, alignment=config.alignment, window_start=dyn.start)
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -315,6 +277,7 @@ def _none_if_nan(value: float) -> float | None:
 
 register(Analysis(
     name="erank_dynamics",
-    description="Effective rank of growing response prefixes per layer, and its velocity/acceleration (ERV, ERA)",
+    description="Effective rank of growing response prefixes on the final-norm output (and per block), and its "
+                "velocity/acceleration (ERV, ERA) as VERL computes them",
     config=ErankDynamicsConfig, result=ErankDynamicsResult, compute=compute, needs_model=True,
 ))

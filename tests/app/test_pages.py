@@ -118,8 +118,9 @@ def test_dynamics_page_equals_the_api(app_model):
     expected = run_analysis(app_model, "erank_dynamics", ErankDynamicsConfig(
         prompt="hello there, how are you", max_new_tokens=8, stride=2, chat_template=True))
     shown = frame(at, "ERV")
-    numeric_equal(shown.iloc[:, 2], [r[2] for r in expected.table()[1]])  # ER at the last k, per layer
+    numeric_equal(shown.iloc[:, 2], [r[2] for r in expected.table()[1]])  # ER at the last k: final norm, per layer
     assert any(t.value == expected.response for t in at.text)
+    assert at.metric[0].value == f"{expected.final_erv:.4g}"  # the headline: ERV of the final-norm output
 
 
 def test_gradients_page_two_datasets_equal_the_api(app_model):
