@@ -6,8 +6,16 @@ John gave a drink to" (ABB; answer Mary) and sources with the first two names sw
 transplants "where the subject sits" makes the base say the subject (John) instead. Steps: (1) check the model does
 the task (logit difference and accuracy per template), (2) whole-site patching of the residual stream by layer and
 position (a heatmap of FLDD), (3) DAS 1-D at the residual stream and at the MLP hidden layer (post-nonlinearity) of
-one layer at the last position, (4) the illusion diagnostics of each learned direction on held-out pairs
+one layer at the last position, trained as the reference notebook ran it (lr 0.01 → 0.001, all 30 epochs, batch 20,
+the final rotation), (4) the illusion diagnostics of each learned direction on held-out pairs
 (:mod:`workbench.intervene.illusion`), with a verdict in words.
+
+Split (``split="paper"``, the default): DAS trains on pairs drawn from the first half of the names, places, objects
+and templates and is evaluated on pairs from the other halves (reference data_utils.py), so held-out numbers are out
+of distribution; ``split="random"`` (an option) holds out a random part of one pool (in distribution, optimistic).
+Metrics (:mod:`workbench.intervene.metrics`): FLDD, interchange accuracy (whole-vocabulary argmax = the subject),
+the "LD < 0" sign rate, and the fraction recovered relative to the whole-site residual patch at the DAS layer.
+The likely-illusion flags use this project's heuristic thresholds; the paper's criteria are qualitative.
 """
 
 from __future__ import annotations
@@ -23,13 +31,14 @@ from workbench.errors import config_error
 from workbench.intervene import Patch, patching, record
 from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
-from workbench.intervene.metrics import logit_diff, patch_effect
+from workbench.intervene.metrics import fldd, logit_diff
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number
 from workbench.runner import Inputs
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
 
 EFFECTS = ("v", "v_row", "v_null", "whole site")
+SPLITS = ("paper", "random")
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,10 @@ class SubspacePatchingConfig(Config):
     model, as the paper's layer 8 precedes GPT-2's name movers in layers 9-10). ``heatmap_pairs``: pairs of one template for the
     layer × position heatmap. ``n_reader_heads``: how many later heads (those attending most from the last position
     to the indirect object: name-mover-like) define the residual stream's readers (their W_Q, RMSNorm scale folded
-    in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's code."""
+    in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's notebook;
+    ``patience`` > 0 early-stops (an option; 0 = all epochs, the final rotation). ``split``: ``"paper"`` (disjoint
+    halves of names/places/objects/templates for train and test) or ``"random"`` (a random held-out part of one
+    pool); ``test_fraction`` of the ``n_pairs`` are test pairs either way."""
 
     kind = "subspace_patching_config"
     n_pairs: int = 96
@@ -50,9 +62,10 @@ class SubspacePatchingConfig(Config):
     heatmap_template: int = 0
     n_reader_heads: int = 3
     epochs: int = 30
-    lr: float = 0.1
+    lr: float = 0.01
     batch_size: int = 20
-    patience: int = 5
+    patience: int = 0
+    split: str = "paper"
     seed: int = 0
 
     def validate(self) -> None:
@@ -66,6 +79,7 @@ class SubspacePatchingConfig(Config):
                    f"an int in [0, {len(TEMPLATES)})")
         self.check("lr", is_number(self.lr) and self.lr > 0, "a number > 0")
         self.check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0")
+        self.check("split", self.split in SPLITS, f"one of {list(SPLITS)}")
         self.check("seed", is_int(self.seed), "an int")
 
 
@@ -89,6 +103,8 @@ class SubspacePatchingResult(Result):
     heatmap: list[list[float]]
     das: list[dict]
     verdict: str
+    split: str = "paper"
+    n_train: int = 0
 
     def plot(self) -> go.Figure:
         fig = go.Figure(go.Heatmap(z=self.heatmap, y=self.heatmap_layers, x=list(range(len(self.heatmap_tokens))),
@@ -131,10 +147,11 @@ class SubspacePatchingResult(Result):
         return [self.plot_task(), self.plot(), self.plot_effects(), self.plot_training()]
 
     def table(self):
-        header = ["site", "patch", "FLDD", "fraction recovered", "interchange accuracy", "LD patched", "LD base"]
-        rows = [[e["site"], k, e["effects"][k]["fldd"], e["effects"][k]["recovered"],
-                 e["effects"][k]["interchange_accuracy"], e["effects"][k]["ld_patched"], e["effects"][k]["ld_base"]]
-                for e in self.das for k in EFFECTS]
+        header = ["site", "patch", "FLDD", "interchange accuracy", "LD < 0 rate", "fraction recovered",
+                  "LD patched", "LD base"]
+        rows = [[e["site"], k, e["effects"][k]["fldd"], e["effects"][k]["interchange_accuracy"],
+                 e["effects"][k]["sign_rate"], e["effects"][k]["recovered"], e["effects"][k]["ld_patched"],
+                 e["effects"][k]["ld_base"]] for e in self.das for k in EFFECTS]
         return header, rows
 
     def summary(self) -> str:
@@ -172,7 +189,6 @@ def _ld(lm, tokens, answer, alt, batch=32) -> torch.Tensor:
 def _heatmap(lm, data, progress) -> list[list[float]]:
     n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
     ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
-    ld_src = _ld(lm, data["source"], data["answer"], data["cf"])  # the source's own answer is the IO too
     differs = (data["base"] != data["source"]).any(0).nonzero()
     first_diff = int(differs[0]) if differs.numel() else n_pos
     rows = []
@@ -186,7 +202,7 @@ def _heatmap(lm, data, progress) -> list[list[float]]:
                 continue
             with patching(lm, [Patch(site, positions=[pos])], acts), torch.no_grad():
                 ld = logit_diff(lm.model(data["base"]), data["answer"], data["cf"])
-            row.append(patch_effect(ld_base, ld, ld_src).fldd)
+            row.append(fldd(ld_base, ld))
         rows.append(row)
     return rows
 
@@ -231,9 +247,11 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
     if config.layer is not None and not 0 <= config.layer < n_layers - 1:  # readers are heads of later layers
         raise config_error("subspace_patching", "layer", f"an int in [0, {n_layers - 1}) (a layer with later layers)",
                            config.layer)
-    pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.n_pairs, seed=config.seed), config.n_pairs)
-    data = _token_ids(lm, pairs)
-    ld = _ld(lm, data["base"], data["answer"], data["cf"])
+    train_pairs, test_pairs = _pairs(lm, config)
+    pairs = train_pairs + test_pairs
+    sets = {"train": _token_ids(lm, train_pairs), "test": _token_ids(lm, test_pairs)}
+    lds = {k: _ld(lm, d["base"], d["answer"], d["cf"]) for k, d in sets.items()}
+    ld = torch.cat([lds["train"], lds["test"]])
     templates = sorted({p.template for p in pairs})
     per_t = {t: [i for i, p in enumerate(pairs) if p.template == t] for t in templates}
     hm_pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.heatmap_pairs, seed=config.seed + 1,
@@ -241,9 +259,7 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
     hm_data = _token_ids(lm, hm_pairs)
     heatmap = _heatmap(lm, hm_data, inputs.progress)
     tokens = [lm.tokenizer.decode([t]) for t in hm_data["base"][0].tolist()]
-    n_test = max(2, int(round(config.test_fraction * len(pairs))))
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))
-    test, train = order[:n_test], order[n_test:]
+    data, test = sets["train"], sets["test"]
     if config.layer is None:  # just before the name movers, as the paper's MLP8 / resid 8 precede GPT-2's 9-10
         heads = _reader_heads(lm, data, n_layers // 2 - 1, config.n_reader_heads)
         layer = min(l for l, _ in heads) - 1
@@ -251,44 +267,70 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
         layer = config.layer
         heads = _reader_heads(lm, data, layer, config.n_reader_heads)
     das = []
-    for kind, site in (("resid", f"blocks.{layer}.hook_resid_post"), ("mlp", f"blocks.{layer}.mlp.hook_post")):
-        fit = train_das(lm, data["base"][train], data["source"][train], data["cf"][train], site=site, position=-1,
+    resid_site = f"blocks.{layer}.hook_resid_post"
+    for kind, site in (("resid", resid_site), ("mlp", f"blocks.{layer}.mlp.hook_post")):
+        fit = train_das(lm, data["base"], data["source"], data["cf"], site=site, position=-1,
                         epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
                         seed=config.seed, progress=inputs.progress)
         readers, reader_text = _readers(lm, kind, layer, heads)
-        feature = torch.cat([data["feature"][test], 1 - data["feature"][test]])
+        feature = torch.cat([test["feature"], 1 - test["feature"]])
         diag = diagnose(lm, site=site, position=-1, direction=fit.basis[:, 0], readers=readers,
-                        base=data["base"][test], source=data["source"][test], answer=data["answer"][test],
-                        counterfactual=data["cf"][test], source_answer=data["answer"][test],
-                        source_alternative=data["cf"][test], feature=feature, seed=config.seed)
+                        base=test["base"], source=test["source"], answer=test["answer"],
+                        counterfactual=test["cf"], source_answer=test["answer"],
+                        source_alternative=test["cf"], feature=feature, baseline_site=resid_site, seed=config.seed)
         das.append({"site": site, "kind": kind, "layer": layer, "position": -1, "readers": reader_text,
                     "train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch,
-                    "effects": {k: v.to_dict() for k, v in diag.effects.items()},
+                    "lrs": fit.lrs, "effects": {k: v.to_dict() for k, v in diag.effects.items()},
                     "row_fraction": diag.row_fraction, "null_leak": diag.null_leak,
                     "row_std_ratio": diag.row_std_ratio, "null_feature_corr": diag.null_feature_corr,
                     "row_feature_corr": diag.row_feature_corr, "likely_illusion": diag.likely_illusion,
                     "reasons": diag.reasons})
     task_ld, task_acc = float(ld.mean()), float((ld > 0).float().mean())
     return SubspacePatchingResult(
-        model=inputs.model_name, n_pairs=len(pairs), n_test=n_test, task_logit_diff=task_ld, task_accuracy=task_acc,
+        model=inputs.model_name, n_pairs=len(pairs), n_test=len(test_pairs), task_logit_diff=task_ld,
+        task_accuracy=task_acc,
         templates=templates, template_logit_diff=[float(ld[per_t[t]].mean()) for t in templates],
         template_accuracy=[float((ld[per_t[t]] > 0).float().mean()) for t in templates],
         heatmap_layers=list(range(n_layers)), heatmap_tokens=tokens, heatmap=heatmap, das=das,
-        verdict=_verdict(task_ld, task_acc, das, heatmap))
+        verdict=_verdict(task_ld, task_acc, das, heatmap, config.split), split=config.split,
+        n_train=len(train_pairs))
 
 
-def _verdict(task_ld: float, task_acc: float, das: list[dict], heatmap: list[list[float]]) -> str:
+def _pairs(lm, config) -> tuple[list, list]:
+    """(train, test) pairs: disjoint halves of names/places/objects/templates (``"paper"``) or a random held-out part
+    of one pool (``"random"``). Each set is of one token length (see :func:`_same_length`)."""
+    n_test = max(2, int(round(config.test_fraction * config.n_pairs)))
+    n_train = max(2, config.n_pairs - n_test)
+    if config.split == "paper":
+        train = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * n_train, seed=config.seed, half="train"), n_train)
+        test = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * n_test, seed=config.seed + 2, half="test"), n_test)
+        return train, test
+    pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 8 * config.n_pairs, seed=config.seed), config.n_pairs)
+    n_test = max(2, int(round(config.test_fraction * len(pairs))))
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    return [pairs[i] for i in order[n_test:]], [pairs[i] for i in order[:n_test]]
+
+
+def _verdict(task_ld: float, task_acc: float, das: list[dict], heatmap: list[list[float]], split: str) -> str:
     parts = [f"task: mean logit difference IO − S {task_ld:.2f}, accuracy {100 * task_acc:.0f}%"
              + ("" if task_ld > 0 and task_acc >= 0.6 else " — the model does NOT reliably do this task, so the "
                 "patching results below say little")]
     peak = max((v, l, p) for l, row in enumerate(heatmap) for p, v in enumerate(row))
     parts.append(f"whole-site residual patching: largest FLDD {peak[0]:.2f} at layer {peak[1]}, position {peak[2]}")
+    parts.append("held-out pairs use names, places, objects and templates unseen in DAS training (the paper's split)"
+                 if split == "paper" else "held-out pairs are a random part of the training pool (in distribution: "
+                 "optimistic; the paper's split is split='paper')")
     for e in das:
         eff = e["effects"]
         parts.append(f"{e['site']}: DAS direction FLDD {eff['v']['fldd']:.2f} (interchange accuracy "
-                     f"{100 * eff['v']['interchange_accuracy']:.0f}%), row part {eff['v_row']['fldd']:.2f}, null part "
+                     f"{100 * eff['v']['interchange_accuracy']:.0f}%, LD < 0 on "
+                     f"{100 * eff['v']['sign_rate']:.0f}%, fraction recovered vs the whole residual "
+                     f"{eff['v']['recovered']:.2f}), row part {eff['v_row']['fldd']:.2f}, null part "
                      f"{eff['v_null']['fldd']:.2f}, whole site {eff['whole site']['fldd']:.2f} — "
                      + ("LIKELY ILLUSION" if e["likely_illusion"] else "not flagged") + ": " + e["reasons"][-1])
+    parts.append("the illusion flags use this project's heuristic thresholds (FLDD ≥ 0.3, each part < half of it, "
+                 "|r| ≥ 0.5 or a row-space std ratio < 0.5); the paper judges disconnected/dormant qualitatively "
+                 "from projection histograms and v_null·W ≈ 0")
     return "; ".join(parts) + "."
 
 

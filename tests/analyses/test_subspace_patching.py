@@ -26,13 +26,36 @@ def test_runs_end_to_end_and_round_trips(tiny_ioi_model):
     assert result.heatmap[0][0] == 0.0  # BOS is identical in base and source: patching it is a no-op
     assert SubspacePatchingResult.from_json(result.to_json()) == result
     assert "task:" in result.summary() and len(result.figures()) == 4
+    assert result.split == "paper" and "unseen in DAS training" in result.summary()
+    assert "this project's heuristic thresholds" in result.summary()
+    assert all(len(e["lrs"]) == 3 and e["best_epoch"] == 2 for e in result.das)  # all epochs, the final basis
+    assert result.n_train + result.n_test == result.n_pairs
     assert count_hooks(tiny_ioi_model.hook_points()) == 0
+
+
+def test_the_paper_split_shares_no_name_template_place_or_object(tiny_ioi_model):
+    from analyses.subspace_patching import _pairs
+    from workbench.tasks.ioi import split_templates
+
+    train, test = _pairs(tiny_ioi_model, SubspacePatchingConfig(**SMALL))
+    names = lambda ps: {p.answer for p in ps} | {p.counterfactual for p in ps}  # noqa: E731
+    assert not names(train) & names(test)
+    assert {p.template for p in train} <= set(split_templates("train"))
+    assert {p.template for p in test} <= set(split_templates("test"))
+    rand_train, rand_test = _pairs(tiny_ioi_model, SubspacePatchingConfig(**(SMALL | {"split": "random"})))
+    assert len(rand_test) == round(0.3 * 24) and not {p.base for p in rand_train} & {p.base for p in rand_test}
+
+
+def test_random_split_option_runs_and_says_so(tiny_ioi_model):
+    result = run_analysis(tiny_ioi_model, "subspace_patching", SubspacePatchingConfig(**(SMALL | {"split": "random"})))
+    assert result.split == "random" and "in distribution" in result.summary()
 
 
 def test_bad_layer_and_fields(tiny_ioi_model):
     with pytest.raises(ConfigError, match="'layer'"):
         run_analysis(tiny_ioi_model, "subspace_patching", SubspacePatchingConfig(**(SMALL | {"layer": 1})))
-    for field, value in [("n_pairs", 2), ("test_fraction", 1.0), ("heatmap_template", 99), ("lr", 0)]:
+    for field, value in [("n_pairs", 2), ("test_fraction", 1.0), ("heatmap_template", 99), ("lr", 0),
+                         ("split", "halves")]:
         with pytest.raises(ConfigError, match=repr(field)):
             SubspacePatchingConfig(**{field: value})
 
@@ -54,3 +77,4 @@ def test_bundled_model_does_ioi_and_the_position_feature_sits_on_the_names_early
     assert all(row[0] == 0.0 for row in result.heatmap)
     assert {e["kind"] for e in result.das} == {"resid", "mlp"}
     assert all(e["null_leak"] < 1e-6 for e in result.das)
+    assert result.split == "paper" and all(0 <= e["effects"]["v"]["interchange_accuracy"] <= 1 for e in result.das)

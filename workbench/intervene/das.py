@@ -6,8 +6,17 @@ intervention (base + (source − base)·R_kᵀR_k), so R is parametrised as a ``
 (torch's orthogonal parametrisation, Householder map) — the same family of interventions as the paper's full
 ``d × d`` rotation, at O(k·d) instead of O(d²) cost per step.
 Objective: cross-entropy of the patched base run's last-position logits toward the counterfactual token (the source's
-answer in the base's terms). Defaults are the reference code's (amakelov/activation-patching-illusion): Adam,
-lr 0.1 decaying linearly to 0.1×, 30 epochs, batch 20.
+answer in the base's terms; the reference's CE against a one-hot target is the same number).
+
+Defaults are what the reference's training notebook ran (amakelov/activation-patching-illusion, ``ioi_interventions.ipynb``
+calling ``model_utils.py`` ``patch_training``): Adam with ``initial_lr=0.01`` (0.1 is only that function's default),
+``LinearLR(optimizer, end_factor=0.1, total_iters=n_epochs)`` stepped once per epoch — with torch's default
+``start_factor=1/3``, which the reference does not override, so epoch e trains at 0.01·(1/3 − (1/3 − 0.1)·e/30):
+0.00333 falling to 0.00108, not 0.01 → 0.001 — all 30 epochs, batch 20, every training pair used for training, the
+final rotation kept. ``start_factor=1.0`` gives the 0.01 → 0.001 schedule as an option.
+Named options, not the reference: ``patience`` > 0 early-stops on a validation split (``val_fraction``) and returns
+the best epoch's basis. Deviations kept: the ``[k, d]`` Householder parametrisation above (the reference: a full
+``d × d`` ``orthogonal(nn.Linear(n, n))``, matrix-exp map) and its seeded random start.
 """
 
 from __future__ import annotations
@@ -49,24 +58,29 @@ class RotatedSubspace(torch.nn.Module):
 
 @dataclass(frozen=True)
 class DASFit:
-    """The learned basis ``[d, k]`` (best validation epoch) and the loss history per epoch."""
+    """The learned basis ``[d, k]`` (the final epoch's; with early stopping the best validation epoch's), the loss
+    history and the learning rate of each epoch."""
 
     basis: torch.Tensor
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    lrs: list[float] = field(default_factory=list)
 
 
 def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Tensor, *, site: str,
-              position: int = -1, k: int = 1, epochs: int = 30, lr: float = 0.1, end_factor: float = 0.1,
-              batch_size: int = 20, val_fraction: float = 0.2, patience: int = 5, seed: int = 0,
+              position: int = -1, k: int = 1, epochs: int = 30, lr: float = 0.01, start_factor: float = 1 / 3,
+              end_factor: float = 0.1,
+              batch_size: int = 20, val_fraction: float = 0.0, patience: int = 0, seed: int = 0,
               progress: bool = False) -> DASFit:
     """Learn a k-dim subspace at ``site``/``position`` whose patch from ``source`` makes ``base`` output ``target``.
 
     ``base``/``source``: ``[N, P]`` token ids (or any model inputs with a leading batch dim) of equal shape;
-    ``target``: ``[N]`` token ids. Early stop after ``patience`` epochs without a better validation loss (the best
-    basis is returned); ``patience=0`` trains all epochs. Model weights are frozen (and restored) throughout.
+    ``target``: ``[N]`` token ids. Defaults: the reference notebook's run (module docstring) — all ``epochs``, the
+    final basis. ``patience`` > 0 (an option): early stop after ``patience`` epochs without a better loss on the
+    ``val_fraction`` held out (the training loss when it is 0) and return the best basis. ``val_loss`` is the
+    training loss when nothing is held out. Model weights are frozen (and restored) throughout.
     """
     call = "train_das"
     n = base.shape[0]
@@ -80,6 +94,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
         ("k", k, isinstance(k, int) and k >= 1, "an int >= 1"),
         ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an int >= 1"),
         ("lr", lr, isinstance(lr, (int, float)) and lr > 0, "a number > 0"),
+        ("start_factor", start_factor, isinstance(start_factor, (int, float)) and 0 < start_factor <= 1, "in (0, 1]"),
         ("end_factor", end_factor, isinstance(end_factor, (int, float)) and 0 < end_factor <= 1, "in (0, 1]"),
         ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an int >= 1"),
         ("val_fraction", val_fraction, isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1, "in [0, 1)"),
@@ -97,16 +112,17 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
     val_idx, train_idx = order[:n_val], order[n_val:]
     subspace = RotatedSubspace(d, k, gen).to(acts.device)
     opt = torch.optim.Adam(subspace.parameters(), lr=lr)
-    steps = epochs * max(1, -(-len(train_idx) // batch_size))
-    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=end_factor, total_iters=steps)
+    sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, end_factor=end_factor,
+                                              total_iters=epochs)
     patch = Patch(site, positions=[position])
     frozen = [(p, p.requires_grad) for p in _parameters(model)]
-    fit_train, fit_val, best, best_epoch, since, stopped = [], [], None, 0, 0, False
+    fit_train, fit_val, lrs, best, best_epoch, since, stopped = [], [], [], None, 0, 0, False
     try:
         for p, _ in frozen:
             p.requires_grad_(False)
         for epoch in progress_bar(range(epochs), desc=f"DAS {site}", disable=not progress, leave=False):
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
+            lrs.append(float(opt.param_groups[0]["lr"]))
             total = 0.0
             for chunk in perm.split(batch_size):
                 with torch.enable_grad():
@@ -114,25 +130,28 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
                     opt.zero_grad()
                     loss.backward()
                 opt.step()
-                sched.step()
                 total += float(loss.detach()) * len(chunk)
+            sched.step()  # once per epoch, as patch_training does
             fit_train.append(total / len(train_idx))
             with torch.no_grad():
                 basis = subspace.basis().detach().clone()
                 val = _mean_loss(model, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size) \
                     if n_val else fit_train[-1]
             fit_val.append(val)
-            if best is None or val < min(fit_val[:-1], default=float("inf")):
+            if not patience:  # the reference: every epoch runs and the final rotation is kept
+                best, best_epoch = basis, epoch
+            elif best is None or val < min(fit_val[:-1], default=float("inf")):
                 best, best_epoch, since = basis, epoch, 0
             else:
                 since += 1
-                if patience and since >= patience:
+                if since >= patience:
                     stopped = True
                     break
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
-    return DASFit(basis=best, train_loss=fit_train, val_loss=fit_val, best_epoch=best_epoch, stopped_early=stopped)
+    return DASFit(basis=best, train_loss=fit_train, val_loss=fit_val, best_epoch=best_epoch, stopped_early=stopped,
+                  lrs=lrs)
 
 
 def _parameters(model) -> list[torch.nn.Parameter]:

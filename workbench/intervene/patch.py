@@ -2,8 +2,10 @@
 
 A *patch* replaces (part of) a base run's activation at a TransformerLens hook site by the source run's activation
 at the same site. Subspace patching (Geiger et al.'s interchange intervention; Makelov, Lange & Nanda 2024, §2, eq. 1)
-replaces only the component in span(V) for an orthonormal basis V [d, k]: w' = w + (u − w) V Vᵀ, which for k = 1 and
-any v is w' = w + ((⟨u,v⟩ − ⟨w,v⟩)/‖v‖²)·v.
+replaces only the component in span(V) of any basis V [d, k] of linearly independent directions:
+w' = w + (u − w) V (VᵀV)⁻¹ Vᵀ (the orthogonal projection onto span(V); = w + (u − w) V Vᵀ when V is orthonormal), which
+for k = 1 is the reference's w' = w + ((⟨u,v⟩ − ⟨w,v⟩)/‖v‖²)·v for any non-zero v (amakelov/activation-patching-illusion,
+model_utils.py ``DirectionPatch``; the DAS ``Rotation`` patch is the same map with V = the rotation's first k columns).
 
 Works on any model that exposes TransformerLens HookPoints: a :class:`~workbench.models.LoadedModel` or a
 ``HookedRootModule`` (e.g. the distilled example in the tests).
@@ -27,7 +29,8 @@ Positions = int | Sequence[int] | None
 class Patch:
     """Where and what to patch. ``positions``: None (all), an int or a list of ints (negative from the end).
     ``heads``: head indices for per-head sites (``attn.hook_z``/``hook_q``/... shaped ``[B, P, H, d_head]``).
-    ``basis``: ``[d, k]`` directions (orthonormalised here) to patch only span(basis); None patches everything."""
+    ``basis``: ``[d, k]`` (or ``[d]``) linearly independent directions, any norms, to patch only span(basis) (an
+    orthonormal basis of the span is computed once per :func:`patching`); None patches everything."""
 
     site: str
     positions: Positions = None
@@ -72,14 +75,38 @@ def orthonormal(basis: torch.Tensor, d: int, call: str = "subspace_patch") -> to
 
 
 def subspace_patch(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``base + (source − base) V Vᵀ`` with V = the orthonormalised ``basis`` ``[d, k]`` (last dim of the tensors).
+    """``base + (source − base)·P`` with P the orthogonal projection onto span(``basis``) (last dim of the tensors).
 
-    Differentiable in ``basis`` (DAS trains through it when it is already orthonormal: pass ``orthonormal(...)``
-    outside the autograd path or a parametrised orthonormal basis)."""
+    ``basis``: ``[d]`` or ``[d, k]`` linearly independent directions of any norm — P = V (VᵀV)⁻¹ Vᵀ, so a non-unit
+    ``v`` patches exactly along span(v), as the reference's ``DirectionPatch`` does (for an orthonormal V, VᵀV = I
+    and this is ``base + (source − base) V Vᵀ``). A zero, non-finite or rank-deficient basis raises
+    :class:`ShapeError`. Computes in the tensors' dtype; differentiable in ``basis`` (DAS trains through it)."""
+    call = "subspace_patch"
     if base.shape != source.shape:
-        raise shape_error("subspace_patch", "source", f"the base's shape {tuple(base.shape)}", tuple(source.shape))
-    v = basis.to(base.device, base.dtype)
-    return base + ((source - base) @ v) @ v.T
+        raise shape_error(call, "source", f"the base's shape {tuple(base.shape)}", tuple(source.shape))
+    if not isinstance(basis, torch.Tensor) or basis.ndim not in (1, 2):
+        raise shape_error(call, "basis", "a [d] or [d, k] tensor", getattr(basis, "shape", type(basis).__name__))
+    v = (basis[:, None] if basis.ndim == 1 else basis).to(base.device, base.dtype)
+    if v.shape[0] != base.shape[-1]:
+        raise shape_error(call, "basis", f"{base.shape[-1]} rows (the activations' width)", tuple(v.shape))
+    gram = v.T @ v
+    _check_gram(gram.detach(), call)
+    coeff = torch.linalg.solve(gram, ((source - base) @ v).reshape(-1, v.shape[1]).T).T
+    return base + (coeff @ v.T).reshape(base.shape)
+
+
+def _check_gram(gram: torch.Tensor, call: str) -> None:
+    """Refuse a basis whose Gram matrix VᵀV is not finite or not positive definite (a zero or dependent direction)."""
+    g = gram.double()
+    if not bool(torch.isfinite(g).all()):
+        raise shape_error(call, "basis", "finite values", "NaN or Inf")
+    diag = g.diagonal()
+    scale = float(diag.max()) if diag.numel() else 0.0
+    if scale <= 0 or not bool((diag > 1e-24 * scale).all()):
+        raise shape_error(call, "basis", "linearly independent, non-zero directions", "a zero direction")
+    eig = torch.linalg.eigvalsh(g / diag.sqrt()[:, None] / diag.sqrt()[None])  # correlation matrix of the directions
+    if float(eig[0]) <= 1e-10:
+        raise shape_error(call, "basis", "linearly independent, non-zero directions", "a rank-deficient basis")
 
 
 def _mask(shape: torch.Size, patch: Patch, device: torch.device, call: str) -> torch.Tensor | None:
@@ -112,7 +139,7 @@ def _mask(shape: torch.Size, patch: Patch, device: torch.device, call: str) -> t
 def apply_patch(base: torch.Tensor, source: torch.Tensor, patch: Patch, basis: torch.Tensor | None = None
                 ) -> torch.Tensor:
     """The patched activation for one site (``base``/``source`` shaped ``[B, P, ...]``); a new tensor,
-    differentiable in ``basis``. ``basis`` must already be orthonormal (see :func:`orthonormal`)."""
+    differentiable in ``basis`` (any linearly independent directions: see :func:`subspace_patch`)."""
     call = "apply_patch"
     if base.shape != source.shape:
         raise shape_error(call, "source", f"the base activation's shape {tuple(base.shape)} (same token length)",

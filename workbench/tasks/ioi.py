@@ -20,6 +20,9 @@ into the base run should make the base predict the subject instead: ``PatchPair.
 Templates, names, places and objects were written for this project. Names are kept only where ``" " + name`` is one
 token of the given tokenizer (and not its unknown token), so base and source always have the same token length, and
 the answer and counterfactual are single next tokens; :func:`ioi_pairs` checks the lengths anyway.
+
+Train/test split as the paper's code (data_utils.py): ``ioi_pairs(..., half="train")`` draws from the first half of
+the names, places and objects and the first ⌈T/2⌉ templates, ``half="test"`` from the other halves.
 """
 
 from __future__ import annotations
@@ -70,6 +73,25 @@ OBJECTS: list[str] = [
 ]
 
 _RETRIES = 100  # draws per pair before giving up on a base/source token-length mismatch
+HALVES = ("train", "test")
+
+
+def split_templates(half: str) -> list[int]:
+    """The template indices of ``half``: the first ⌈T/2⌉ for ``"train"``, the rest for ``"test"`` (the reference's
+    data_utils.py gives its 3 templates as ``TEMPLATES[:2]`` / ``TEMPLATES[2:]``)."""
+    if half not in HALVES:
+        raise config_error("split_templates", "half", f"one of {list(HALVES)}", half)
+    cut = -(-len(TEMPLATES) // 2)
+    return list(range(cut)) if half == "train" else list(range(cut, len(TEMPLATES)))
+
+
+def _half(items: Sequence[str], half: str | None) -> list[str]:
+    """The first (``"train"``) or second (``"test"``) half of ``items`` (``items[:n // 2]`` / ``items[n // 2:]``, as
+    data_utils.py splits names, objects and places); everything for None."""
+    if half is None:
+        return list(items)
+    cut = len(items) // 2
+    return list(items[:cut]) if half == "train" else list(items[cut:])
 
 
 @dataclass(frozen=True)
@@ -116,27 +138,35 @@ def single_token_names(tokenizer, names: Sequence[str] = NAMES) -> list[str]:
 
 
 def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None = None,
-              variants: Sequence[str] = VARIANTS) -> list[PatchPair]:
+              variants: Sequence[str] = VARIANTS, half: str | None = None) -> list[PatchPair]:
     """``n`` IOI base/source pairs, deterministic for ``seed``.
 
     Pair ``i`` uses template ``templates[i % T]`` (all of :data:`TEMPLATES` by default), so the templates are used
     equally (within one when ``T`` does not divide ``n``); each template takes the variants in turn, and the turn
     is offset per template so that any prefix of the list is balanced across variants too. Names (two distinct
     single-token names), place and object are drawn with ``random.Random(seed)``.
+
+    ``half``: ``"train"`` or ``"test"`` draws only from that half of the single-token names, the places, the objects
+    and the templates (:func:`split_templates`), as the reference's data_utils.py builds ``train_distribution`` /
+    ``test_distribution``: the two halves share nothing, so test numbers are out of distribution. ``templates``, if
+    given with ``half``, must lie in that half.
     """
     call = "ioi_pairs"
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise config_error(call, "n", "an int >= 1", n)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise config_error(call, "seed", "an int", seed)
-    allowed_templates = f"None or a non-empty list of distinct indices in 0..{len(TEMPLATES) - 1}"
+    if half is not None and half not in HALVES:
+        raise config_error(call, "half", f"None or one of {list(HALVES)}", half)
+    allowed_ids = split_templates(half) if half is not None else list(range(len(TEMPLATES)))
+    allowed_templates = f"None or a non-empty list of distinct indices in {allowed_ids}"
     if templates is None:
-        chosen = list(range(len(TEMPLATES)))
+        chosen = allowed_ids
     else:
         if isinstance(templates, (str, bytes)) or not isinstance(templates, Sequence) or not templates:
             raise config_error(call, "templates", allowed_templates, templates)
         chosen = list(templates)
-        bad = [t for t in chosen if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < len(TEMPLATES)]
+        bad = [t for t in chosen if not isinstance(t, int) or isinstance(t, bool) or t not in allowed_ids]
         if bad or len(set(chosen)) != len(chosen):
             raise config_error(call, "templates", allowed_templates, templates)
     allowed_variants = f"a non-empty sequence of distinct values from {list(VARIANTS)}"
@@ -147,10 +177,12 @@ def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None =
     if not callable(tokenizer):
         raise config_error(call, "tokenizer", "a Hugging Face tokenizer (callable on a string)", tokenizer)
 
-    names = single_token_names(tokenizer)
+    names = _half(single_token_names(tokenizer), half)
+    places, objects = _half(PLACES, half), _half(OBJECTS, half)
     if len(names) < 2:
+        where = "" if half is None else f" in the {half} half"
         raise ConfigError(f"{call}(): the tokenizer makes only {len(names)} of the {len(NAMES)} names a single token "
-                          f"with a leading space (kept: {names}); IOI pairs need at least 2. Names are "
+                          f"with a leading space{where} (kept: {names}); IOI pairs need at least 2. Names are "
                           f"checked as tokenizer(' ' + name, add_special_tokens=False)['input_ids'].")
 
     rng = random.Random(seed)
@@ -162,7 +194,7 @@ def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None =
         base_order, source_order = variant.split("->")
         for _ in range(_RETRIES):
             io, s = rng.sample(names, 2)
-            place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+            place, obj = rng.choice(places), rng.choice(objects)
             base = ioi_prompt(template, base_order, io, s, place, obj)
             source = ioi_prompt(template, source_order, io, s, place, obj)
             if len(_ids(tokenizer, base)) == len(_ids(tokenizer, source)):

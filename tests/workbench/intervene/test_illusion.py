@@ -57,10 +57,14 @@ def test_diagnostics_flag_the_illusion():
                     source=source, answer=answer, counterfactual=cf, source_answer=cf, source_alternative=answer,
                     feature=feature)
     assert diag.effects["v"].interchange_accuracy == 1.0 and diag.effects["v"].fldd > 1
+    # the reference's fraction recovered: mean(LD_base + LD_patched)/mean(LD_base + LD_whole) = (2 − 4)/(2 + 2)
+    assert diag.effects["v"].recovered == pytest.approx(-0.5)
+    assert diag.effects["whole site"].interchange_accuracy == 0.0
     assert diag.effects["v_row"].fldd == pytest.approx(0) and diag.effects["v_null"].fldd == pytest.approx(0)
     assert diag.effects["whole site"].fldd == pytest.approx(0)
     assert diag.null_feature_corr == pytest.approx(1.0) and diag.row_std_ratio == pytest.approx(0.0)
     assert diag.likely_illusion and "likely illusion" in diag.reasons[-1]
+    assert any("this project's heuristics" in r for r in diag.reasons)
 
 
 def test_feature_direction_of_a_connected_model_is_not_flagged():
@@ -76,12 +80,15 @@ def test_feature_direction_of_a_connected_model_is_not_flagged():
 def test_das_finds_the_illusory_direction_and_restores_state():
     model = Distilled()
     base, source, answer, cf = pairs(40)
-    fit = train_das(model, base, source, cf, site=SITE, epochs=30, batch_size=10, seed=0)
+    fit = train_das(model, base, source, cf, site=SITE, epochs=30, batch_size=10, lr=0.1, seed=0)
     v = fit.basis[:, 0]
     assert abs(float(v.norm()) - 1) < 1e-5
     assert abs(float(v[0])) > 0.2 and abs(float(v[1])) > 0.2  # it needs both coordinates
     assert (_ld(model, base, source, answer, cf, Patch(SITE, basis=v)) < 0).float().mean() > 0.9
-    assert fit.val_loss[fit.best_epoch] == min(fit.val_loss)
+    assert fit.best_epoch == 29 and len(fit.train_loss) == 30  # the reference: all epochs, the final basis
+    early = train_das(model, base, source, cf, site=SITE, epochs=30, batch_size=10, lr=0.1, seed=0, patience=2,
+                      val_fraction=0.2)  # the option: early stopping on a validation split, the best basis
+    assert early.val_loss[early.best_epoch] == min(early.val_loss)
     assert count_hooks(dict(model.hook_dict)) == 0
 
 

@@ -98,6 +98,10 @@ def test_bad_inputs_on_the_model(tiny_model):
 def test_metrics_by_hand():
     logits = torch.tensor([[[0.0, 3.0, 1.0]], [[2.0, 0.0, 0.0]]])
     assert logit_diff(logits, torch.tensor([1, 0]), torch.tensor([2, 1])).tolist() == [2.0, 2.0]
-    eff = patch_effect(torch.tensor([2.0, 2.0]), torch.tensor([-1.0, 1.0]), torch.tensor([2.0, 2.0]))
-    assert eff.fldd == pytest.approx((2 - 0) / 2) and eff.recovered == pytest.approx(2 / 4)
-    assert eff.interchange_accuracy == 0.5
+    eff = patch_effect(torch.tensor([2.0, 2.0]), torch.tensor([-1.0, 1.0]), hits=torch.tensor([False, False]),
+                       ld_whole=torch.tensor([-2.0, -1.0]), ld_source=torch.tensor([2.0, 2.0]))
+    assert eff.fldd == pytest.approx((2 - 0) / 2) and eff.recovered_source == pytest.approx(2 / 4)
+    assert eff.recovered == pytest.approx((2 + 0) / (2 - 1.5)) and eff.fldd_vs_whole == pytest.approx(2 / 3.5)
+    assert eff.interchange_accuracy == 0.0 and eff.sign_rate == 0.5  # LD < 0 is not an argmax hit
+    with pytest.raises(ShapeError, match="'hits'"):
+        patch_effect(torch.zeros(2), torch.zeros(2), hits=torch.zeros(3, dtype=torch.bool))
