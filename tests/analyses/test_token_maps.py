@@ -145,6 +145,10 @@ def test_bundled_model_raw_map_finds_the_recalled_token(real_model, all_threads)
     assert raw > 3 * chance and raw > 0.3  # measured 45% vs 6% chance
     assert tm._rate(ev, "tam_raw", "secret") > 0.8  # measured 95%: a word asked back is found
     assert tm._rate(ev, "tam_eci", "all") < raw  # the documented negative: ECI removes the peak on text
+    d = tm.eci_summary(ev)  # and its measured reason (README): I collinear with A, s* ≈ 1, the target's score gone
+    assert d["cosine"] > 0.9 and 0.8 < d["scale"] < 1.2 and d["target_kept"] < 0.3 and d["top_share"] < 0.3
+    assert d["late"] > ev["n_correct"] / 2  # the ECI argmax sits on the last three prompt tokens
+    assert r.summary().startswith("Path: plain text") and "reference ECI weights" in r.summary()
     assert [e["generated_tokens"][0] for e in r.examples] == [" milk", " dragon", " Mary"]
     assert "NOT" not in r.summary().split("ECI")[0]  # the verdict says the raw map localises above chance
 
