@@ -5,13 +5,17 @@ Reference: "Steer2Edit: From Activation Steering to Component-Level Editing" (re
 Trustworthy-ML-Lab/Steer2Edit; formulas in :mod:`workbench.intervene.edit`). Steps:
 
 1. Vectors: per layer v_attn = mean(pos) − mean(neg) of ``hook_attn_out`` and v_mlp of ``hook_mlp_out`` over the
-   tokens of the 30 training pairs (``token_span="all"``, BOS excluded; or each text's ``"last"`` token), and the
-   mean head inputs (``attn.hook_z``) and neuron activations (``mlp.hook_post``) over both sets.
+   30 training pairs — per text the mean over its tokens (``token_span="all"``, BOS excluded; or its ``"last"``
+   token), then the mean over texts, as extract_directions.py (``average="tokens"`` pools the tokens instead) — and
+   the mean head inputs (``attn.hook_z``) and neuron activations (``mlp.hook_post``) over both sets.
 2. Attribute check: does the model carry sentiment? Next-token margin M = Σp(positive words) − Σp(negative words)
    after the 10 held-out positive vs negative texts followed by " Overall, it was".
-3. Activation steering: α·v̂ added to every position's attention and MLP output at every chosen layer, for each α.
-4. Edits: per ρ (the same for attention and MLP unless ``mlp_rho_factor`` ≠ 1) the elastic-net λ of every head and
-   neuron; components with λ ≠ 0 get their rank-1 edit, applied to the weights and reverted exactly after measuring.
+3. Activation steering: α·v (the raw per-layer vector, as evaluate.py's ``LinearInterventionHook``; ``steer_unit``
+   adds α·v̂ instead) added to every position's attention and MLP output at every chosen layer, for each α.
+4. Edits: per ρ and per edit kind — heads and neurons (ρ_attn = ρ, ρ_mlp = ``mlp_rho_factor``·ρ), heads only
+   (ρ_mlp = −1) and neurons only (ρ_attn = −1), as the published grids sweep them — the elastic-net λ of every head
+   and neuron; components with λ ≠ 0 get their rank-1 edit, applied to the weights and reverted exactly after
+   measuring.
 5. Measures, for every setting: attribute = M on the 40 neutral prompts ("The movie I watched last night was") and
    the lexicon score of their 16-token greedy continuations; utility = perplexity of neutral held-out passages
    relative to the unmodified model and the top-1 agreement with it. The verdict compares the two methods at
@@ -33,7 +37,7 @@ from workbench.errors import config_error
 from workbench.intervene.edit import edited, steer2edit
 from workbench.intervene.readout import (greedy_continuations, position_logits, right_padded, texts_margin,
                                          token_set_margin)
-from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers
+from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steering, vector_steers
 from workbench.prompts import default_prompts
 from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, is_number, table_figure
@@ -41,26 +45,33 @@ from workbench.runner import Inputs
 from workbench.tasks.sentiment import (sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids)
 
 CHECK_SUFFIX = " Overall, it was"
+ALPHAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5]  # the reference's 0.1–1.5 (evaluate_steering.sh) and a gentler 0.05
+EDIT_KINDS = ("both", "heads", "neurons")
 
 
 @dataclass(frozen=True)
 class Steer2EditConfig(Config):
     """``layers``: layers whose vectors steer / whose components may be edited (None: all). ``token_span``: average
-    the contributions over ``"all"`` tokens of each text or its ``"last"``. ``n_train``: contrastive pairs for the
-    vectors (the rest check the attribute). ``alphas``: activation-steering strengths (× v̂, unit vectors) added at
-    every position of the attention and MLP outputs (``steer_where="components"``) or the residual stream
-    (``"resid"``) of each layer.
-    ``rhos``: edit sparsity levels ρ (ρ_mlp = ``mlp_rho_factor``·ρ); ``alpha_en``: the elastic-net α in [0, 1).
+    the contributions over ``"all"`` tokens of each text or its ``"last"``; ``average``: ``"texts"`` (per text, then
+    over texts: the reference) or ``"tokens"`` (pooled). ``n_train``: contrastive pairs for the vectors (the rest
+    check the attribute). ``alphas``: activation-steering strengths (× the raw per-layer v, the reference's weights
+    0.1–1.5; × v̂ with ``steer_unit=True``) added at every position of the attention and MLP outputs
+    (``steer_where="components"``) or the residual stream (``"resid"``) of each layer.
+    ``rhos``: edit sparsity levels ρ (> 0; ρ_mlp = ``mlp_rho_factor``·ρ); ``edit_kinds``: which of ``"both"``,
+    ``"heads"`` (ρ_mlp = −1) and ``"neurons"`` (ρ_attn = −1) to sweep; ``alpha_en``: the elastic-net α in [0, 1).
     ``eval_prompts`` neutral prompts (None: all 40), ``max_new_tokens`` greedy tokens each; ``utility_texts``
     neutral passages of up to ``utility_tokens`` tokens."""
 
     kind = "steer2edit_config"
     layers: list[int] | None = None
     token_span: str = "all"
+    average: str = "texts"
     steer_where: str = "components"
+    steer_unit: bool = False
     n_train: int = 30
-    alphas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    alphas: list[float] = field(default_factory=lambda: ALPHAS)
     rhos: list[float] = field(default_factory=lambda: [0.8, 0.6, 0.5, 0.4, 0.3])
+    edit_kinds: list[str] = field(default_factory=lambda: list(EDIT_KINDS))
     mlp_rho_factor: float = 1.0
     alpha_en: float = 0.95
     eval_prompts: int | None = None
@@ -74,7 +85,12 @@ class Steer2EditConfig(Config):
         self.check("layers", self.layers is None or (isinstance(self.layers, list) and bool(self.layers) and all(
             is_int(v) and v >= 0 for v in self.layers)), "None or a non-empty list of layer indices >= 0")
         self.check("token_span", self.token_span in SPANS, f"one of {list(SPANS)}")
+        self.check("average", self.average in AVERAGES, f"one of {list(AVERAGES)}")
         self.check("steer_where", self.steer_where in ("components", "resid"), "'components' or 'resid'")
+        self.check("steer_unit", isinstance(self.steer_unit, bool), "True or False")
+        self.check("edit_kinds", isinstance(self.edit_kinds, list) and bool(self.edit_kinds)
+                   and all(k in EDIT_KINDS for k in self.edit_kinds) and len(set(self.edit_kinds)) == len(
+                       self.edit_kinds), f"a non-empty list of distinct values from {list(EDIT_KINDS)}")
         self.check("alphas", isinstance(self.alphas, list) and bool(self.alphas)
                    and all(is_number(a) for a in self.alphas), "a non-empty list of numbers")
         self.check("rhos", isinstance(self.rhos, list) and bool(self.rhos)
@@ -91,8 +107,9 @@ class Steer2EditConfig(Config):
 @dataclass(frozen=True)
 class Steer2EditResult(Result):
     """``check``: the attribute check (margins after held-out positive / negative texts). ``points``: one row per
-    setting (method ``"none"``/``"steer"``/``"edit"``, its strength, the number of edited heads and neurons, the
-    attribute and utility measures). ``components``: the edited heads/neurons of the edit closest to the best
+    setting (method ``"none"``/``"steer"``/``"edit"``, its strength, its ``kind`` — ``"raw"``/``"unit"`` steering,
+    ``"both"``/``"heads"``/``"neurons"`` edits — the number of edited heads and neurons, the attribute and utility
+    measures). ``components``: the edited heads/neurons of the edit closest to the best
     steering's utility, largest |λ| first."""
 
     kind = "steer2edit"
@@ -105,6 +122,7 @@ class Steer2EditResult(Result):
     components_rho: float | None
     examples: list[dict]
     verdict: str
+    components_label: str | None = None
 
     def plot(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=2, subplot_titles=("next-token sentiment margin vs perplexity ratio",
@@ -137,12 +155,12 @@ class Steer2EditResult(Result):
                                y=[c["lam"] for c in comps], marker_color=[PALETTE[0] if c["kind"] == "head"
                                                                           else PALETTE[1] for c in comps],
                                text=[f"g={c['g']:.2f}" for c in comps]))
-        fig.update_layout(title=f"Edited components at ρ = {self.components_rho} (largest |λ|; blue heads, red "
-                                f"neurons)", yaxis_title="λ", height=380)
+        fig.update_layout(title=f"Edited components at {self.components_label or self.components_rho} (largest |λ|; "
+                                f"blue heads, red neurons)", yaxis_title="λ", height=380)
         return fig
 
     def components_table(self) -> go.Figure:
-        return table_figure(f"Edited heads and neurons at ρ = {self.components_rho}",
+        return table_figure(f"Edited heads and neurons at {self.components_label or self.components_rho}",
                             ["component", "layer", "index", "attribution g", "λ"],
                             [[c["kind"], c["layer"], c["index"], c["g"], c["lam"]] for c in self.components])
 
@@ -155,10 +173,10 @@ class Steer2EditResult(Result):
         return parts + [self.examples_table()]
 
     def table(self):
-        header = ["method", "strength", "edited heads", "edited neurons", "margin M", "lexicon", "ppl ratio",
+        header = ["method", "kind", "strength", "edited heads", "edited neurons", "margin M", "lexicon", "ppl ratio",
                   "top-1 agreement"]
-        return header, [[p["method"], p["strength"], p["heads"], p["neurons"], p["margin"], p["lexicon"],
-                         p["ppl_ratio"], p["agreement"]] for p in self.points]
+        return header, [[p["method"], p.get("kind", ""), p["strength"], p["heads"], p["neurons"], p["margin"],
+                         p["lexicon"], p["ppl_ratio"], p["agreement"]] for p in self.points]
 
     def summary(self) -> str:
         return self.verdict
@@ -189,8 +207,8 @@ def _measure(lm, data, config) -> dict:
             "lexicon": sum(map(sentiment_score, texts)) / len(texts), "texts": texts}
 
 
-def _point(method, strength, label, meas, base, heads=0, neurons=0) -> dict:
-    return {"method": method, "strength": strength, "label": label, "heads": heads, "neurons": neurons,
+def _point(method, strength, label, meas, base, heads=0, neurons=0, kind="none") -> dict:
+    return {"method": method, "strength": strength, "kind": kind, "label": label, "heads": heads, "neurons": neurons,
             "margin": meas["margin"], "lexicon": meas["lexicon"],
             "ppl_ratio": math.exp(meas["nll"] - base["nll"]) if base else 1.0,
             "agreement": float((meas["top1"] == base["top1"]).double().mean()) if base else 1.0}
@@ -209,7 +227,7 @@ def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
     train, held = pairs[:config.n_train], pairs[config.n_train:]
     pos_ids, neg_ids = sentiment_token_ids(lm.tokenizer)
     vectors = contrast_vectors(lm, [p for p, _ in train], [n for _, n in train], layers=layers,
-                               span=config.token_span, progress=inputs.progress)
+                               span=config.token_span, average=config.average, progress=inputs.progress)
 
     m_pos, m_neg = (texts_margin(lm, [t + CHECK_SUFFIX for t in side], pos_ids, neg_ids, batch_size=config.batch_size)
                     for side in zip(*held))
@@ -220,49 +238,73 @@ def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
     tokens, last = right_padded(lm, prompts)
     data = {"prompts": prompts, "tokens": tokens, "last": last, "pos": pos_ids, "neg": neg_ids,
             "utility": _utility_tokens(lm, config)}
-    bar = progress_bar(total=1 + len(config.alphas) + len(config.rhos), desc="steer2edit sweep",
+    bar = progress_bar(total=1 + len(config.alphas) + len(config.rhos) * len(config.edit_kinds), desc="steer2edit sweep",
                        disable=not inputs.progress, leave=False)
     base = _measure(lm, data, config)
     points = [_point("none", 0.0, "unmodified", base, None)]
     examples = [{"method": "none", "prompt": p, "continuation": t} for p, t in zip(prompts[:3], base["texts"][:3])]
     texts: dict[str, list[str]] = {}
     bar.update()
+    steer_kind = "unit" if config.steer_unit else "raw"
     for alpha in config.alphas:
-        with steering(lm, vector_steers(vectors, alpha, where=config.steer_where)):
+        with steering(lm, vector_steers(vectors, alpha, where=config.steer_where, unit=config.steer_unit)):
             meas = _measure(lm, data, config)
-        points.append(_point("steer", alpha, f"α={alpha}", meas, base))
+        points.append(_point("steer", alpha, f"α={alpha}", meas, base, kind=steer_kind))
         texts[f"α={alpha}"] = meas["texts"]
         bar.update()
-    edit_sets, hooks_free = {}, True
+    edit_sets, hooks_free, measured = {}, True, {}
     for rho in config.rhos:
-        edits = steer2edit(lm, vectors, rho=rho, rho_mlp=rho * config.mlp_rho_factor, alpha=config.alpha_en)
-        edit_sets[rho] = edits
-        with edited(lm, edits):
-            hooks_free &= count_hooks(lm.hook_points()) == 0
-            meas = _measure(lm, data, config)
-        heads = sum(e.kind == "head" for e in edits)
-        points.append(_point("edit", rho, f"ρ={rho}", meas, base, heads=heads, neurons=len(edits) - heads))
-        texts[f"ρ={rho}"] = meas["texts"]
-        bar.update()
+        for kind in config.edit_kinds:
+            rho_attn = -1.0 if kind == "neurons" else rho
+            rho_mlp = -1.0 if kind == "heads" else rho * config.mlp_rho_factor
+            edits = steer2edit(lm, vectors, rho=rho_attn, rho_mlp=rho_mlp, alpha=config.alpha_en)
+            label = f"ρ={rho} {kind}"
+            edit_sets[label] = edits
+            key = tuple((e.kind, e.layer, e.index, e.lam) for e in edits)
+            if key not in measured:  # e.g. "both" = "heads" when no neuron passes: the same model, measured once
+                with edited(lm, edits):
+                    hooks_free &= count_hooks(lm.hook_points()) == 0
+                    measured[key] = _measure(lm, data, config)
+            meas = measured[key]
+            heads = sum(e.kind == "head" for e in edits)
+            points.append(_point("edit", rho, label, meas, base, heads=heads, neurons=len(edits) - heads, kind=kind))
+            texts[label] = meas["texts"]
+            bar.update()
     bar.close()
     for method in ("steer", "edit"):
         best = max((p for p in points if p["method"] == method), key=lambda p: p["margin"])
         examples += [{"method": f"{method} {best['label']}", "prompt": p, "continuation": t}
                      for p, t in zip(prompts[:3], texts[best["label"]][:3])]
     best_steer = max((p for p in points if p["method"] == "steer"), key=lambda p: p["margin"])
-    chosen_rho = min(config.rhos, key=lambda r: abs(math.log(next(p["ppl_ratio"] for p in points
-                                                                 if p["method"] == "edit" and p["strength"] == r))
-                                                    - math.log(best_steer["ppl_ratio"])))
-    comps = sorted(edit_sets[chosen_rho], key=lambda e: -abs(e.lam))[:config.top_components]
+    chosen = min((p for p in points if p["method"] == "edit"),
+                 key=lambda p: abs(math.log(p["ppl_ratio"]) - math.log(best_steer["ppl_ratio"])))
+    comps = sorted(edit_sets[chosen["label"]], key=lambda e: -abs(e.lam))[:config.top_components]
     components = [{"kind": e.kind, "layer": e.layer, "index": e.index, "g": e.g, "lam": e.lam} for e in comps]
     return Steer2EditResult(model=inputs.model_name, layers=layers, check=check, points=points,
-                            components=components, components_rho=chosen_rho if components else None,
-                            examples=examples, verdict=_verdict(check, points, hooks_free))
+                            components=components, components_rho=chosen["strength"] if components else None,
+                            examples=examples, verdict=_verdict(check, points, hooks_free),
+                            components_label=chosen["label"] if components else None)
 
 
 def _frontier(points, method, max_ppl) -> dict | None:
     ok = [p for p in points if p["method"] == method and p["ppl_ratio"] <= max_ppl]
     return max(ok, key=lambda p: p["margin"]) if ok else None
+
+
+def _matched(points, kind=None) -> tuple[int, int, list[str]]:
+    """Edits (of ``kind``, or all) that changed something, each against the strongest steering whose perplexity
+    ratio is no higher: (edit wins, comparisons, "label vs label" lines)."""
+    wins, compared, lines = 0, 0, []
+    for e in (p for p in points if p["method"] == "edit" and p["heads"] + p["neurons"] > 0
+              and (kind is None or p["kind"] == kind)):
+        s = _frontier(points, "steer", e["ppl_ratio"])
+        if s is None:
+            continue
+        compared += 1
+        wins += e["margin"] > s["margin"]
+        lines.append(f"{e['label']} M {e['margin']:+.3f} at ppl {e['ppl_ratio']:.2f} vs {s['label']} "
+                     f"M {s['margin']:+.3f} at ppl {s['ppl_ratio']:.2f}")
+    return wins, compared, lines
 
 
 def _verdict(check, points, hooks_free) -> str:
@@ -272,19 +314,20 @@ def _verdict(check, points, hooks_free) -> str:
              + ("" if check["fraction_ordered"] >= 0.7 else " — the model barely carries the attribute, so the "
                 "comparison below says little")]
     parts.append(f"unmodified on neutral prompts: M {base['margin']:+.4f}, lexicon {base['lexicon']:+.3f}")
-    wins, compared = 0, 0
-    for e in (p for p in points if p["method"] == "edit" and p["heads"] + p["neurons"] > 0):
-        s = _frontier(points, "steer", e["ppl_ratio"])
-        if s is None:
-            continue
-        compared += 1
-        wins += e["margin"] > s["margin"]
     edits = [p for p in points if p["method"] == "edit"]
     steers = [p for p in points if p["method"] == "steer"]
     be, bs = max(edits, key=lambda p: p["margin"]), max(steers, key=lambda p: p["margin"])
+    gentle = _frontier(points, "steer", 1.1)
     parts.append(f"best edit {be['label']} ({be['heads']} heads, {be['neurons']} neurons): M {be['margin']:+.4f}, "
-                 f"ppl ratio {be['ppl_ratio']:.3f}, agreement {be['agreement']:.2f}; best steering {bs['label']}: "
-                 f"M {bs['margin']:+.4f}, ppl ratio {bs['ppl_ratio']:.3f}, agreement {bs['agreement']:.2f}")
+                 f"ppl ratio {be['ppl_ratio']:.3f}, agreement {be['agreement']:.2f}; best steering {bs['label']} "
+                 f"({bs['kind']} v): M {bs['margin']:+.4f}, ppl ratio {bs['ppl_ratio']:.3f}, agreement "
+                 f"{bs['agreement']:.2f}" + ("" if gentle is None else f"; best steering within a 1.1 perplexity "
+                                             f"ratio: {gentle['label']} M {gentle['margin']:+.4f}"))
+    for kind in ("both", "heads", "neurons"):
+        w, c, _ = _matched(points, kind)
+        if c:
+            parts.append(f"{kind}: edits beat steering at matched utility in {w} of {c}")
+    wins, compared, _ = _matched(points)
     if compared == 0:
         parts.append("VERDICT: no edit reached a utility cost that some steering strength also reached, so the two "
                      "cannot be compared at matched utility here")

@@ -42,7 +42,8 @@ st.caption(f"Vectors for layers {sorted(vectors)} (mean positive − mean negati
 st.header("2. Steer a generation")
 prompt = st.text_input("Prompt", "The movie I watched last night was", key="prompt")
 c1, c2, c3 = st.columns(3)
-alpha = c1.slider("α (× unit vector, every position)", 0.0, 8.0, 2.0, 0.5, key="alpha")
+alpha = c1.slider("α (× the raw per-layer vector, every position; the paper's code sweeps 0.1–1.5)", 0.0, 3.0, 1.0,
+                  0.05, key="alpha")
 where = c2.radio("Where", ["components", "resid"], horizontal=True, key="where")
 max_new = c3.slider("Tokens", 4, 64, 24, key="max_new")
 
@@ -66,6 +67,8 @@ if "steered" in st.session_state:
 
 st.header("3. Steer2Edit: the vectors as rank-1 weight edits")
 rho = st.slider("ρ (sparsity: larger edits fewer components)", 0.05, 0.95, 0.6, 0.05, key="rho")
+edit_kind = st.radio("Edit", ["heads and neurons", "heads only", "neurons only"], horizontal=True, key="edit_kind",
+                     help="The other component type gets ρ = −1 (not edited), as the paper's published grids do")
 handle = st.session_state.get("edit_handle")
 if handle is not None and handle.active:
     heads = sum(e.kind == "head" for e in handle.edits)
@@ -81,7 +84,8 @@ if handle is not None and handle.active:
         st.rerun()
 elif st.button("Apply the edit", key="apply", type="primary"):
     with guard("Steer2Edit"):
-        edits = steer2edit(lm, vectors, rho=rho)
+        edits = steer2edit(lm, vectors, rho=-1.0 if edit_kind == "neurons only" else rho,
+                           rho_mlp=-1.0 if edit_kind == "heads only" else rho)
         if not edits:
             st.info(f"No component passes the threshold at ρ = {rho}: nothing to edit (lower ρ).")
             st.stop()
@@ -93,7 +97,7 @@ st.header("4. Trade-off: steering strength vs edit sparsity")
 n_eval = st.slider("Neutral prompts measured", 4, 40, 12, key="n_eval")
 if st.button("Run the Steer2Edit sweep", key="sweep", disabled=handle is not None and handle.active):
     with guard("Config"):
-        config = Steer2EditConfig(layers=sorted(vectors), eval_prompts=n_eval, alphas=[0.5, 1.0, 2.0],
+        config = Steer2EditConfig(layers=sorted(vectors), eval_prompts=n_eval, alphas=[0.1, 0.5, 1.0],
                                   rhos=[0.8, 0.6, 0.4])
     st.session_state["s2e_result"] = run("Steer2Edit sweep", run_analysis, lm, "steer2edit", config)
 if "s2e_result" in st.session_state:

@@ -29,26 +29,33 @@ def test_runs_end_to_end_restores_weights_and_round_trips(tiny_sentiment_model):
     after = tiny_sentiment_model.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # every edit reverted bit for bit
     assert count_hooks(tiny_sentiment_model.hook_points()) == 0
-    assert [p["method"] for p in r.points] == ["none", "steer", "steer", "edit", "edit"]
+    assert [p["method"] for p in r.points] == ["none"] + ["steer"] * 2 + ["edit"] * 6
+    assert [p["kind"] for p in r.points[3:]] == ["both", "heads", "neurons"] * 2  # per ρ: heads+neurons, each alone
+    assert all(p["kind"] == "raw" for p in r.points[1:3])  # the reference's raw per-layer v
     assert r.points[0]["ppl_ratio"] == 1.0 and r.points[0]["agreement"] == 1.0
-    small_rho = r.points[-1]
-    assert small_rho["heads"] + small_rho["neurons"] > 0  # ρ = 0.05: threshold ρα ≈ 0.05 lets components through
+    both, heads, neurons = r.points[-3:]
+    assert both["heads"] + both["neurons"] > 0  # ρ = 0.05: threshold ρα ≈ 0.05 lets components through
+    assert heads["neurons"] == 0 and neurons["heads"] == 0  # ρ = −1 disables the other type
+    assert (heads["heads"], neurons["neurons"]) == (both["heads"], both["neurons"])
     assert "edited forwards ran with no hooks attached" in r.summary()
     assert Steer2EditResult.from_json(r.to_json()) == r and r.figures() and r.table()[1]
 
 
 def test_zero_edit_when_every_attribution_is_below_the_threshold(tiny_sentiment_model):
     r = run_analysis(tiny_sentiment_model, "steer2edit", Steer2EditConfig(**(SMALL | {"rhos": [2.0]})))  # ρα = 1.9
-    base, edit = r.points[0], r.points[-1]
-    assert edit["heads"] == edit["neurons"] == 0
-    assert edit["margin"] == base["margin"] and edit["ppl_ratio"] == 1.0 and edit["agreement"] == 1.0
+    base = r.points[0]
+    for edit in r.points[-3:]:
+        assert edit["heads"] == edit["neurons"] == 0
+        assert edit["margin"] == base["margin"] and edit["ppl_ratio"] == 1.0 and edit["agreement"] == 1.0
     assert r.components == []
 
 
 def test_contrast_vectors_equal_plain_forwards(tiny_sentiment_model):
+    """The pooled-token option (average="tokens") against plain forwards; the per-text default is checked against
+    the reference in tests/workbench/intervene/test_steer2edit_parity.py."""
     lm = tiny_sentiment_model
     pairs = sentiment_pairs()[:5]
-    vec = contrast_vectors(lm, [p for p, _ in pairs], [n for _, n in pairs], layers=[1])[1]
+    vec = contrast_vectors(lm, [p for p, _ in pairs], [n for _, n in pairs], layers=[1], average="tokens")[1]
 
     def token_mean(texts, name):
         rows = []
@@ -85,7 +92,7 @@ def test_steer2edit_edits_exactly_the_components_above_threshold(tiny_sentiment_
 def test_hooks_removed_and_weights_kept_when_steering_fails(tiny_sentiment_model, monkeypatch):
     import analyses.steer2edit as s2e
 
-    def broken(vectors, alpha, where="components"):
+    def broken(vectors, alpha, where="components", unit=False):
         return [s for s in vector_steers(vectors, alpha)[:1]] + [
             type(vector_steers(vectors, alpha)[0])("blocks.0.hook_attn_out", torch.zeros(3), positions=None)]
 
@@ -99,7 +106,9 @@ def test_hooks_removed_and_weights_kept_when_steering_fails(tiny_sentiment_model
 
 
 @pytest.mark.parametrize("field, value", [("alpha_en", 1.0), ("alpha_en", -0.1), ("rhos", [0.0]), ("rhos", [-1.0]),
-                                          ("token_span", "middle"), ("steer_where", "heads"), ("layers", [])])
+                                          ("token_span", "middle"), ("steer_where", "heads"), ("layers", []),
+                                          ("average", "words"), ("edit_kinds", ["attn"]), ("edit_kinds", []),
+                                          ("steer_unit", 1)])
 def test_bad_config_fields(field, value):
     with pytest.raises(ConfigError, match=repr(field)):
         Steer2EditConfig(**{field: value})
@@ -128,12 +137,16 @@ def test_sentiment_token_ids_need_known_words(tiny_model):
 @pytest.mark.slow
 def test_bundled_model_carries_sentiment_steering_moves_it_and_edits_revert(real_model, all_threads):
     before = _state(real_model)
-    config = Steer2EditConfig(alphas=[1.0], rhos=[0.8, 0.4], eval_prompts=20, utility_texts=8)
+    config = Steer2EditConfig(alphas=[0.1], rhos=[0.8, 0.4], edit_kinds=["both", "neurons"], eval_prompts=20,
+                              utility_texts=8)
     r = run_analysis(real_model, "steer2edit", config)
     assert r.check["fraction_ordered"] >= 0.8  # after positive texts the model expects positive words
     base, steer = r.points[0], r.points[1]
-    assert steer["margin"] > base["margin"] + 0.02 and steer["ppl_ratio"] < 1.5  # steering moves the attribute
-    assert all(p["heads"] + p["neurons"] > 0 for p in r.points[2:])  # both ρ edit some components
+    assert steer["kind"] == "raw"
+    assert steer["margin"] > base["margin"] + 0.01 and steer["ppl_ratio"] < 1.5  # raw-v steering moves the attribute
+    both = [p for p in r.points if p["kind"] == "both"]
+    assert all(p["heads"] + p["neurons"] > 0 for p in both)  # both ρ edit some components
+    assert all(p["heads"] == 0 for p in r.points if p["kind"] == "neurons")
     assert "edited forwards ran with no hooks attached" in r.summary()
     after = real_model.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # SmolLM2's weights are back, bit for bit

@@ -172,7 +172,7 @@ def test_steering_page_steers_applies_and_reverts_exactly(app_model):
     at.slider(key="max_new").set_value(4).run()
     click(at, "generate")
     texts = " ".join(m.value for m in at.markdown)
-    assert "Unsteered" in texts and "Steered, α = 2.0" in texts
+    assert "Unsteered" in texts and "Steered, α = 1.0" in texts
     assert len([t for t in at.text if t.value.startswith(PAGE_PROMPT)]) == 2  # both continuations shown
     lm = _app_model(app_model.folder)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}

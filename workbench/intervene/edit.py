@@ -8,10 +8,12 @@ prompts:
 
 - attribution, head j: g_j = cos(v̂, x̄_j·W_O[j]); MLP neuron i: g_i = cos(v̂, x̄_i·W_out[i]);
 - elastic-net magnitude: λ = sign(g)·max(|g| − ρα, 0)/(ρ(1 − α)), α ∈ [0, 1) (default 0.95); λ = 0 leaves the
-  component untouched;
+  component untouched; ρ ≤ 0 gives λ = 0 for every component of that type (the reference's ``elastic_net_lambda``;
+  its published grids pass ρ_attn = −1 to edit neurons only, ρ_mlp = −1 to edit heads only);
 - rank-1 edit, head j: W_O[j] += λ·k̂·v̂ᵀ with k̂ = normalise(W_O[j]·v̂) (TransformerLens orientation
   ``[d_head, d_model]``; the paper's ΔW = λ·v̂·k̂ᵀ on the ``[d_model, d_head]`` block); neuron i:
-  W_out[i] += λ·sign(⟨W_out[i], v̂⟩)·v̂.
+  W_out[i] += λ·sign(⟨W_out[i], v̂⟩)·v̂. As in edit.py ``compute_edits``, a head whose W_O[j]·v̂ is 0 and a neuron
+  whose ⟨W_out[i], v̂⟩ is 0 are not edited.
 
 An edited model needs no hooks at inference: the edit is in the weights (test: edited forward with no hooks attached
 equals the hook-free reference computation).
@@ -35,13 +37,16 @@ EDIT_FORMAT = 1
 
 
 def elastic_net_lambda(g: torch.Tensor, *, rho: float, alpha: float = 0.95) -> torch.Tensor:
-    """λ = sign(g)·max(|g| − ρα, 0)/(ρ(1 − α)) elementwise (Steer2Edit's elastic-net solution)."""
+    """λ = sign(g)·max(|g| − ρα, 0)/(ρ(1 − α)) elementwise (Steer2Edit's elastic-net solution); all zeros when
+    ρ ≤ 0 (the reference's "this component type is not edited"). Float64."""
     call = "elastic_net_lambda"
-    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not math.isfinite(rho) or rho <= 0:
-        raise config_error(call, "rho", "a finite number > 0", rho)
+    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not math.isfinite(rho):
+        raise config_error(call, "rho", "a finite number (<= 0: edit nothing of this type)", rho)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha < 1:
         raise config_error(call, "alpha", "a number in [0, 1)", alpha)
     g = g.double()
+    if rho <= 0:
+        return torch.zeros_like(g)
     return torch.sign(g) * torch.clamp(g.abs() - rho * alpha, min=0) / (rho * (1 - alpha))
 
 
@@ -100,7 +105,7 @@ def neuron_edit(layer: int, neuron: int, lam: float, g: float, v: torch.Tensor,
                 w_out_row: torch.Tensor) -> ComponentEdit:
     """The edit of neuron ``neuron``: W_out[i] += λ·sign(⟨W_out[i], v̂⟩)·v̂ (the sign is folded into ``lam``)."""
     v_hat = v.double() / v.double().norm()
-    sign = 1.0 if float(w_out_row.double() @ v_hat) >= 0 else -1.0
+    sign = 1.0 if float(w_out_row.double() @ v_hat) > 0 else -1.0  # edit.py: k_sign = 1 if k > 0 else -1
     return ComponentEdit("neuron", layer, neuron, float(lam) * sign, float(g), v_hat, None)
 
 
@@ -109,7 +114,7 @@ def steer2edit(lm, vectors: dict, *, rho: float, rho_mlp: float | None = None,
     """The Steer2Edit edits of every layer in ``vectors`` (:func:`workbench.intervene.steer.contrast_vectors`):
     attributions of every head (against v̂_attn) and neuron (against v̂_mlp), elastic-net λ with ``rho`` for heads and
     ``rho_mlp`` (default ``rho``) for neurons, and a rank-1 edit for each component with λ ≠ 0 (λ = 0 components are
-    left out: sparsity is the point)."""
+    left out: sparsity is the point). ``rho`` ≤ 0 edits no head, ``rho_mlp`` ≤ 0 no neuron (edit.py's grids use −1)."""
     rho_mlp = rho if rho_mlp is None else rho_mlp
     edits = []
     for layer, vec in vectors.items():
@@ -118,8 +123,11 @@ def steer2edit(lm, vectors: dict, *, rho: float, rho_mlp: float | None = None,
         g_n = neuron_attribution(vec.v_mlp.to(w_out.device), w_out, vec.post_mean.to(w_out.device))
         lam_h = elastic_net_lambda(g_h, rho=rho, alpha=alpha)
         lam_n = elastic_net_lambda(g_n, rho=rho_mlp, alpha=alpha)
-        edits += [head_edit(layer, j, float(lam_h[j]), float(g_h[j]), vec.v_attn, w_o[j])
-                  for j in lam_h.nonzero()[:, 0].tolist()]
+        v_mlp = vec.v_mlp.to(w_out.device).double()
+        lam_n = torch.where(w_out.double() @ (v_mlp / v_mlp.norm()) != 0, lam_n, torch.zeros_like(lam_n))
+        heads = [head_edit(layer, j, float(lam_h[j]), float(g_h[j]), vec.v_attn, w_o[j])
+                 for j in lam_h.nonzero()[:, 0].tolist()]
+        edits += [e for e in heads if float(e.k.norm()) > 0]  # edit.py skips a head with W_O[j]·v̂ = 0
         edits += [neuron_edit(layer, i, float(lam_n[i]), float(g_n[i]), vec.v_mlp, w_out[i])
                   for i in lam_n.nonzero()[:, 0].tolist()]
     return edits

@@ -114,12 +114,15 @@ def steering(model, steers: Sequence[Steer]) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ContrastVectors:
-    """Per-layer contrastive statistics of a positive and a negative text set (Steer2Edit §1).
+    """Per-layer contrastive statistics of a positive and a negative text set (Steer2Edit §1; reference
+    efficient_reasoning/extract_directions.py: ``post`` = o_proj / down_proj outputs, ``pre`` = their inputs).
 
     ``v_attn`` / ``v_mlp`` / ``v_resid``: mean(pos) − mean(neg) of ``hook_attn_out``, ``hook_mlp_out`` and
     ``hook_resid_post`` (``[d_model]``); ``z_mean``: the mean input of each head to W_O (``attn.hook_z``,
     ``[n_heads, d_head]``) and ``post_mean`` of each MLP neuron to W_out (``mlp.hook_post``, ``[d_mlp]``), both averaged
-    over the positive and the negative set (the mean of the two set means)."""
+    over the positive and the negative set (the mean of the two set means). A set's mean is the mean over texts of
+    each text's own mean over its tokens (``average="texts"``, the reference) or over all tokens pooled
+    (``average="tokens"``, an option)."""
 
     layer: int
     v_attn: torch.Tensor
@@ -130,15 +133,23 @@ class ContrastVectors:
 
 
 SPANS = ("all", "last")
+AVERAGES = ("texts", "tokens")
 
 
 def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, layers: Sequence[int],
-                     span: str = "all", batch_size: int = 8, progress: bool = False) -> dict[int, ContrastVectors]:
+                     span: str = "all", average: str = "texts", batch_size: int = 8,
+                     progress: bool = False) -> dict[int, ContrastVectors]:
     """:class:`ContrastVectors` per layer from one streamed capture of each set. ``span``: average over ``"all"``
-    tokens of every text (BOS excluded; each set's mean is over its tokens) or each text's ``"last"`` token."""
+    tokens of every text (BOS excluded) or each text's ``"last"`` token. ``average="texts"`` (the reference's
+    extract_directions.py: ``span_mean_per_layer`` per text, then the mean over texts, so a long text weighs as much
+    as a short one) or ``"tokens"`` (every token of the set pooled, an option). The reference averages a response's
+    positions [start − 1, end − 1) — the states that generate its tokens; these texts have no prompt/response split,
+    so every token but BOS is used. Float32 means."""
     call = "contrast_vectors"
     if span not in SPANS:
         raise config_error(call, "span", f"one of {list(SPANS)}", span)
+    if average not in AVERAGES:
+        raise config_error(call, "average", f"one of {list(AVERAGES)}", average)
     n_layers = lm.facts.n_layers
     if not layers or not all(isinstance(l, int) and 0 <= l < n_layers for l in layers):
         raise config_error(call, "layers", f"a non-empty list of layer indices in [0, {n_layers})", layers)
@@ -146,9 +157,12 @@ def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, la
     sites = [f"blocks.{l}.{n}" for l in layers for n in names]
     means = []
     for texts in (positive, negative):
+        per_text = average == "texts" and span == "all"  # with "last" each text has one token: the two agree
         cap = capture(lm, list(texts), sites=sites, positions="all" if span == "all" else "last",
-                      batch_size=batch_size, progress=progress, device=lm.device)
-        means.append({site: cap[site].mean.float() for site in sites})
+                      keep=("stats", "per_prompt") if per_text else "stats", batch_size=batch_size,
+                      progress=progress, device=lm.device)
+        means.append({site: (cap[site].mean_pooled.double().mean(0) if per_text else cap[site].mean).float()
+                      for site in sites})
     pos, neg = means
     h, dh = lm.facts.n_heads, lm.facts.d_head
     out = {}
@@ -164,10 +178,13 @@ def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, la
 
 
 def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: str = "components",
-                  positions="all") -> list[Steer]:
-    """Uniform activation steering with unit vectors: α·v̂_attn at ``hook_attn_out`` and α·v̂_mlp at ``hook_mlp_out``
-    of every layer (``where="components"``, the outputs Steer2Edit edits) or α·v̂_resid at ``hook_resid_post``
-    (``where="resid"``); ``positions="all"`` steers every position (None in :class:`Steer`)."""
+                  positions="all", unit: bool = False) -> list[Steer]:
+    """Uniform activation steering: α·v_attn at ``hook_attn_out`` and α·v_mlp at ``hook_mlp_out`` of every layer
+    (``where="components"``, the outputs Steer2Edit edits: o_proj and down_proj) or α·v_resid at
+    ``hook_resid_post`` (``where="resid"``); ``positions="all"`` steers every position (None in :class:`Steer`).
+    With the raw per-layer v, as the reference's evaluate.py ``LinearInterventionHook`` adds
+    ``output + direction * weight`` (weights 0.1–1.5); ``unit=True`` (an option) adds α·v̂ instead, one norm for every
+    layer."""
     if where not in ("components", "resid"):
         raise config_error("vector_steers", "where", "'components' or 'resid'", where)
     pos = None if positions == "all" else positions
@@ -176,5 +193,5 @@ def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: s
         pairs = ([(f"blocks.{l}.hook_attn_out", vec.v_attn), (f"blocks.{l}.hook_mlp_out", vec.v_mlp)]
                  if where == "components" else [(f"blocks.{l}.hook_resid_post", vec.v_resid)])
         for site, v in pairs:
-            out.append(Steer(site, v / v.norm().clamp_min(1e-12), scale=float(alpha), positions=pos))
+            out.append(Steer(site, v / v.norm().clamp_min(1e-12) if unit else v, scale=float(alpha), positions=pos))
     return out

@@ -23,8 +23,8 @@ def test_elastic_net_is_zero_when_every_attribution_is_below_the_threshold():
     assert torch.equal(elastic_net_lambda(g, rho=1.0), torch.zeros(3, dtype=torch.float64))  # ρα = 0.95
 
 
-@pytest.mark.parametrize("kwargs, param", [({"rho": 0.0}, "rho"), ({"rho": -1.0}, "rho"), ({"rho": 1.0, "alpha": 1.0},
-                                                                                             "alpha"),
+@pytest.mark.parametrize("kwargs, param", [({"rho": float("inf")}, "rho"), ({"rho": "0.5"}, "rho"),
+                                           ({"rho": 1.0, "alpha": 1.0}, "alpha"),
                                            ({"rho": 1.0, "alpha": -0.1}, "alpha"), ({"rho": float("nan")}, "rho")])
 def test_elastic_net_rejects_bad_rho_and_alpha(kwargs, param):
     with pytest.raises(ConfigError, match=repr(param)):
