@@ -238,8 +238,8 @@ def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
     tokens, last = right_padded(lm, prompts)
     data = {"prompts": prompts, "tokens": tokens, "last": last, "pos": pos_ids, "neg": neg_ids,
             "utility": _utility_tokens(lm, config)}
-    bar = progress_bar(total=1 + len(config.alphas) + len(config.rhos) * len(config.edit_kinds), desc="steer2edit sweep",
-                       disable=not inputs.progress, leave=False)
+    bar = progress_bar(total=1 + len(config.alphas) + len(config.rhos) * len(config.edit_kinds),
+                       desc="steer2edit sweep", disable=not inputs.progress, leave=False)
     base = _measure(lm, data, config)
     points = [_point("none", 0.0, "unmodified", base, None)]
     examples = [{"method": "none", "prompt": p, "continuation": t} for p, t in zip(prompts[:3], base["texts"][:3])]

@@ -4,8 +4,9 @@ A *patch* replaces (part of) a base run's activation at a TransformerLens hook s
 at the same site. Subspace patching (Geiger et al.'s interchange intervention; Makelov, Lange & Nanda 2024, §2, eq. 1)
 replaces only the component in span(V) of any basis V [d, k] of linearly independent directions:
 w' = w + (u − w) V (VᵀV)⁻¹ Vᵀ (the orthogonal projection onto span(V); = w + (u − w) V Vᵀ when V is orthonormal), which
-for k = 1 is the reference's w' = w + ((⟨u,v⟩ − ⟨w,v⟩)/‖v‖²)·v for any non-zero v (amakelov/activation-patching-illusion,
-model_utils.py ``DirectionPatch``; the DAS ``Rotation`` patch is the same map with V = the rotation's first k columns).
+for k = 1 is the reference's w' = w + ((⟨u,v⟩ − ⟨w,v⟩)/‖v‖²)·v for any non-zero v
+(amakelov/activation-patching-illusion, model_utils.py ``DirectionPatch``; the DAS ``Rotation`` patch is the same map
+with V = the rotation's first k columns).
 
 Works on any model that exposes TransformerLens HookPoints: a :class:`~workbench.models.LoadedModel` or a
 ``HookedRootModule`` (e.g. the distilled example in the tests).

@@ -66,7 +66,8 @@ def ref_compute_edits(Wo, Wd, v_attn, v_mlp, x_mean_attn, x_mean_mlp, num_heads,
     return attn, mlp, vhat_attn, vhat_mlp
 
 
-def ref_apply_rank1_edits(Wo, Wd, attn, mlp, vhat_attn, vhat_mlp, head_dim):  # evaluate.py, apply_rank1_edits_to_hf_model
+def ref_apply_rank1_edits(Wo, Wd, attn, mlp, vhat_attn, vhat_mlp, head_dim):
+    # evaluate.py, apply_rank1_edits_to_hf_model
     Wo, Wd = Wo.copy(), Wd.copy()
     for j, payload in attn.items():
         Wo[:, j * head_dim:(j + 1) * head_dim] += payload["lambda"] * np.outer(vhat_attn, payload["k_hat"])
