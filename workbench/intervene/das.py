@@ -12,8 +12,9 @@ Defaults are what the reference's training notebook ran (amakelov/activation-pat
 ``ioi_interventions.ipynb`` calling ``model_utils.py`` ``patch_training``): Adam with ``initial_lr=0.01`` (0.1 is
 only that function's default), ``LinearLR(optimizer, end_factor=0.1, total_iters=n_epochs)`` stepped once per epoch —
 with torch's default ``start_factor=1/3``, which the reference does not override, so epoch e trains at
-0.01·(1/3 − (1/3 − 0.1)·e/30): 0.00333 falling to 0.00108, not 0.01 → 0.001 — all 30 epochs, batch 20, every training pair used for training, the
-final rotation kept. ``start_factor=1.0`` gives the 0.01 → 0.001 schedule as an option.
+0.01·(1/3 − (1/3 − 0.1)·e/30): 0.00333 falling to 0.00108, not 0.01 → 0.001 — all 30 epochs, batch 20, every
+training pair used for training, the final rotation kept. ``start_factor=1.0`` gives the 0.01 → 0.001 schedule as an
+option.
 Named options, not the reference: ``patience`` > 0 early-stops on a validation split (``val_fraction``) and returns
 the best epoch's basis. Deviations kept: the ``[k, d]`` Householder parametrisation above (the reference: a full
 ``d × d`` ``orthogonal(nn.Linear(n, n))``, matrix-exp map) and its seeded random start.
