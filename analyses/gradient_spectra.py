@@ -1,18 +1,30 @@
 """Layer-wise gradient spectra of the attention projections over (prompt, response) datasets, side by side.
 
 "How Instruction and Reasoning Data shape Post-Training: Data Quality through the Lens of Layer-wise Gradients"
-(Li et al., 2025), as its reference code computes it (MingLiiii/Gradient_Unified ``get_grad_vector_initial_try.py``;
-shared/PAPERS.md (c)): one sample per backward pass; the loss is the mean next-token cross-entropy over the response
-tokens only (prompt labels masked, -100); the gradient G of each attention projection (W_Q, W_K, W_V, W_O; the MLP
-matrices optionally) of every layer is decomposed, G = U diag(σ) Vᵀ, giving the nuclear norm Σσ, the effective rank
-exp(H(σ/Σσ)) (Roy & Vetterli, no ε), the Frobenius norm ‖G‖_F and the leading σ; these are averaged per
-(projection, layer) over the samples (with the standard deviation), and the layer-to-layer cosine similarity of the
-flattened gradients is averaged too. The paper's reading: better data → smaller nuclear norm and larger effective rank.
+(Li et al., 2025), as its reference code computes it (MingLiiii/Gradient_Unified ``get_grad_vector_initial_try.py``
+and ``vis/try_vis_*_two.py``; shared/PAPERS.md (c)): one sample per backward pass, laid out as the reference does
+(:func:`workbench.models.chat.sft_ids`: for an instruct model the chat template with the system turn "You are a
+helpful assistant." and the user turn, then the response; for a base model ``prompt + "\n" + response``; tokenised
+jointly, cut at ``max_length`` 2048); the loss is the mean next-token cross-entropy over the response tokens only
+(prompt labels -100); the gradient G of each attention projection (W_Q, W_K, W_V, W_O = the HF q/k/v/o_proj weights;
+the MLP matrices optionally) of every layer gives the nuclear norm Σσ, the effective rank exp(H(σ/Σσ)) (Roy &
+Vetterli, no ε), the Frobenius norm ‖G‖_F and the leading σ. Per (projection, layer) these are averaged over the
+samples (with the standard deviation); as in the reference's plotting scripts, an entry whose Σσ < 1e-12 is left
+out of the effective-rank average (not averaged in as 0; the result counts them) while the nuclear norm averages
+every sample. The layer-to-layer cosine similarity of the flattened gradients, dot/(‖a‖‖b‖ + 1e-9) as the reference,
+is averaged too. The paper's reading: better data → smaller nuclear norm and larger effective rank.
 
-Memory: gradients come from ``torch.autograd.grad`` with respect to the chosen parameters only (nothing else requires
-grad during the pass, nothing accumulates in ``.grad``), and each sample's gradients are reduced to their spectra and
-cosines before the next sample: no gradient outlives its sample. Gradients are the same whichever orientation the
-model stores a weight in (spectra do not change under transposition; heads are concatenated as in ``as_matrix``).
+Speed (``route``): G = Σ_t δ_t x_tᵀ has rank <= T, so ``"factor"`` (default) captures each projection's inputs x_t
+and output gradients δ_t with hooks and takes the spectrum from the T × T core of their QR factors
+(:func:`workbench.spectra.gradients.gradient_spectrum`), exactly; ``"dense"`` decomposes the d × d gradient itself
+(the reference's ``torch.linalg.svd(param.grad)``; here the float64 Gram route of ``batched_singular_values``). Both
+agree to round-off (tested to 1e-6 relative); ``benchmarks/bench_gradient_spectra.py`` measures the ratio.
+
+Memory: gradients come from ``torch.autograd.grad`` with respect to the chosen parameters (and, for the factor route,
+the projections' outputs) only, nothing accumulates in ``.grad``, and each sample's gradients are reduced before the
+next sample: no gradient outlives its sample. Spectra do not change under transposition, so the orientation a model
+stores a weight in does not matter (heads are concatenated as in ``as_matrix``, i.e. as in q_proj, and GQA's k/v
+projections keep their [n_kv·d_head, d_model] shape).
 
 Effective rank is bounded by the number of tokens in the sample (a gradient is a sum of one outer product per
 token), so response length confounds comparisons between datasets; the result reports token counts, and the default
@@ -30,20 +42,28 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 from plotly.subplots import make_subplots
-from workbench.progress import bar as progress_bar
 
+from workbench.capture.hooks import hooks_attached
 from workbench.errors import config_error, shape_error
 from workbench.models.adapters import LAYER_KINDS
-from workbench.models.chat import prompt_ids, response_ids
+from workbench.models.chat import DEFAULT_SYSTEM, sft_ids
+from workbench.progress import bar as progress_bar
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
 from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int
 from workbench.runner import Inputs
 from workbench.spectra import batched_singular_values, effective_rank
+from workbench.spectra.gradients import gradient_spectrum
 
 ATTENTION = ("W_Q", "W_K", "W_V", "W_O")
 DEFAULT_DATASETS = {"instruction": "bundled:instruction", "reasoning": "bundled:reasoning"}
 METRICS = ("nuclear", "erank", "frobenius")
+ROUTES = ("factor", "dense")
+NUCLEAR_FLOOR = 1e-12  # the reference's plotting scripts skip an S_list whose sum is below this (erank only)
+COSINE_EPS = 1e-9  # compute_cosine_similarity_chunked: dot / (norm_i * norm_j + 1e-9)
+# the TransformerBridge component (with hook_in / hook_out) of each weight kind, for the factor route
+COMPONENT = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o", "W_in": "mlp.in",
+             "W_gate": "mlp.gate", "W_out": "mlp.out"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,31 +71,34 @@ METRICS = ("nuclear", "erank", "frobenius")
 # ---------------------------------------------------------------------------------------------------------------
 
 class _Running:
-    """Float64 running sums of a tensor-valued statistic: mean and sample standard deviation (ddof 1)."""
+    """Float64 running sums of a tensor-valued statistic, element by element over the samples it was kept for: mean
+    (0 where never kept, as the reference's plot) and sample standard deviation (ddof 1; 0 below two samples)."""
 
     def __init__(self) -> None:
-        self.n, self.total, self.squares = 0, None, None
+        self.n = self.total = self.squares = None
 
-    def add(self, x: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         x = x.detach().to("cpu", torch.float64)
-        self.n += 1
-        self.total = x.clone() if self.total is None else self.total + x
-        self.squares = x * x if self.squares is None else self.squares + x * x
+        w = torch.ones_like(x) if keep is None else keep.to("cpu", torch.float64)
+        x = x * w
+        if self.n is None:
+            self.n, self.total, self.squares = w.clone(), x.clone(), x * x
+        else:
+            self.n, self.total, self.squares = self.n + w, self.total + x, self.squares + x * x
 
     def mean(self) -> torch.Tensor:
-        return self.total / self.n
+        return torch.where(self.n > 0, self.total / self.n.clamp_min(1), 0.0)
 
     def std(self) -> torch.Tensor:
-        if self.n < 2:
-            return torch.zeros_like(self.total)
-        var = (self.squares - self.total * self.total / self.n) / (self.n - 1)
-        return var.clamp_min(0).sqrt()
+        var = (self.squares - self.total * self.total / self.n.clamp_min(1)) / (self.n - 1).clamp_min(1)
+        return torch.where(self.n > 1, var.clamp_min(0).sqrt(), 0.0)
 
 
 @dataclass(frozen=True)
 class DatasetGradients:
     """One dataset's averages. Tensors are ``[P, L]`` (projection × layer), ``top`` is ``[P, L, n_top]`` and
-    ``cosine`` ``[P, L, L]``; ``*_std`` are standard deviations over samples."""
+    ``cosine`` ``[P, L, L]``; ``*_std`` are standard deviations over samples; ``erank_n`` [P, L] how many samples
+    the effective-rank average holds (the others had Σσ < 1e-12)."""
 
     projections: list[str]
     n_samples: int
@@ -87,20 +110,21 @@ class DatasetGradients:
     prompt_tokens: float
     response_tokens: float
     seconds: float
+    erank_n: torch.Tensor
+    route: str = "factor"
 
 
 def sample_ids(lm, prompt: str, response: str, *, max_length: int, chat_template: bool,
-               where: str = "pairs[0]") -> tuple[torch.Tensor, int]:
-    """``([1, T] ids, n_prompt)``: the prompt (chat-templated when asked) then the response, cut to ``max_length``
-    tokens. Raises a ShapeError naming ``where`` when no response token survives the cut."""
-    p = prompt_ids(lm, prompt, chat_template=chat_template)
-    r = response_ids(lm, response).to(p.device)
-    ids = torch.cat([p, r], dim=1)[:, :max_length]
-    if ids.shape[1] <= p.shape[1]:
+               system_prompt: str | None = DEFAULT_SYSTEM, where: str = "pairs[0]") -> tuple[torch.Tensor, int]:
+    """``([1, T] ids, n_prompt)`` as the reference lays a sample out (:func:`~workbench.models.chat.sft_ids`).
+    Raises a ShapeError naming ``where`` when no response token survives the cut to ``max_length``."""
+    ids, n_prompt = sft_ids(lm, prompt, response, max_length=max_length, chat_template=chat_template,
+                            system_prompt=system_prompt)
+    if ids.shape[1] <= n_prompt or n_prompt < 1:
         raise shape_error("gradient_spectra", where, f"at least one response token within max_length={max_length} "
                           "after the prompt (the loss is on response tokens only)",
-                          f"{p.shape[1]} prompt tokens, {r.shape[1]} response tokens")
-    return ids, p.shape[1]
+                          f"{n_prompt} prompt tokens, {ids.shape[1]} tokens in all")
+    return ids, n_prompt
 
 
 def response_loss(lm, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
@@ -109,20 +133,37 @@ def response_loss(lm, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
     return F.cross_entropy(logits[0, n_prompt - 1:-1].float(), ids[0, n_prompt:])
 
 
+def factor_sites(lm, projections: Sequence[str]) -> list[tuple[str, str]]:
+    """``(input hook, output hook)`` of every (layer, projection), layer-major: the bridge component's
+    ``hook_in``/``hook_out`` (the Linear's x_t and y_t). ConfigError when the model has no such hooks."""
+    points = lm.hook_points()
+    sites = [(f"blocks.{layer}.{COMPONENT[kind]}.hook_in", f"blocks.{layer}.{COMPONENT[kind]}.hook_out")
+             for layer in range(lm.facts.n_layers) for kind in projections]
+    missing = [name for pair in sites for name in pair if name not in points]
+    if missing:
+        raise config_error("gradient_spectra", "route", "'dense' for a model without per-projection hook_in/hook_out "
+                           f"(TransformerBridge names; missing e.g. {missing[0]!r})", "factor")
+    return sites
+
+
 def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequence[str] = ATTENTION,
-                      max_length: int = 512, chat_template: bool = True, n_top: int = 8, name: str = "dataset",
+                      max_length: int = 2048, chat_template: bool = True, system_prompt: str | None = DEFAULT_SYSTEM,
+                      n_top: int = 8, route: str = "factor", name: str = "dataset",
                       progress: bool = False) -> DatasetGradients:
     """Per-sample gradient spectra of ``projections`` at every layer over ``pairs``, averaged (see module doc)."""
     if not pairs:
         raise config_error("gradient_spectra", f"datasets[{name!r}]", "at least one (prompt, response) pair", [])
+    if route not in ROUTES:
+        raise config_error("gradient_spectra", "route", f"one of {list(ROUTES)}", route)
     started = time.perf_counter()
     params = lm.parameters(list(projections))
+    sites = factor_sites(lm, projections) if route == "factor" else []
     n_layers = lm.facts.n_layers
     stats = {m: _Running() for m in METRICS}
     top, cosine, losses = _Running(), _Running(), []
     n_prompt_total = n_resp_total = 0
-    encoded = [sample_ids(lm, p, r, max_length=max_length, chat_template=chat_template, where=f"{name}[{i}]")
-               for i, (p, r) in enumerate(pairs)]  # all checked before the first backward
+    encoded = [sample_ids(lm, p, r, max_length=max_length, chat_template=chat_template, system_prompt=system_prompt,
+                          where=f"{name}[{i}]") for i, (p, r) in enumerate(pairs)]  # all checked before any backward
     saved = [(p, p.requires_grad) for p in lm.model.parameters()]
     try:
         for p, _ in saved:
@@ -130,19 +171,17 @@ def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequ
         for wp in params:
             wp.param.requires_grad_(True)
         for ids, n_prompt in progress_bar(encoded, desc=f"gradients: {name}", disable=not progress, leave=False):
-            with torch.enable_grad():
-                loss = response_loss(lm, ids, n_prompt)
-                grads = torch.autograd.grad(loss, [wp.param for wp in params])
-            mats = [wp.matrix(g) for wp, g in zip(params, grads, strict=True)]
-            del grads
-            sample = _sample_spectra(mats, len(projections), n_layers, n_top)
+            loss, mats, factors = _sample_gradients(lm, params, sites, ids, n_prompt)
+            sample = _sample_spectra(mats, factors, len(projections), n_layers, n_top)
+            keep = sample["nuclear"] >= NUCLEAR_FLOOR
             for m in METRICS:
-                stats[m].add(sample[m])
+                stats[m].add(sample[m], keep if m == "erank" else None)
             top.add(sample["top"])
             cosine.add(sample["cosine"])
             losses.append(float(loss.detach()))
             n_prompt_total += n_prompt
             n_resp_total += ids.shape[1] - n_prompt
+            del mats, factors
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
@@ -152,28 +191,63 @@ def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequ
     return DatasetGradients(
         projections=list(projections), n_samples=n, mean={m: s.mean() for m, s in stats.items()},
         std={m: s.std() for m, s in stats.items()}, top=top.mean(), cosine=cosine.mean(), loss=(mean_loss, sd_loss),
-        prompt_tokens=n_prompt_total / n, response_tokens=n_resp_total / n, seconds=time.perf_counter() - started)
+        prompt_tokens=n_prompt_total / n, response_tokens=n_resp_total / n, seconds=time.perf_counter() - started,
+        erank_n=stats["erank"].n.round().long(), route=route)
 
 
-def _sample_spectra(mats: list[torch.Tensor], n_proj: int, n_layers: int, n_top: int) -> dict[str, torch.Tensor]:
-    """Spectra of one sample's gradients (layer-major list) → ``[P, L]`` metrics, ``[P, L, k]`` top σ, ``[P, L, L]``
-    cosines. One batched SVD per matrix shape."""
-    svals = batched_singular_values(mats)
+def _sample_gradients(lm, params, sites, ids, n_prompt):
+    """One forward and backward: ``(loss, gradient matrices (layer-major), factors)``; ``factors`` is None for the
+    dense route, else a list of ``(delta [T, m], x [T, n])`` per matrix (the hooks live for the forward only)."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(site: str):
+        def hook(tensor, hook=None):
+            captured[site] = tensor
+            return tensor  # returned, so what flows on is this tensor (the bridge shows hooks a per-head view)
+        return hook
+
+    hooks = {site: keep(site) for pair in sites for site in pair}
+    with hooks_attached(lm.hook_points(), hooks), torch.enable_grad():
+        loss = response_loss(lm, ids, n_prompt)
+    outs = [captured[out] for _, out in sites]
+    grads = torch.autograd.grad(loss, [wp.param for wp in params] + outs)
+    mats = [wp.matrix(g) for wp, g in zip(params, grads, strict=False)]
+    if not sites:
+        return loss, mats, None
+    flat = lambda t: t.detach()[0].reshape(t.shape[1], -1)  # noqa: E731  [1, T, (heads, d_head)] -> [T, m]
+    factors = [(flat(g), flat(captured[inp])) for g, (inp, _) in zip(grads[len(params):], sites, strict=True)]
+    return loss, mats, factors
+
+
+def _sample_spectra(mats: list[torch.Tensor], factors: list | None, n_proj: int, n_layers: int,
+                    n_top: int) -> dict[str, torch.Tensor]:
+    """Spectra of one sample's gradients (layer-major lists) → ``[P, L]`` metrics, ``[P, L, k]`` top σ, ``[P, L, L]``
+    cosines. Factor route: one batched QR + core SVD per projection (all layers at once); dense: one batched SVD per
+    matrix shape."""
     out = {m: torch.zeros(n_proj, n_layers, dtype=torch.float64) for m in METRICS}
     out["top"] = torch.zeros(n_proj, n_layers, n_top, dtype=torch.float64)
-    for i, (g, s) in enumerate(zip(mats, svals, strict=True)):
-        layer, p = divmod(i, n_proj)
-        s = s.double()
-        out["nuclear"][p, layer] = s.sum()
-        out["erank"][p, layer] = effective_rank(s)
-        out["frobenius"][p, layer] = g.double().norm()
-        k = min(n_top, s.numel())
-        out["top"][p, layer, :k] = s[:k]
+    if factors is not None:
+        for p in range(n_proj):
+            pick = [factors[layer * n_proj + p] for layer in range(n_layers)]
+            spec = gradient_spectrum(torch.stack([d for d, _ in pick]), torch.stack([x for _, x in pick]))
+            out["nuclear"][p], out["erank"][p] = spec.nuclear.cpu(), spec.erank.cpu()
+            out["frobenius"][p] = spec.frobenius.cpu()
+            k = min(n_top, spec.singular_values.shape[-1])
+            out["top"][p, :, :k] = spec.singular_values[:, :k].cpu()
+    else:
+        for i, (g, s) in enumerate(zip(mats, batched_singular_values(mats), strict=True)):
+            layer, p = divmod(i, n_proj)
+            s = s.double()
+            out["nuclear"][p, layer] = s.sum()
+            out["erank"][p, layer] = effective_rank(s)
+            out["frobenius"][p, layer] = g.double().norm()
+            k = min(n_top, s.numel())
+            out["top"][p, layer, :k] = s[:k]
     cos = []
     for p in range(n_proj):
         flat = torch.stack([mats[layer * n_proj + p].reshape(-1) for layer in range(n_layers)]).double()
-        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        cos.append(unit @ unit.T)
+        norms = flat.norm(dim=1)
+        cos.append(flat @ flat.T / (norms[:, None] * norms[None, :] + COSINE_EPS))
     out["cosine"] = torch.stack(cos)
     return out
 
@@ -186,18 +260,22 @@ def _sample_spectra(mats: list[torch.Tensor], n_proj: int, n_layers: int, n_top:
 class GradientSpectraConfig(Config):
     """``datasets``: label → ``"bundled:instruction"`` / ``"bundled:reasoning"`` or a JSONL path of
     ``{"prompt", "response"}``. ``projections``: attention (and optionally MLP) kinds. ``max_samples``: per dataset
-    (None: all; 20 keeps the default report near 3 minutes on 2 CPU cores at ~3 s per sample). ``max_length``:
-    prompt + response tokens per sample (the reference used 2048; the bundled samples are far shorter).
-    ``chat_template``: wrap prompts as a user turn when the tokenizer has a template.
-    ``shuffled_control``: add the first dataset with responses shuffled across prompts (same responses and lengths,
-    mismatched prompts: a built-in low-quality control)."""
+    (None: all). ``max_length``: tokens per sample, prompt included (the reference's 2048: long reasoning answers
+    must not be cut, the effective rank is bounded by the token count). ``chat_template``: the instruct layout (the
+    reference's ``--run_instruct_version``) when the tokenizer has a template, else ``prompt + "\n" + response``.
+    ``system_prompt``: the system turn of the instruct layout (the reference's; None leaves it out, as the reference
+    does for Gemma). ``route``: ``"factor"`` (T × T core, exact, fast) or ``"dense"`` (d × d SVD), see the module
+    docstring. ``shuffled_control``: add the first dataset with responses shuffled across prompts (same responses and
+    lengths, mismatched prompts: a built-in low-quality control)."""
 
     kind = "gradient_spectra_config"
     datasets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DATASETS))
     projections: list[str] = field(default_factory=lambda: list(ATTENTION))
     max_samples: int | None = 20
-    max_length: int = 512
+    max_length: int = 2048
     chat_template: bool = True
+    system_prompt: str | None = DEFAULT_SYSTEM
+    route: str = "factor"
     n_top: int = 8
     shuffled_control: bool = True
     seed: int = 0
@@ -216,6 +294,9 @@ class GradientSpectraConfig(Config):
                    "None or an int >= 1")
         self.check("max_length", is_int(self.max_length) and self.max_length >= 2, "an int >= 2")
         self.check("chat_template", isinstance(self.chat_template, bool), "True or False")
+        self.check("system_prompt", self.system_prompt is None or isinstance(self.system_prompt, str),
+                   "None or a str")
+        self.check("route", self.route in ROUTES, f"one of {list(ROUTES)}")
         self.check("n_top", is_int(self.n_top) and self.n_top >= 1, "an int >= 1")
         self.check("shuffled_control", isinstance(self.shuffled_control, bool), "True or False")
         self.check("seed", is_int(self.seed), "an int")
@@ -250,6 +331,10 @@ class GradientSpectraResult(Result):
     max_length: int
     chat_template: bool
     control: str | None = None  # name of the shuffled-response control dataset, if any
+    erank_n: list[int] = field(default_factory=list)  # samples in each row's effective-rank mean
+    erank_skipped: list[int] = field(default_factory=list)  # per dataset: (sample, projection, layer) with Σσ < 1e-12
+    system_prompt: str | None = DEFAULT_SYSTEM
+    route: str = "factor"
 
     def projections(self) -> list[str]:
         return list(dict.fromkeys(self.projection))
@@ -327,6 +412,10 @@ class GradientSpectraResult(Result):
         projs = self.projections()
         parts = [", ".join(f"{n}: {self.n_samples[k]} samples, loss {self.loss_mean[k]:.2f}, "
                            f"{self.response_tokens[k]:.0f} response tokens" for k, n in enumerate(self.datasets))]
+        skipped = [f"{n}: {self.erank_skipped[k]}" for k, n in enumerate(self.datasets) if self.erank_skipped
+                   and self.erank_skipped[k]]
+        parts.append("gradients with nuclear norm < 1e-12 left out of the effective-rank means (as the reference): "
+                     + (", ".join(skipped) if skipped else "none"))
         real = [n for n in self.datasets if n != self.control]
         if len(real) >= 2:
             a, b = real[0], real[1]
@@ -381,11 +470,12 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
         data[control] = _shuffled(data[first], config.seed)
     max_length = min(config.max_length, inputs.facts.n_ctx)
     results = {name: dataset_gradients(lm, pairs, projections=config.projections, max_length=max_length,
-                                       chat_template=config.chat_template, n_top=config.n_top, name=name,
-                                       progress=inputs.progress) for name, pairs in data.items()}
+                                       chat_template=config.chat_template, system_prompt=config.system_prompt,
+                                       n_top=config.n_top, route=config.route, name=name, progress=inputs.progress)
+               for name, pairs in data.items()}
     cols: dict[str, list] = {k: [] for k in ("dataset", "projection", "layer", "nuclear_mean", "nuclear_std",
                                              "erank_mean", "erank_std", "frobenius_mean", "frobenius_std",
-                                             "top_singular")}
+                                             "top_singular", "erank_n")}
     for name, res in results.items():
         for p, proj in enumerate(res.projections):
             for layer in range(res.top.shape[1]):
@@ -396,6 +486,7 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
                     cols[f"{m}_mean"].append(float(res.mean[m][p, layer]))
                     cols[f"{m}_std"].append(float(res.std[m][p, layer]))
                 cols["top_singular"].append([float(v) for v in res.top[p, layer]])
+                cols["erank_n"].append(int(res.erank_n[p, layer]))
     return GradientSpectraResult(
         model=inputs.model_name, datasets=list(results), n_samples=[r.n_samples for r in results.values()],
         loss_mean=[r.loss[0] for r in results.values()], loss_std=[r.loss[1] for r in results.values()],
@@ -404,7 +495,9 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
         seconds=[round(r.seconds, 2) for r in results.values()], **cols,
         cosine={name: {proj: r.cosine[p].tolist() for p, proj in enumerate(r.projections)}
                 for name, r in results.items()},
-        max_length=max_length, chat_template=config.chat_template, control=control)
+        max_length=max_length, chat_template=config.chat_template, control=control,
+        erank_skipped=[int((r.n_samples - r.erank_n).sum()) for r in results.values()],
+        system_prompt=config.system_prompt, route=config.route)
 
 
 register(Analysis(

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("bench_capture_overhead.py", "bench_batched_spectra.py", "bench_capture_memory.py", "bench_readout.py")
+SCRIPTS = ("bench_capture_overhead.py", "bench_batched_spectra.py", "bench_capture_memory.py", "bench_readout.py",
+           "bench_gradient_spectra.py")
 
 
 def busy_cpu_seconds() -> float:

@@ -1,46 +1,97 @@
-"""gradient_spectra: against plain Hugging Face autograd on the same tiny model, memory hygiene, errors."""
+"""gradient_spectra: against a transcription of MingLiiii/Gradient_Unified on plain Hugging Face autograd, the factor
+route against the dense one, the reference's prompt layout and skip rule, memory hygiene, errors."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 
 import analyses.gradient_spectra as gs
 from analyses.gradient_spectra import GradientSpectraConfig, GradientSpectraResult, dataset_gradients
 from workbench.errors import ConfigError, ShapeError
+from workbench.models.chat import sft_ids, sft_text
 from workbench.prompts import bundled_pairs, read_pairs
 from workbench.runner import run_analysis
 
 PAIRS = [("What is 2+3?", "It is 5, because two plus three makes five."),
          ("Name a colour.", "Blue is a colour of the sky."),
          ("Say hi", "Hello! How are you today?")]
-HF_NAMES = {"W_Q": "q_proj", "W_K": "k_proj", "W_V": "v_proj", "W_O": "o_proj"}
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
-def _hf_reference(folder, tokenizer, prompt, response):
-    """The reference recipe with plain transformers: labels -100 on the prompt, loss.backward(), svdvals of .grad."""
+def _reference_text(tokenizer, instruction, output, instruct):
+    """get_grad_vector_initial_try.py ``main``: the text of one sample (no ``input`` field in our pairs)."""
+    if instruct:
+        messages = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": instruction}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + output
+    return instruction + "\n" + output
+
+
+def _reference_sample(folder, tokenizer, text, target_text, max_length=2048):
+    """get_grad_vector_initial_try.py ``cal_svd_vector_part_text``, transcribed: encode the whole text (truncation at
+    max_length), start_token = len(encode(text[:text.rfind(target)])), labels[:start_token] = -100, HF loss,
+    loss.backward(), then per q/k/v/o_proj weight: torch.linalg.svd(grad) -> S_list (float32, as there), the
+    Frobenius norm, and the flattened gradient for the cosines."""
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    p = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p + r])
-    labels = ids.clone()
-    labels[0, : len(p)] = -100
-    out = model(input_ids=ids, labels=labels)
-    out.loss.backward()
-    metrics = {}
-    for layer, block in enumerate(model.model.layers):
-        for kind, name in HF_NAMES.items():
-            g = getattr(block.self_attn, name).weight.grad.double()
-            s = torch.linalg.svdvals(g)
-            p_ = s / s.sum()
-            metrics[kind, layer] = (float(s.sum()), float(torch.exp(-(p_ * p_.log()).sum())), float(g.norm()),
-                                    g.reshape(-1))
-    return float(out.loss.detach()), metrics
+    input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=max_length)
+    start_token = len(tokenizer.encode(text[:text.rfind(target_text)]))
+    for param in model.parameters():
+        param.requires_grad = False
+    for name, param in model.named_parameters():
+        if len(param.shape) > 1 and (param.shape[0] == param.shape[1] or "self_attn" in name):
+            param.requires_grad = True
+    labels = input_ids.clone()
+    labels[0, :start_token] = -100
+    loss = model(input_ids, labels=labels).loss
+    loss.backward()
+    out = {"loss": loss.item()}
+    for name, param in model.named_parameters():
+        if param.grad is not None and "self_attn" in name:
+            S = torch.linalg.svd(param.grad)[1]
+            out[name] = {"S_list": S.tolist(), "frobenius_norm": torch.linalg.norm(param.grad).item(),
+                         "flat": param.grad.view(-1).clone()}
+    return out
+
+
+def _reference_averages(samples):
+    """vis/try_vis_nuclear_two.py (nuclear = sum(S_list), every sample averaged), try_vis_effective_rank_entropy_two.py
+    (S_list with sum < 1e-12 skipped; p = s/sum; exp(-sum p log p) over p > 0) and try_vis_cosine_two.py (adjacent
+    layers' cosine, compute_cosine_similarity_chunked: dot/(norm_i norm_j + 1e-9)), per (proj, layer)."""
+    pattern = re.compile(r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight")
+    nuc, er, frob, cos = (defaultdict(list) for _ in range(4))
+    for data in samples:
+        flats = {}
+        for key, val in data.items():
+            match = pattern.match(key)
+            if not match:
+                continue
+            layer, proj = int(match.group(1)), match.group(2)
+            s_list = val["S_list"]
+            nuc[proj, layer].append(sum(s_list))
+            frob[proj, layer].append(val["frobenius_norm"])
+            flats[proj, layer] = val["flat"]
+            total = sum(s_list)
+            if total < 1e-12:
+                continue
+            entropy = -sum(x / total * math.log(x / total) for x in s_list if x / total > 0)
+            er[proj, layer].append(math.exp(entropy))
+        for (proj, layer), g in flats.items():
+            if (proj, layer + 1) in flats:
+                h = flats[proj, layer + 1]
+                cos[proj, layer].append(float(torch.dot(g, h) / (g.norm() * h.norm() + 1e-9)))
+    mean = lambda v: sum(v) / len(v) if v else 0.0  # noqa: E731
+    return ({k: mean(v) for k, v in nuc.items()}, {k: mean(v) for k, v in er.items()},
+            {k: mean(v) for k, v in frob.items()}, {k: mean(v) for k, v in cos.items()})
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +102,88 @@ def folder_and_model(tmp_path_factory):
     return folder, tiny_llama(folder, max_position_embeddings=1024)
 
 
-def test_nuclear_norm_and_erank_equal_plain_autograd(folder_and_model):
-    folder, lm = folder_and_model
-    out = dataset_gradients(lm, PAIRS[:2], chat_template=False, n_top=4)
-    refs = [_hf_reference(folder, lm.tokenizer, p, r) for p, r in PAIRS[:2]]
-    assert out.loss[0] == pytest.approx((refs[0][0] + refs[1][0]) / 2, rel=1e-5)
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory):
+    """The tiny Llama with a chat template on its (character-level) tokenizer: an "instruct" model."""
+    from conftest import _char_tokenizer, tiny_llama
+
+    tok = _char_tokenizer()
+    tok.chat_template = TEMPLATE
+    folder = tmp_path_factory.mktemp("tiny-grad-instruct")
+    return folder, tiny_llama(folder, tokenizer=tok)
+
+
+@pytest.mark.parametrize("route", ["factor", "dense"])
+@pytest.mark.parametrize("instruct", [False, True])
+def test_parity_with_gradient_unified_transcription(folder_and_model, templated, route, instruct):
+    """Reference: MingLiiii/Gradient_Unified get_grad_vector_initial_try.py (``main``' prompt layout,
+    ``cal_svd_vector_part_text``) and vis/try_vis_{nuclear,effective_rank_entropy,cosine}_two.py (the averages),
+    transcribed above on plain transformers. Tolerance 1e-4 relative: the reference's SVD and gradients are
+    float32, ours float64 after the float32 backward."""
+    folder, lm = templated if instruct else folder_and_model
+    out = dataset_gradients(lm, PAIRS, chat_template=instruct, route=route, n_top=4)
+    samples = [_reference_sample(folder, lm.tokenizer, _reference_text(lm.tokenizer, p, r, instruct), r)
+               for p, r in PAIRS]
+    nuc, er, frob, cos = _reference_averages(samples)
+    assert out.loss[0] == pytest.approx(sum(s["loss"] for s in samples) / len(samples), rel=1e-5)
     for p, kind in enumerate(out.projections):
+        proj = {"W_Q": "q", "W_K": "k", "W_V": "v", "W_O": "o"}[kind]
         for layer in range(lm.n_layers):
-            a, b = refs[0][1][kind, layer], refs[1][1][kind, layer]
-            for m, (name) in enumerate(("nuclear", "erank", "frobenius")):
-                assert float(out.mean[name][p, layer]) == pytest.approx((a[m] + b[m]) / 2, rel=1e-4), (kind, layer)
-                assert float(out.std[name][p, layer]) == pytest.approx(abs(a[m] - b[m]) / math.sqrt(2), rel=1e-3,
-                                                                       abs=1e-9)
-    # cosine between layer 0 and layer 1 gradients, per projection, averaged over the two samples
-    for p, kind in enumerate(out.projections):
-        cos = [float(torch.nn.functional.cosine_similarity(ref[1][kind, 0][3], ref[1][kind, 1][3], dim=0))
-               for ref in refs]
-        assert float(out.cosine[p, 0, 1]) == pytest.approx(sum(cos) / 2, rel=1e-4, abs=1e-6)
-        assert float(out.cosine[p, 0, 0]) == pytest.approx(1.0, abs=1e-9)
+            assert float(out.mean["nuclear"][p, layer]) == pytest.approx(nuc[proj, layer], rel=1e-4), (kind, layer)
+            assert float(out.mean["erank"][p, layer]) == pytest.approx(er[proj, layer], rel=1e-4), (kind, layer)
+            assert float(out.mean["frobenius"][p, layer]) == pytest.approx(frob[proj, layer], rel=1e-4)
+        assert float(out.cosine[p, 0, 1]) == pytest.approx(cos[proj, 0], rel=1e-4, abs=1e-6)
+
+
+def test_reference_layout_and_token_boundary(templated, folder_and_model):
+    """sft_ids builds the reference's text and tokenises it as the reference (joint encode, rfind boundary)."""
+    for (_, lm), instruct in ((templated, True), (folder_and_model, False)):
+        for prompt, response in PAIRS:
+            text = _reference_text(lm.tokenizer, prompt, response, instruct)
+            ids, n_prompt = sft_ids(lm, prompt, response, max_length=2048, chat_template=instruct)
+            assert ids[0].tolist() == lm.tokenizer.encode(text, truncation=True, max_length=2048)
+            assert n_prompt == len(lm.tokenizer.encode(text[:text.rfind(response)]))
+    _, lm = templated
+    ids, _ = sft_ids(lm, "hi", "ok", max_length=2048)
+    assert lm.tokenizer.decode(ids[0]).startswith("<system>You are a helpful assistant.</s><user>hi</s><assistant>")
+    ids, _ = sft_ids(lm, "hi", "ok", max_length=2048, system_prompt=None)
+    assert lm.tokenizer.decode(ids[0]) == "<user>hi</s><assistant>ok"
+    _, base = folder_and_model
+    assert sft_text(base, "hi", "ok") == "hi\nok"  # (this tokenizer maps "\n" to <unk>)
+
+
+@pytest.mark.parametrize("projections", [list(gs.ATTENTION), ["W_in", "W_gate", "W_out"]])
+def test_factor_route_equals_dense_route(folder_and_model, projections):
+    """The T × T core gives the d × d SVD's numbers (to 1e-6 relative on the means; GQA's k/v shapes included)."""
+    _, lm = folder_and_model
+    f = dataset_gradients(lm, PAIRS, projections=projections, route="factor", chat_template=False)
+    d = dataset_gradients(lm, PAIRS, projections=projections, route="dense", chat_template=False)
+    for m in gs.METRICS:
+        assert torch.allclose(f.mean[m], d.mean[m], rtol=1e-6, atol=0), m
+        assert torch.allclose(f.std[m], d.std[m], rtol=1e-4, atol=1e-12), m
+    assert torch.allclose(f.top, d.top, rtol=1e-5, atol=1e-12)
+    assert torch.equal(f.cosine, d.cosine) and f.route == "factor" and d.route == "dense"
+
+
+def test_zero_gradients_are_left_out_of_the_effective_rank_mean(tmp_path):
+    """With W_V of layer 0 zeroed, layer 0's attention output is 0 whatever the pattern: the gradients of its W_Q, W_K
+    and W_O are exactly 0. The reference skips them in the effective-rank average (not 0s averaged in) and keeps
+    their nuclear norm 0 in the nuclear average."""
+    from conftest import tiny_llama
+
+    lm = tiny_llama(tmp_path)
+    with torch.no_grad():
+        lm.parameters(["W_V"])[0].param.zero_()
+    out = dataset_gradients(lm, PAIRS, chat_template=False)
+    zero = [out.projections.index(k) for k in ("W_Q", "W_K", "W_O")]
+    assert out.erank_n[zero, 0].tolist() == [0, 0, 0] and int(out.erank_n[:, 1].min()) == len(PAIRS)
+    assert float(out.mean["nuclear"][zero, 0].abs().max()) == 0.0 and float(out.mean["erank"][zero, 0].max()) == 0.0
+    assert bool((out.mean["erank"][:, 1] > 1).all())
+    config = GradientSpectraConfig(datasets={"mine": "bundled:instruction"}, max_samples=2, shuffled_control=False,
+                                   chat_template=False)
+    result = run_analysis(lm, "gradient_spectra", config)
+    assert result.erank_skipped == [3 * 2] and "left out of the effective-rank means" in result.summary()
+    assert [n for n, layer in zip(result.erank_n, result.layer, strict=True) if layer == 0] == [0, 0, 2, 0]
 
 
 def test_no_gradient_outlives_a_sample_and_requires_grad_is_restored(folder_and_model):
@@ -102,10 +217,16 @@ def test_bad_inputs(folder_and_model, tmp_path):
     _, lm = folder_and_model
     with pytest.raises(ConfigError, match="at least one"):
         dataset_gradients(lm, [], chat_template=False)
+    with pytest.raises(ConfigError, match="'route'"):
+        dataset_gradients(lm, PAIRS, route="svd")
+    no_hooks = type("NoHooks", (), {"hook_points": lambda self: {}, "facts": lm.facts})()
+    with pytest.raises(ConfigError, match="'route'.*'dense'"):
+        gs.factor_sites(no_hooks, ["W_Q"])
     with pytest.raises(ShapeError, match=r"'dataset\[1\]'.*max_length=12"):
         dataset_gradients(lm, [("hi", "ok"), ("a much longer prompt here", "x")], max_length=12, chat_template=False)
     for field, value in [("projections", ["W_X"]), ("datasets", {}), ("datasets", {"a": "bundled:nope"}),
-                         ("datasets", {"a": "data.csv"}), ("max_samples", 0), ("n_top", 0)]:
+                         ("datasets", {"a": "data.csv"}), ("max_samples", 0), ("n_top", 0), ("route", "svd"),
+                         ("system_prompt", 3), ("max_length", 1)]:
         with pytest.raises(ConfigError, match=repr(field)):
             GradientSpectraConfig(**{field: value})
     clash = GradientSpectraConfig(datasets={"r": "bundled:reasoning", "r (shuffled responses)": "bundled:reasoning"})

@@ -48,3 +48,34 @@ def user_turn(lm, prompt: str) -> tuple[torch.Tensor, int, int]:
     if not inside:
         raise config_error(call, "prompt", "text that tokenises to at least one whole token", prompt)
     return torch.tensor(enc["input_ids"], dtype=torch.long), inside[0], inside[-1] + 1
+
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def sft_text(lm, prompt: str, response: str, *, chat_template: bool = True,
+             system_prompt: str | None = DEFAULT_SYSTEM) -> str:
+    """One (prompt, response) sample as MingLiiii/Gradient_Unified lays it out (``get_grad_vector_initial_try.py``,
+    ``main``): with ``chat_template`` and a tokenizer that has one (the reference's ``--run_instruct_version``), the
+    chat template of [system ``system_prompt``, user ``prompt``] with the generation prompt, then ``response``; else
+    ``prompt + "\\n" + response``. ``system_prompt=None`` leaves the system turn out (the reference does so for
+    models whose name contains "gemma")."""
+    tok = lm.tokenizer
+    if chat_template and getattr(tok, "chat_template", None):
+        turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+        turns.append({"role": "user", "content": prompt})
+        return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) + response
+    return prompt + "\n" + response
+
+
+def sft_ids(lm, prompt: str, response: str, *, max_length: int, chat_template: bool = True,
+            system_prompt: str | None = DEFAULT_SYSTEM) -> tuple[torch.Tensor, int]:
+    """``([1, T] ids, n_prompt)`` of :func:`sft_text`, as the reference tokenises it (``cal_svd_vector_part_text``):
+    the whole text at once with the tokenizer's own special tokens, cut to ``max_length`` (``tokenizer.encode(text,
+    truncation=True, max_length=...)``); the response starts at token ``len(encode(text[:text.rfind(response)]))``
+    (labels before it are -100). ``n_prompt >= T`` means no response token survived the cut."""
+    tok = lm.tokenizer
+    text = sft_text(lm, prompt, response, chat_template=chat_template, system_prompt=system_prompt)
+    ids = tok(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    n_prompt = len(tok(text[:text.rfind(response)], add_special_tokens=True)["input_ids"])
+    return torch.tensor([ids], dtype=torch.long, device=lm.device), n_prompt
