@@ -293,10 +293,15 @@ def _frontier(points, method, max_ppl) -> dict | None:
 
 def _matched(points, kind=None) -> tuple[int, int, list[str]]:
     """Edits (of ``kind``, or all) that changed something, each against the strongest steering whose perplexity
-    ratio is no higher: (edit wins, comparisons, "label vs label" lines)."""
-    wins, compared, lines = 0, 0, []
+    ratio is no higher: (edit wins, comparisons, "label vs label" lines). An edit identical to one already counted
+    (e.g. "both" = "heads" when no neuron passes the threshold) is counted once."""
+    wins, compared, lines, seen = 0, 0, [], set()
     for e in (p for p in points if p["method"] == "edit" and p["heads"] + p["neurons"] > 0
               and (kind is None or p["kind"] == kind)):
+        same = (e["heads"], e["neurons"], e["margin"], e["ppl_ratio"], e["agreement"])
+        if same in seen:
+            continue
+        seen.add(same)
         s = _frontier(points, "steer", e["ppl_ratio"])
         if s is None:
             continue
@@ -336,7 +341,7 @@ def _verdict(check, points, hooks_free) -> str:
                      f"comparisons — the paper's claim holds here")
     else:
         parts.append(f"VERDICT: at matched utility the edits gave the larger attribute shift in only {wins} of "
-                     f"{compared} comparisons — the paper's claim does NOT hold here")
+                     f"{compared} comparisons (distinct edits) — the paper's claim does NOT hold here")
     parts.append("edited forwards ran with no hooks attached" if hooks_free else "hooks were attached during an edit")
     return "; ".join(parts) + "."
 
