@@ -9,7 +9,7 @@ PORT   ?= 8501
 MODEL  ?= smollm2-135m
 ARGS   ?=
 
-.PHONY: setup report test test-fast bench bench-ww app browser clean
+.PHONY: setup report test test-fast lint bench bench-ww app browser clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ browser:  # Debian Chromium for the dashboard's browser test (Playwright drives 
 app: setup  # the dashboard on http://127.0.0.1:8501 (HOST=0.0.0.0 to share it; MODEL=folder for another model)
 	WORKBENCH_APP_MODEL=$(MODEL) $(PY) -m streamlit run app/Home.py --server.address $(HOST) --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
+
+lint: setup  # ruff, configured in pyproject.toml; fails on any finding
+	$(PY) -m ruff check .
 
 test-fast: setup browser
 	$(PY) -m pytest -m 'not slow' $(ARGS)

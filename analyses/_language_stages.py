@@ -26,8 +26,16 @@ import torch
 
 from analyses._language_steering import STEER_SITE, margins
 from workbench.capture import capture
-from workbench.intervene.language import (causal_lift, energy_erank, rank_language_neurons, selectivity,
-                                          steering_directions, subspace_stability, top_mass, top_selective)
+from workbench.intervene.language import (
+    causal_lift,
+    energy_erank,
+    rank_language_neurons,
+    selectivity,
+    steering_directions,
+    subspace_stability,
+    top_mass,
+    top_selective,
+)
 from workbench.intervene.readout import right_padded
 from workbench.intervene.steer import Steer
 from workbench.progress import bar as progress_bar

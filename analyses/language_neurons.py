@@ -56,8 +56,13 @@ from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
 from workbench.sae import ARCHITECTURES
-from workbench.tasks.language import (language_token_ids, load_en_es_pairs, read_en_es_pairs, split_pairs,
-                                      unicode_token_ids)
+from workbench.tasks.language import (
+    language_token_ids,
+    load_en_es_pairs,
+    read_en_es_pairs,
+    split_pairs,
+    unicode_token_ids,
+)
 
 SAE_ROWS = ("last", "all")
 INPUTS = ("l2", "standardised")

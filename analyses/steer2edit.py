@@ -30,19 +30,24 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from workbench.progress import bar as progress_bar
 
 from workbench.capture.hooks import count_hooks
 from workbench.errors import config_error
 from workbench.intervene.edit import edited, steer2edit
-from workbench.intervene.readout import (greedy_continuations, position_logits, right_padded, texts_margin,
-                                         token_set_margin)
+from workbench.intervene.readout import (
+    greedy_continuations,
+    position_logits,
+    right_padded,
+    texts_margin,
+    token_set_margin,
+)
 from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steering, vector_steers
+from workbench.progress import bar as progress_bar
 from workbench.prompts import default_prompts
 from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, is_number, table_figure
 from workbench.runner import Inputs
-from workbench.tasks.sentiment import (sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids)
+from workbench.tasks.sentiment import sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids
 
 CHECK_SUFFIX = " Overall, it was"
 ALPHAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5]  # the reference's 0.1–1.5 (evaluate_steering.sh) and a gentler 0.05

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-from workbench.progress import bar as progress_bar
 
 from workbench.errors import config_error
 from workbench.intervene import Patch, patching, record
 from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import fldd, logit_diff
+from workbench.progress import bar as progress_bar
 from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number
 from workbench.runner import Inputs

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import torch
-from workbench.progress import bar as progress_bar
 
 from workbench.attribution import gradient_x_input
 from workbench.errors import config_error
 from workbench.intervene.readout import greedy_from_ids, position_logits, right_padded
 from workbench.models.chat import user_turn
+from workbench.progress import bar as progress_bar
 from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, table_figure
 from workbench.runner import Inputs

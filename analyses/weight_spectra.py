@@ -16,9 +16,8 @@ edge λ₊ of a fitted σ². Metrics run batched over all matrices of one shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import torch

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import time
 
+import common
 import numpy as np
 import scipy.linalg
 import torch
 
-import common
 import workbench
 from workbench.spectra import batched_singular_values, singular_values_from_gram
 

@@ -29,9 +29,9 @@ def child(n_tokens: int) -> None:
     """Runs in a fresh interpreter: load, capture ``n_tokens`` tokens, print one JSON line of readings."""
     import time
 
-    import workbench
-
     import torch
+
+    import workbench
 
     lm = workbench.load_model()
     after_load = common.current_rss_mib()

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import time
 
+import common
 import torch
 
-import common
 import workbench
 from workbench.capture import tokens as tok
 from workbench.capture.hooks import hooks_attached, resolve_sites

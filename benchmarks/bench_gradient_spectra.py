@@ -11,8 +11,8 @@ projection and layer; the float32 differences are printed too). RESULT ratio = f
 from __future__ import annotations
 
 import torch
-
 from common import best_of_interleaved, load_model, load_note, parse_args, result, table
+
 from analyses.gradient_spectra import METRICS, dataset_gradients
 from workbench.prompts import bundled_pairs
 

@@ -7,8 +7,8 @@ and tested). RESULT ratio = readout seconds / full-forward seconds (target: at m
 from __future__ import annotations
 
 import torch
-
 from common import best_of_interleaved, parse_args, result, table
+
 from workbench.intervene.readout import position_logits, right_padded
 from workbench.models import load_model
 from workbench.tasks.language import load_en_es_pairs

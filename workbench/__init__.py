@@ -8,8 +8,7 @@ The public API is small and handed on from the floors below (model â–¸ capture â
 """
 
 from workbench.capture import CaptureResult, SiteStats, capture
-from workbench.errors import (BudgetError, ConfigError, ModelLoadError, ShapeError, SiteError,
-                              WorkbenchError)
+from workbench.errors import BudgetError, ConfigError, ModelLoadError, ShapeError, SiteError, WorkbenchError
 from workbench.models import LoadedModel, load_model
 
 __version__ = "0.1.0"

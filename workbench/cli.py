@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,7 +19,7 @@ def _main() -> None:
     """workbench: spectral reports on a model (bundled SmolLM2-135M-Instruct by default)."""
 
 
-def _split(values: Optional[list[str]]) -> Optional[list[str]]:
+def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -34,19 +34,19 @@ DEFAULT_MODEL = "smollm2-135m"
 
 @app.command()
 def report(
-    model: Annotated[Optional[str], typer.Option(help="bundled name or local HF folder (default: smollm2-135m, or "
+    model: Annotated[str | None, typer.Option(help="bundled name or local HF folder (default: smollm2-135m, or "
                                                       "the analyses' own default, e.g. gemma3-270m for "
                                                       "language_neurons)")] = None,
-    prompts: Annotated[Optional[Path], typer.Option(help=".txt (one prompt a line) or .jsonl with \"text\"; "
+    prompts: Annotated[Path | None, typer.Option(help=".txt (one prompt a line) or .jsonl with \"text\"; "
                                                          "default: the 232 bundled passages")] = None,
-    sites: Annotated[Optional[list[str]], typer.Option(help="hook names or globs, comma-separated or repeated "
+    sites: Annotated[list[str] | None, typer.Option(help="hook names or globs, comma-separated or repeated "
                                                             "(default: resid_post, attn_out, mlp_out of every layer)")] = None,
-    analyses_: Annotated[Optional[list[str]], typer.Option("--analyses", help="comma-separated analysis names "
+    analyses_: Annotated[list[str] | None, typer.Option("--analyses", help="comma-separated analysis names "
                                                                                 "(default: the spectral ones)")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="cap on the total tokens fed to the model")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="cap on the total tokens fed to the model")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
-    config: Annotated[Optional[Path], typer.Option(help="JSON file: {analysis name: {config field: value}} "
+    config: Annotated[Path | None, typer.Option(help="JSON file: {analysis name: {config field: value}} "
                                                          "(e.g. RankMe prompt sets, gradient datasets)")] = None,
     seed: Annotated[int, typer.Option(help="seed for anything random")] = 0,
     out: Annotated[Path, typer.Option(help="output folder (report.html, report.json)")] = Path("reports/latest"),
@@ -90,7 +90,7 @@ def report(
     _say(f"wrote {path / 'report.html'} and {path / 'report.json'} in {time.perf_counter() - started:.0f} s")
 
 
-def _config_for(name: str, sites: Optional[list[str]], fields: dict):
+def _config_for(name: str, sites: list[str] | None, fields: dict):
     from workbench import registry
 
     spec = registry.get(name)
@@ -99,7 +99,7 @@ def _config_for(name: str, sites: Optional[list[str]], fields: dict):
     return spec.config.from_dict(fields) if fields else None
 
 
-def _read_config(path: Optional[Path], names: list[str]) -> dict[str, dict]:
+def _read_config(path: Path | None, names: list[str]) -> dict[str, dict]:
     """``--config`` JSON → {analysis: fields}; every error names the file and the offending key."""
     import json
 

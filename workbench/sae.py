@@ -197,9 +197,17 @@ def train_sae(activations: torch.Tensor, *, d_sae: int, k: int = 32, architectur
 
 
 def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progress: bool) -> TrainedSAE:
-    from sae_lens import (SAE, LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,
-                          TopKTrainingSAE, TopKTrainingSAEConfig)
+    from sae_lens import (
+        SAE,
+        LoggingConfig,
+        SAETrainer,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
     from sae_lens.config import SAETrainerConfig
+
     from workbench.progress import bar as progress_bar
 
     x = activations.detach().to(device=device, dtype=torch.float32).contiguous()

@@ -9,9 +9,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import streamlit as st  # noqa: E402
 
 from analyses.erank_dynamics import DEFAULT_PROMPT, ErankDynamicsConfig  # noqa: E402
-from workbench.spectra.dynamics import VARIANTS  # noqa: E402
 from app.common import guard, model, run, show_result  # noqa: E402
 from workbench.runner import run_analysis  # noqa: E402
+from workbench.spectra.dynamics import VARIANTS  # noqa: E402
 
 st.set_page_config(page_title="Dynamics · workbench", layout="wide")
 st.title("Dynamics")

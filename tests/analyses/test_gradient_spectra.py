@@ -8,7 +8,6 @@ import math
 import re
 from collections import defaultdict
 
-import numpy as np
 import pytest
 import torch
 

@@ -12,8 +12,13 @@ from workbench.errors import ConfigError
 from workbench.intervene.edit import steer2edit
 from workbench.intervene.steer import contrast_vectors, vector_steers
 from workbench.runner import run_analysis
-from workbench.tasks.sentiment import (sentiment_lexicon, sentiment_pairs, sentiment_prompts, sentiment_score,
-                                       sentiment_token_ids)
+from workbench.tasks.sentiment import (
+    sentiment_lexicon,
+    sentiment_pairs,
+    sentiment_prompts,
+    sentiment_score,
+    sentiment_token_ids,
+)
 
 SMALL = dict(alphas=[1.0, 4.0], rhos=[0.3, 0.05], eval_prompts=6, max_new_tokens=4, utility_texts=4,
              utility_tokens=16)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from workbench.progress import bar as progress_bar
 
 from workbench.capture import tokens as tok
 from workbench.capture.accumulators import Moments, Reservoir, RowStore
@@ -16,6 +15,7 @@ from workbench.capture.result import CaptureResult, SiteStats
 from workbench.errors import BudgetError, SiteError, config_error
 from workbench.models.load import load_model
 from workbench.models.loaded import LoadedModel
+from workbench.progress import bar as progress_bar
 
 KEEP_OPTIONS = ("stats", "reservoir", "per_prompt", "full")
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import orthogonal
-from workbench.progress import bar as progress_bar
 
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import Patch, forward, patching, record
+from workbench.progress import bar as progress_bar
 
 
 class RotatedSubspace(torch.nn.Module):

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.tam.core import (check_eci_weights, check_kernel_size, explained_token_maps, interfering_tokens,
-                                rank_gaussian_filter)
+from workbench.tam.core import (
+    check_eci_weights,
+    check_kernel_size,
+    explained_token_maps,
+    interfering_tokens,
+    rank_gaussian_filter,
+)
 
 STAGES = ("raw", "eci", "filtered")
 

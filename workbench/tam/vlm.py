@@ -41,8 +41,14 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.tam.core import (check_eci_weights, check_kernel_size, explained_token_maps, interfering_tokens, min_max,
-                                rank_gaussian_filter)
+from workbench.tam.core import (
+    check_eci_weights,
+    check_kernel_size,
+    explained_token_maps,
+    interfering_tokens,
+    min_max,
+    rank_gaussian_filter,
+)
 
 SEQUENCE_KEYS_ZERO = ("mm_token_type_ids", "token_type_ids")  # per-position keys extended with 0 for generated text
 

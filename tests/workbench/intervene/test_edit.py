@@ -8,8 +8,18 @@ import torch
 
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError
-from workbench.intervene.edit import (ComponentEdit, apply_edits, edited, elastic_net_lambda, head_attribution,
-                                      head_edit, load_edits, neuron_attribution, neuron_edit, save_edits)
+from workbench.intervene.edit import (
+    ComponentEdit,
+    apply_edits,
+    edited,
+    elastic_net_lambda,
+    head_attribution,
+    head_edit,
+    load_edits,
+    neuron_attribution,
+    neuron_edit,
+    save_edits,
+)
 
 
 def test_elastic_net_lambda_by_hand():

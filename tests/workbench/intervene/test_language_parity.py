@@ -9,9 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.intervene.language import (best_window, causal_lift, energy_erank, eigengap, prototypes,
-                                          rank_language_neurons, reference_shift, selectivity, steering_directions,
-                                          steering_rank, subspace_stability, top_mass, top_selective)
+from workbench.intervene.language import (
+    best_window,
+    causal_lift,
+    eigengap,
+    energy_erank,
+    prototypes,
+    rank_language_neurons,
+    reference_shift,
+    selectivity,
+    steering_directions,
+    steering_rank,
+    subspace_stability,
+    top_mass,
+    top_selective,
+)
 from workbench.tasks.language import unicode_token_ids
 
 TOL = 1e-8

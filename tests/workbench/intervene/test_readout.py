@@ -8,8 +8,13 @@ import torch
 
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError, ShapeError
-from workbench.intervene.readout import (continuation_nll, final_residual, greedy_continuations, position_logits,
-                                         right_padded)
+from workbench.intervene.readout import (
+    continuation_nll,
+    final_residual,
+    greedy_continuations,
+    position_logits,
+    right_padded,
+)
 from workbench.intervene.steer import Steer, steering
 
 SITE = "blocks.0.hook_resid_post"

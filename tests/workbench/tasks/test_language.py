@@ -8,8 +8,15 @@ from importlib import resources
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.tasks import (ENGLISH_STOPWORDS, SPANISH_STOPWORDS, detect_language, en_es_topics,
-                             language_token_ids, load_en_es_pairs, spanish_score)
+from workbench.tasks import (
+    ENGLISH_STOPWORDS,
+    SPANISH_STOPWORDS,
+    detect_language,
+    en_es_topics,
+    language_token_ids,
+    load_en_es_pairs,
+    spanish_score,
+)
 
 # Held-out sentences written for this test (none is in the bundled pairs), some short or with few function words.
 HELD_OUT_EN = [
