@@ -200,7 +200,9 @@ def test_requires_grad_is_restored_when_the_forward_raises(folder_and_model, mon
     def boom(*args, **kwargs):
         raise RuntimeError("forward failed")
 
-    monkeypatch.setattr(gs, "response_loss", boom)
+    from workbench.capture import gradients as library
+
+    monkeypatch.setattr(library, "response_loss", boom)
     with pytest.raises(RuntimeError, match="forward failed"):
         dataset_gradients(lm, PAIRS, chat_template=False)
     assert {n: p.requires_grad for n, p in lm.model.named_parameters()} == before
