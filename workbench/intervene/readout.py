@@ -107,11 +107,11 @@ def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
         with torch.no_grad():
             tokens = lm.model.generate(chunk, max_new_tokens=max_new_tokens, do_sample=False, verbose=False,
                                        return_type="tokens", padding_side="left", stop_at_eos=eos is not None)
-        out += [_cut_at_eos(row, eos) for row in tokens[:, width:].cpu()]
+        out += [cut_at_eos(row, eos) for row in tokens[:, width:].cpu()]
     return out
 
 
-def _cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
+def cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
     """``row`` up to and including its first EOS (all of it when there is none)."""
     if eos is not None and bool((row == eos).any()):
         return row[:int((row == eos).nonzero()[0]) + 1]
@@ -130,7 +130,7 @@ def greedy_from_ids(lm, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tens
     with torch.no_grad():
         tokens = lm.model.generate(ids[None].to(lm.device), max_new_tokens=max_new_tokens, do_sample=False,
                                    verbose=False, return_type="tokens", stop_at_eos=eos is not None)
-    return _cut_at_eos(tokens[0, len(ids):].cpu(), eos)
+    return cut_at_eos(tokens[0, len(ids):].cpu(), eos)
 
 
 def continuation_nll(lm, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.intervene.readout import cut_at_eos
 from workbench.tam.core import (
     check_eci_weights,
     check_kernel_size,
@@ -240,9 +241,7 @@ def vlm_token_maps(model, inputs: Mapping[str, torch.Tensor], *, tokenizer=None,
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         generated = out[0, n_prompt:]
-        eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
-        if eos is not None and bool((generated == eos).any()):
-            generated = generated[:int((generated == eos).nonzero()[0]) + 1]
+        generated = cut_at_eos(generated, getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None)
         if len(generated) == 0:
             raise config_error(call, "max_new_tokens", "a generation of at least one token (the model stopped at "
                                                        "once)", max_new_tokens)
