@@ -1,16 +1,6 @@
-"""Built-in analyses, one module each; importing this package registers them all (see workbench.registry)."""
+"""The built-in analyses, one module (or subpackage) each, installed as ``workbench_analyses``.
 
-from analyses import (  # noqa: F401  (each module registers its analysis on import)
-    activation_spectra,
-    erank_dynamics,
-    gradient_spectra,
-    language_neurons,
-    rankme,
-    steer2edit,
-    subspace_patching,
-    token_maps,
-    weight_spectra,
-)
-
-__all__ = ["activation_spectra", "erank_dynamics", "gradient_spectra", "language_neurons", "rankme", "steer2edit",
-           "subspace_patching", "token_maps", "weight_spectra"]
+Each module defines ``ANALYSIS``, an :class:`workbench.analysis.Analysis`; the distribution's ``pyproject.toml`` lists
+them in the ``workbench.analyses`` entry-point group, which :mod:`workbench.registry` loads on the first lookup.
+Importing this package registers nothing, and analyses never import one another.
+"""

@@ -14,20 +14,13 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.capture.hooks import resolve_sites, split_site
-from workbench.registry import Analysis, register
+from workbench.analysis import Analysis, Inputs
+from workbench.capture.hooks import REPRESENTATION_KINDS, SITE_KINDS, resolve_sites, site, split_site
 from workbench.results import Config, Result
-from workbench.runner import Inputs
 from workbench.spectra import effective_rank, rankme, stable_rank
 
 # TransformerLens hook names of the representations the report covers, by short name.
-KINDS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-    "mlp_post": "blocks.{layer}.mlp.hook_post",
-}
+KINDS = {kind: SITE_KINDS[kind] for kind in REPRESENTATION_KINDS}
 
 
 @dataclass(frozen=True)
@@ -142,7 +135,7 @@ class ActivationSpectraResult(Result):
 def sites_for(config: ActivationSpectraConfig, facts) -> list[str]:
     if config.sites is not None:
         return list(config.sites)
-    return [KINDS[k].format(layer=layer) for k in config.kinds for layer in range(facts.n_layers)]
+    return [site(k, layer) for k in config.kinds for layer in range(facts.n_layers)]
 
 
 def compute(inputs: Inputs, config: ActivationSpectraConfig) -> ActivationSpectraResult:
@@ -154,12 +147,12 @@ def compute(inputs: Inputs, config: ActivationSpectraConfig) -> ActivationSpectr
     cols: dict[str, list] = {k: [] for k in ("layer", "component", "n_rows", "erank_centred", "erank_uncentred",
                                              "rankme_centred", "rankme_uncentred", "stable_rank_centred",
                                              "singular_values")}
-    for site in sites:
-        layer, comp = split_site(site)
-        c, u = centred[site], uncentred[site]
+    for name in sites:
+        layer, comp = split_site(name)
+        c, u = centred[name], uncentred[name]
         cols["layer"].append(layer)
         cols["component"].append(_short(comp))
-        cols["n_rows"].append(cap[site].n)
+        cols["n_rows"].append(cap[name].n)
         cols["erank_centred"].append(float(effective_rank(c)))
         cols["erank_uncentred"].append(float(effective_rank(u)))
         cols["rankme_centred"].append(float(rankme(c, eps=config.rankme_eps)))
@@ -177,8 +170,8 @@ def _short(component: str) -> str:
     return component
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="activation_spectra",
     description="Effective rank and RankMe of token representations per layer (centred and uncentred)",
     config=ActivationSpectraConfig, result=ActivationSpectraResult, compute=compute, sites=sites_for,
-))
+)

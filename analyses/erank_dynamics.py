@@ -26,12 +26,11 @@ import torch
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import hooks_attached
 from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
-from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int
-from workbench.runner import Inputs
 from workbench.spectra.dynamics import VARIANTS, ErankDynamics, erv_era, prefix_lengths, rank_dynamics
 
 __all__ = ["ErankDynamics", "ErankDynamicsConfig", "ErankDynamicsResult", "erv_era", "rank_dynamics"]
@@ -275,9 +274,9 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="erank_dynamics",
     description="Effective rank of growing response prefixes on the final-norm output (and per block), and its "
                 "velocity/acceleration (ERV, ERA) as VERL computes them",
     config=ErankDynamicsConfig, result=ErankDynamicsResult, compute=compute, needs_model=True,
-))
+)

@@ -39,6 +39,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Analysis, Inputs
 from workbench.capture.gradients import (  # noqa: F401  (re-exported: the analysis' public names)
     ATTENTION,
     COMPONENT,
@@ -56,9 +57,7 @@ from workbench.errors import config_error
 from workbench.models.adapters import LAYER_KINDS
 from workbench.models.chat import DEFAULT_SYSTEM
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
-from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int
-from workbench.runner import Inputs
 
 DEFAULT_DATASETS = {"instruction": "bundled:instruction", "reasoning": "bundled:reasoning"}
 
@@ -311,8 +310,8 @@ def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraRes
         system_prompt=config.system_prompt, route=config.route)
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="gradient_spectra",
     description="Nuclear norm, effective rank and layer-to-layer cosine of per-sample gradients of W_Q/W_K/W_V/W_O",
     config=GradientSpectraConfig, result=GradientSpectraResult, compute=compute, needs_model=True,
-))
+)

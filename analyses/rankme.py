@@ -18,14 +18,13 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from analyses.activation_spectra import KINDS
+from workbench.analysis import Analysis, Inputs
 from workbench.capture import capture
+from workbench.capture.hooks import REPRESENTATION_KINDS, site
 from workbench.errors import ConfigError, config_error
 from workbench.matrix_files import read_matrices
 from workbench.prompts import categories, default_prompts, read_prompts
-from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, is_number
-from workbench.runner import Inputs
 from workbench.spectra import batched_singular_values, effective_rank, rankme
 
 POOLINGS = ("last", "mean")
@@ -66,7 +65,7 @@ class RankMeConfig(Config):
     """``prompt_sets``: label → source, where a source is ``"report"`` (the run's prompts), ``"bundled"`` (all
     bundled passages), ``"bundled:<category>"`` (see :func:`workbench.prompts.categories`) or a .txt/.jsonl path.
     ``embedding_files``: label → .npy/.pt/.safetensors path, analysed as they are. ``kind``: the per-layer site
-    (a short name from ``activation_spectra.KINDS``). ``equal_size``: subsample every set to the smallest one's size
+    (see ``workbench.capture.hooks.REPRESENTATION_KINDS``). ``equal_size``: subsample every set to the smallest one's size
     (seeded by ``seed``). ``max_length``: tokens kept per prompt."""
 
     kind = "rankme_config"
@@ -89,7 +88,7 @@ class RankMeConfig(Config):
             _is_str_dict(self.embedding_files)
             and all(v.endswith((".npy", ".pt", ".safetensors")) for v in self.embedding_files.values())),
             "None or a dict label → .npy/.pt/.safetensors path")
-        self.check("site_kind", self.site_kind in KINDS, f"one of {list(KINDS)}")
+        self.check("site_kind", self.site_kind in REPRESENTATION_KINDS, f"one of {list(REPRESENTATION_KINDS)}")
         self.check("poolings", isinstance(self.poolings, (list, tuple)) and bool(self.poolings)
                    and all(p in POOLINGS for p in self.poolings) and len(set(self.poolings)) == len(self.poolings),
                    f"a non-empty list drawn from {POOLINGS}")
@@ -241,15 +240,15 @@ def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
     cols: dict[str, list] = {k: [] for k in ("source", "pooling", "layer", "matrix", "n_rows", "dim")}
     mats: list[torch.Tensor] = []
     if sets:
-        sites = [KINDS[config.site_kind].format(layer=layer) for layer in range(inputs.facts.n_layers)]
+        sites = [site(config.site_kind, layer) for layer in range(inputs.facts.n_layers)]
         max_length = min(config.max_length, inputs.facts.n_ctx)
         for name, texts in sets.items():
             cap = capture(lm, texts, sites=sites, keep="per_prompt", batch_size=config.batch_size,
                           max_length=max_length, progress=inputs.progress)
             for pooling in config.poolings:
-                for layer, site in enumerate(sites):
-                    z = cap[site].last if pooling == "last" else cap[site].mean_pooled
-                    _add(cols, mats, name, pooling, layer, site, z)
+                for layer, hook in enumerate(sites):
+                    z = cap[hook].last if pooling == "last" else cap[hook].mean_pooled
+                    _add(cols, mats, name, pooling, layer, hook, z)
     for name, named in files.items():
         for key, z in named.items():
             _add(cols, mats, name, "file", None, key, z)
@@ -275,8 +274,8 @@ def _add(cols: dict[str, list], mats: list[torch.Tensor], source: str, pooling: 
     mats.append(z.float() if z.dtype in (torch.int32, torch.int64) else z)
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="rankme",
     description="RankMe of per-prompt embeddings (last token, mean-pooled) per layer for several prompt sets",
     config=RankMeConfig, result=RankMeResult, compute=compute, needs_model=True,
-))
+)

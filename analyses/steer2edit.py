@@ -31,6 +31,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import count_hooks
 from workbench.errors import config_error
 from workbench.intervene.edit import edited, steer2edit
@@ -44,9 +45,7 @@ from workbench.intervene.readout import (
 from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steering, vector_steers
 from workbench.progress import bar as progress_bar
 from workbench.prompts import default_prompts
-from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, is_number, table_figure
-from workbench.runner import Inputs
 from workbench.tasks.sentiment import sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids
 
 CHECK_SUFFIX = " Overall, it was"
@@ -351,8 +350,8 @@ def _verdict(check, points, hooks_free) -> str:
     return "; ".join(parts) + "."
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="steer2edit",
     description="Steering vectors from contrastive sentiment texts vs Steer2Edit rank-1 head/neuron edits",
     config=Steer2EditConfig, result=Steer2EditResult, compute=compute, needs_model=True, in_default_report=False,
-))
+)

@@ -26,15 +26,14 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.intervene import Patch, patching, record
 from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import fldd, logit_diff
 from workbench.progress import bar as progress_bar
-from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number
-from workbench.runner import Inputs
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
 
 EFFECTS = ("v", "v_row", "v_null", "whole site")
@@ -334,9 +333,9 @@ def _verdict(task_ld: float, task_acc: float, das: list[dict], heatmap: list[lis
     return "; ".join(parts) + "."
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="subspace_patching",
     description="IOI activation patching, 1-D DAS at a residual and an MLP site, interpretability-illusion checks",
     config=SubspacePatchingConfig, result=SubspacePatchingResult, compute=compute, needs_model=True,
     in_default_report=False,
-))
+)

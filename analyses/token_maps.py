@@ -20,14 +20,13 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 
+from workbench.analysis import Analysis, Inputs
 from workbench.attribution import gradient_x_input
 from workbench.errors import config_error
 from workbench.intervene.readout import greedy_from_ids, position_logits, right_padded
 from workbench.models.chat import user_turn
 from workbench.progress import bar as progress_bar
-from workbench.registry import Analysis, register
 from workbench.results import PALETTE, Config, Result, is_int, table_figure
-from workbench.runner import Inputs
 from workbench.tam.core import ECI_WEIGHTS, interference, interfering_tokens
 from workbench.tam.plots import shown
 from workbench.tam.text import TextTokenMaps, first_prompt_position, maps_from_logits, sequence_logits, text_token_maps
@@ -352,9 +351,9 @@ def compute(inputs: Inputs, config: TokenMapsConfig) -> TokenMapsResult:
                            chat_template=config.chat_template, eci_weights=config.eci_weights)
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="token_maps",
     description="Token activation maps (TAM): which prompt tokens explain each generated token, checked on "
                 "copy/recall prompts against gradient × input",
     config=TokenMapsConfig, result=TokenMapsResult, compute=compute, needs_model=True, in_default_report=False,
-))
+)

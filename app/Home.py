@@ -1,14 +1,9 @@
 """The dashboard's landing page: what each page does and every registered analysis (``make app``)."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for ``app`` and ``analyses``
-
-import streamlit as st  # noqa: E402
-
-from app.common import model  # noqa: E402
-from workbench import registry  # noqa: E402
+from workbench import registry
+from workbench_app.common import model
 
 st.set_page_config(page_title="workbench", layout="wide")
 st.title("workbench")

@@ -1,5 +1,5 @@
 """Gradient spectra of one sample, factor route vs dense route, side by side on the bundled model (SmolLM2-135M):
-``analyses.gradient_spectra.dataset_gradients`` over bundled reasoning samples (the reference's prompt layout,
+``workbench.capture.gradients.dataset_gradients`` over bundled reasoning samples (the reference's prompt layout,
 max_length 2048), W_Q/W_K/W_V/W_O of all 30 layers. ``route="factor"`` takes each gradient's singular values from
 the T × T core of the QR factors of its per-token inputs and output gradients; ``route="dense"`` decomposes the
 d × d gradient. Same forward and backward in both (timed in float32). The numbers must agree to 1e-6 relative
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from common import best_of_interleaved, load_model, load_note, parse_args, result, table
 
-from analyses.gradient_spectra import METRICS, dataset_gradients
+from workbench.capture.gradients import METRICS, dataset_gradients
 from workbench.prompts import bundled_pairs
 
 

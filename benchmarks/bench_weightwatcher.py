@@ -69,10 +69,9 @@ def key(longname: str) -> tuple[str, int | None] | None:
 
 
 def run_ours():
-    import analyses  # noqa: F401
     import workbench
-    from analyses.weight_spectra import WeightSpectraConfig, compute
-    from workbench.runner import Inputs
+    from workbench.analysis import Inputs
+    from workbench_analyses.weight_spectra import WeightSpectraConfig, compute
 
     lm = workbench.load_model()
     started = time.perf_counter()

@@ -120,8 +120,8 @@ def tiny_sentiment_model(tmp_path_factory):
 
 def recall_words():
     """Every word of the copy/recall templates and word lists, the IOI words and the token-map example prompts."""
-    from analyses.token_maps import EXAMPLES
     from workbench.tasks import recall
+    from workbench_analyses.token_maps import EXAMPLES
 
     return ioi_words() + _words(" ".join(recall.SECRET_TEMPLATES + recall.LIST_TEMPLATES + recall.SECRET_WORDS
                                          + recall.LIST_ITEMS + EXAMPLES))

@@ -1,63 +1,84 @@
 """One registry of analyses by name: the CLI, the report and the dashboard all enumerate it.
 
-An analysis declares what it needs (token statistics at some hook sites, the model's weights, or the model itself for
-analyses that generate or intervene) and a ``compute`` function of those inputs and a frozen config. The runner
-(:mod:`workbench.runner`) gathers the inputs once for all requested analyses. The built-in analyses live in the
-``analyses`` package, which registers them on import; the lookups below import it on first use, so
-``run_analysis(lm, "rankme")`` works in a fresh notebook without ``import analyses``.
+Analyses arrive through the ``workbench.analyses`` entry-point group, loaded on the first lookup: each entry point
+names an :class:`~workbench.analysis.Analysis` object (``name = "package.module:ANALYSIS"``). The built-in analyses
+register that way from this distribution's own ``pyproject.toml``, so a third-party package adds one exactly the same
+way, and ``import workbench`` imports no analysis module. :func:`register` adds one by hand (a notebook, a test).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from workbench.analysis import Analysis
 from workbench.errors import config_error
-from workbench.results import Config, Result
+from workbench.results import Result
 
-
-@dataclass(frozen=True)
-class Analysis:
-    name: str
-    description: str
-    config: type[Config]
-    result: type[Result]
-    compute: Callable[..., Result]
-    sites: Callable[[Config, Any], list[str]] | None = None  # (config, ModelFacts) -> hook sites to capture
-    needs_weights: bool = False
-    needs_model: bool = False  # generates, differentiates or captures its own data (Inputs.model is then set)
-    in_default_report: bool = True  # False for the causal tools (minutes each): run them by name
-    default_model: str | None = None  # the model the CLI loads when no --model is given and all analyses agree
-
+GROUP = "workbench.analyses"
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Analysis] = {}
+_loaded = False
+
+__all__ = ["GROUP", "Analysis", "default_model", "get", "names", "register", "result_from_dict"]
 
 
 def register(analysis: Analysis) -> Analysis:
-    """Register an analysis; a name (or a result kind) registered twice raises."""
+    """Register an analysis by hand (a notebook, a test); a name (or a result kind) registered twice raises, the
+    entry points' included."""
+    _load()
+    if not isinstance(analysis, Analysis):
+        raise config_error("register", "analysis", "a workbench.analysis.Analysis", analysis)
+    _add(analysis)
+    return analysis
+
+
+def _add(analysis: Analysis) -> None:
     if analysis.name in _REGISTRY:
         raise ValueError(f"analysis {analysis.name!r} is already registered")
     if any(a.result.kind == analysis.result.kind for a in _REGISTRY.values()):
         raise ValueError(f"result kind {analysis.result.kind!r} is already registered")
     _REGISTRY[analysis.name] = analysis
+
+
+def _from_entry_point(entry: EntryPoint) -> Analysis:
+    analysis = entry.load()
+    if not isinstance(analysis, Analysis):
+        raise TypeError(f"entry point {entry.name} = {entry.value!r} in group {GROUP!r} must name a "
+                        f"workbench.analysis.Analysis; it names a {type(analysis).__name__}")
+    if analysis.name != entry.name:
+        raise ValueError(f"entry point {entry.name!r} = {entry.value!r} names the analysis {analysis.name!r}; "
+                         f"the entry point's name must be the analysis' name")
     return analysis
 
 
-def _builtins() -> None:
-    """Register the built-in analyses (importing ``analyses`` once; a no-op after that)."""
-    importlib.import_module("analyses")
+def _load() -> None:
+    """Register every analysis of the entry-point group, once. One that fails to load is logged and skipped, so a
+    broken third-party package cannot take the built-in analyses down with it."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for entry in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        if entry.name in _REGISTRY:
+            continue
+        try:
+            _add(_from_entry_point(entry))
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure of any kind is reported, not raised
+            log.warning("analysis entry point %s = %s could not be registered: %s: %s", entry.name, entry.value,
+                        type(exc).__name__, exc)
 
 
 def names(*, default_only: bool = False) -> list[str]:
     """Registered analysis names; ``default_only``: those the report runs when none are named."""
-    _builtins()
+    _load()
     return [n for n, a in _REGISTRY.items() if a.in_default_report or not default_only]
 
 
 def get(name: str) -> Analysis:
-    _builtins()
+    _load()
     if name not in _REGISTRY:
         raise config_error("get_analysis", "name", f"one of {list(_REGISTRY)}", name)
     return _REGISTRY[name]
@@ -72,10 +93,16 @@ def default_model(analyses: list[str], fallback: str) -> str:
 
 def result_from_dict(data: dict[str, Any]) -> Result:
     """Rebuild any registered result from its ``to_dict`` form (dispatch on its ``kind``)."""
-    _builtins()
+    _load()
     for analysis in _REGISTRY.values():
         if analysis.result.kind == data.get("kind"):
             return analysis.result.from_dict(data)
     kinds = [a.result.kind for a in _REGISTRY.values()]
     raise config_error("result_from_dict", "data['kind']", f"one of {kinds}", data.get("kind"))
 
+
+def _reset() -> None:
+    """Forget every registration (tests: the next lookup reloads the entry points)."""
+    global _loaded
+    _REGISTRY.clear()
+    _loaded = False

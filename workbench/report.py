@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import analyses  # noqa: F401  (registers the built-in analyses, so result kinds can be read back)
 from workbench import registry
 from workbench.atomic import replace_folder
 from workbench.errors import ConfigError

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from workbench import registry
-from workbench.capture import CaptureResult, capture
+from workbench.analysis import Inputs
+from workbench.capture import capture
 from workbench.errors import config_error
-from workbench.models import LoadedModel, ModelFacts, load_model
+from workbench.models import LoadedModel, load_model
 from workbench.results import Config, Result
 
+__all__ = ["Inputs", "resolve_configs", "run_analyses", "run_analysis"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What an analysis' ``compute`` receives. ``capture``/``weights`` are present when the analysis asked."""
-
-    model_name: str
-    facts: ModelFacts
-    capture: CaptureResult | None = None
-    weights: list[tuple[str, int | None, torch.Tensor]] | None = None
-    model: LoadedModel | None = None
-    progress: bool = False
-    texts: tuple[str, ...] | None = None  # the run's prompts, for analyses that capture on their own (RankMe)
 
 
 def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> dict[str, Config]:

@@ -1,15 +1,10 @@
 """Model: architecture summary and the weight spectra heat-map."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import streamlit as st  # noqa: E402
-
-from analyses.weight_spectra import WeightSpectraConfig  # noqa: E402
-from app.common import model, run, show_result  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
+from workbench.runner import run_analysis
+from workbench_analyses.weight_spectra import WeightSpectraConfig
+from workbench_app.common import model, run, show_result
 
 st.set_page_config(page_title="Model · workbench", layout="wide")
 st.title("Model")

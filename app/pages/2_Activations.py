@@ -1,16 +1,11 @@
 """Activations: capture the prompts you pick at the sites you pick; effective rank and RankMe per layer."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import streamlit as st  # noqa: E402
-
-from analyses.activation_spectra import KINDS, ActivationSpectraConfig  # noqa: E402
-from analyses.rankme import RankMeConfig  # noqa: E402
-from app.common import model, prompts_input, run, show_result  # noqa: E402
-from workbench.runner import run_analyses  # noqa: E402
+from workbench.runner import run_analyses
+from workbench_analyses.activation_spectra import KINDS, ActivationSpectraConfig
+from workbench_analyses.rankme import RankMeConfig
+from workbench_app.common import model, prompts_input, run, show_result
 
 st.set_page_config(page_title="Activations · workbench", layout="wide")
 st.title("Activations")

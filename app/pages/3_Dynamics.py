@@ -1,17 +1,12 @@
 """Dynamics: generate from a prompt; the effective rank of the response's hidden states as it grows, and its
 velocity / acceleration (ERV / ERA): headline on the final-norm output (as VERL), per block as an extension."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import streamlit as st  # noqa: E402
-
-from analyses.erank_dynamics import DEFAULT_PROMPT, ErankDynamicsConfig  # noqa: E402
-from app.common import guard, model, run, show_result  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
-from workbench.spectra.dynamics import VARIANTS  # noqa: E402
+from workbench.runner import run_analysis
+from workbench.spectra.dynamics import VARIANTS
+from workbench_analyses.erank_dynamics import DEFAULT_PROMPT, ErankDynamicsConfig
+from workbench_app.common import guard, model, run, show_result
 
 st.set_page_config(page_title="Dynamics · workbench", layout="wide")
 st.title("Dynamics")

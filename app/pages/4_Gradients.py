@@ -1,18 +1,15 @@
 """Gradients: layer-wise gradient spectra of the attention projections for two datasets side by side."""
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from analyses.gradient_spectra import ATTENTION, GradientSpectraConfig  # noqa: E402
-from app.common import guard, model, run, show_result, uploaded  # noqa: E402
-from workbench.prompts import PAIR_SETS, parse_pairs  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
+from workbench.prompts import PAIR_SETS, parse_pairs
+from workbench.runner import run_analysis
+from workbench_analyses.gradient_spectra import ATTENTION, GradientSpectraConfig
+from workbench_app.common import guard, model, run, show_result, uploaded
 
 st.set_page_config(page_title="Gradients · workbench", layout="wide")
 st.title("Gradients")

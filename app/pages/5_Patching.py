@@ -1,16 +1,11 @@
 """Patching: the IOI task, a layer × position activation-patching heat-map, and DAS subspace patching with the
 interpretability-illusion diagnostics."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import streamlit as st  # noqa: E402
-
-from analyses.subspace_patching import SubspacePatchingConfig  # noqa: E402
-from app.common import guard, model, run, show_result  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
+from workbench.runner import run_analysis
+from workbench_analyses.subspace_patching import SubspacePatchingConfig
+from workbench_app.common import guard, model, run, show_result
 
 st.set_page_config(page_title="Patching · workbench", layout="wide")
 st.title("Patching")

@@ -1,20 +1,15 @@
 """Steering and edits: contrast vectors from two prompt sets, a generation steered live, Steer2Edit rank-1 edits
 applied to the weights and reverted exactly, and the steering-vs-editing trade-off sweep."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import streamlit as st  # noqa: E402
-
-from analyses.steer2edit import Steer2EditConfig  # noqa: E402
-from app.common import guard, model, run, show_result  # noqa: E402
-from workbench.intervene.edit import apply_edits, steer2edit  # noqa: E402
-from workbench.intervene.readout import greedy_continuations  # noqa: E402
-from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
-from workbench.tasks.sentiment import sentiment_pairs  # noqa: E402
+from workbench.intervene.edit import apply_edits, steer2edit
+from workbench.intervene.readout import greedy_continuations
+from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_steers
+from workbench.runner import run_analysis
+from workbench.tasks.sentiment import sentiment_pairs
+from workbench_analyses.steer2edit import Steer2EditConfig
+from workbench_app.common import guard, model, run, show_result
 
 st.set_page_config(page_title="Steering and edits · workbench", layout="wide")
 st.title("Steering and edits")

@@ -2,19 +2,15 @@
 removal, filtered)."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from analyses.token_maps import EXAMPLES, TokenMapsConfig  # noqa: E402
-from app.common import guard, model, run, show_result  # noqa: E402
-from workbench.runner import run_analysis  # noqa: E402
-from workbench.tam import text_token_maps  # noqa: E402
-from workbench.tam.core import ECI_WEIGHTS  # noqa: E402
-from workbench.tam.plots import shown  # noqa: E402
+from workbench.runner import run_analysis
+from workbench.tam import text_token_maps
+from workbench.tam.core import ECI_WEIGHTS
+from workbench.tam.plots import shown
+from workbench_analyses.token_maps import EXAMPLES, TokenMapsConfig
+from workbench_app.common import guard, model, run, show_result
 
 st.set_page_config(page_title="Token maps · workbench", layout="wide")
 st.title("Token maps")

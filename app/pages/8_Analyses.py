@@ -1,16 +1,12 @@
 """Analyses: any registered analysis (the same registry as the CLI), its config edited as JSON."""
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app.common import guard, model, prompts_input, run, show_result  # noqa: E402
-from workbench import registry  # noqa: E402
-from workbench.runner import run_analyses  # noqa: E402
+from workbench import registry
+from workbench.runner import run_analyses
+from workbench_app.common import guard, model, prompts_input, run, show_result
 
 st.set_page_config(page_title="Analyses · workbench", layout="wide")
 st.title("Analyses")

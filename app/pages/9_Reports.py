@@ -1,15 +1,12 @@
 """Reports: open past JSON reports (from a folder or uploaded) and compare two side by side."""
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app.common import MAX_UPLOAD_BYTES, show_result  # noqa: E402
-from workbench.report import Report  # noqa: E402
+from workbench.report import Report
+from workbench_app.common import MAX_UPLOAD_BYTES, show_result
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

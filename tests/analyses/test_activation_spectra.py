@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyses.activation_spectra import ActivationSpectraConfig
 from workbench.errors import ConfigError
 from workbench.runner import run_analysis
+from workbench_analyses.activation_spectra import ActivationSpectraConfig
 
 TEXTS = ["One fish two fish red fish blue fish.", "Numbers: 1 2 3 4 5 6 7 8 9 10.", "Hello there, general reader."]
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import analyses.erank_dynamics as ed
-from analyses.erank_dynamics import ErankDynamicsConfig, ErankDynamicsResult, erv_era, rank_dynamics
+import workbench_analyses.erank_dynamics as ed
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError, ShapeError
 from workbench.runner import run_analysis
 from workbench.spectra import dynamics
+from workbench_analyses.erank_dynamics import ErankDynamicsConfig, ErankDynamicsResult, erv_era, rank_dynamics
 
 
 def _reference(h: torch.Tensor, stride: int, max_seq_len: int, center: bool = True):

@@ -11,12 +11,12 @@ from collections import defaultdict
 import pytest
 import torch
 
-import analyses.gradient_spectra as gs
-from analyses.gradient_spectra import GradientSpectraConfig, GradientSpectraResult, dataset_gradients
+import workbench_analyses.gradient_spectra as gs
 from workbench.errors import ConfigError, ShapeError
 from workbench.models.chat import sft_ids, sft_text
 from workbench.prompts import bundled_pairs, read_pairs
 from workbench.runner import run_analysis
+from workbench_analyses.gradient_spectra import GradientSpectraConfig, GradientSpectraResult, dataset_gradients
 
 PAIRS = [("What is 2+3?", "It is 5, because two plus three makes five."),
          ("Name a colour.", "Blue is a colour of the sky."),

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import analyses._language_stages as stages
-import analyses._language_steering as steering_stage
-from analyses.language_neurons import LanguageNeuronsConfig, LanguageNeuronsResult
+import workbench_analyses.language_neurons.stages as stages
+import workbench_analyses.language_neurons.steering as steering_stage
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError
 from workbench.intervene.language import steering_rank, top_mass
 from workbench.runner import run_analysis
 from workbench.tasks.language import load_en_es_pairs
+from workbench_analyses.language_neurons import LanguageNeuronsConfig, LanguageNeuronsResult
 
 SMALL = dict(d_sae=64, k=8, sae_epochs=5, n_candidates=6, lift_prompts=4, n_features=3,
              lambdas=[1.0, 4.0], ratios=[0.0, 1.0], n_random=1, eval_prompts=8, max_new_tokens=6, resamples=5)
@@ -106,10 +106,10 @@ def test_hook_adds_the_decoders_linear_part_to_the_raw_residual():
     """PhotonTJ/NeuralFoxP2 neural_foxp2/stage3.py, Stage3InterventionHook on the l2 path: z = SAE.encode(h) of the
     RAW residual row, Δz = λμ_tgt − β·P(⟨z, μ_en⟩μ_en) on the neurons, h += SAE.decode(Δz) without bias — here
     W_dec Δz (sae-lens's b_dec is not added) and no rescaling to the residual's norm."""
-    from analyses._language_stages import LayerState
-    from analyses._language_steering import _shift
     from workbench.intervene.language import prototypes, steering_directions
     from workbench.sae import decoder_directions, encode, train_sae
+    from workbench_analyses.language_neurons.stages import LayerState
+    from workbench_analyses.language_neurons.steering import _shift
 
     g = torch.Generator().manual_seed(0)
     sae = train_sae(torch.randn(64, 6, generator=g), d_sae=10, architecture="standard", epochs=3)

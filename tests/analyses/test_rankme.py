@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.rankme import RankMeConfig, RankMeResult, rankme_of, rankme_of_file
 from workbench.errors import ConfigError, ShapeError
 from workbench.matrix_files import read_matrices
 from workbench.runner import run_analysis
+from workbench_analyses.rankme import RankMeConfig, RankMeResult, rankme_of, rankme_of_file
 
 EPS = 1e-7
 

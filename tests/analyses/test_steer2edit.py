@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analyses.steer2edit import Steer2EditConfig, Steer2EditResult
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError
 from workbench.intervene.edit import steer2edit
@@ -19,6 +18,7 @@ from workbench.tasks.sentiment import (
     sentiment_score,
     sentiment_token_ids,
 )
+from workbench_analyses.steer2edit import Steer2EditConfig, Steer2EditResult
 
 SMALL = dict(alphas=[1.0, 4.0], rhos=[0.3, 0.05], eval_prompts=6, max_new_tokens=4, utility_texts=4,
              utility_tokens=16)
@@ -95,7 +95,7 @@ def test_steer2edit_edits_exactly_the_components_above_threshold(tiny_sentiment_
 
 
 def test_hooks_removed_and_weights_kept_when_steering_fails(tiny_sentiment_model, monkeypatch):
-    import analyses.steer2edit as s2e
+    import workbench_analyses.steer2edit as s2e
 
     def broken(vectors, alpha, where="components", unit=False):
         return [s for s in vector_steers(vectors, alpha)[:1]] + [

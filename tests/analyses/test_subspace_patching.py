@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from analyses.subspace_patching import EFFECTS, SubspacePatchingConfig, SubspacePatchingResult
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError
 from workbench.runner import run_analysis
+from workbench_analyses.subspace_patching import EFFECTS, SubspacePatchingConfig, SubspacePatchingResult
 
 SMALL = dict(n_pairs=24, heatmap_pairs=4, epochs=3, batch_size=8, layer=0)
 
@@ -34,8 +34,8 @@ def test_runs_end_to_end_and_round_trips(tiny_ioi_model):
 
 
 def test_the_paper_split_shares_no_name_template_place_or_object(tiny_ioi_model):
-    from analyses.subspace_patching import _pairs
     from workbench.tasks.ioi import split_templates
+    from workbench_analyses.subspace_patching import _pairs
 
     train, test = _pairs(tiny_ioi_model, SubspacePatchingConfig(**SMALL))
     names = lambda ps: {p.answer for p in ps} | {p.counterfactual for p in ps}  # noqa: E731

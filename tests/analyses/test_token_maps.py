@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import analyses.token_maps as tm
-from analyses.token_maps import TokenMapsConfig, TokenMapsResult, score_prompt
+import workbench_analyses.token_maps as tm
 from workbench.attribution import gradient_x_input
 from workbench.errors import ConfigError
 from workbench.runner import run_analysis
 from workbench.tam import maps_from_logits
 from workbench.tasks.recall import FAMILIES, recall_prompts
+from workbench_analyses.token_maps import TokenMapsConfig, TokenMapsResult, score_prompt
 
 
 def _logits(lm, ids):

@@ -25,7 +25,7 @@ def test_every_matrix_matches_numpy(tiny_model):
 
 
 def test_embeddings_can_be_left_out(tiny_model):
-    from analyses.weight_spectra import WeightSpectraConfig
+    from workbench_analyses.weight_spectra import WeightSpectraConfig
 
     result = run_analysis(tiny_model, "weight_spectra", WeightSpectraConfig(include_embeddings=False))
     assert None not in result.layer
@@ -53,7 +53,7 @@ def test_weightwatcher_columns_match_esd_functions(tiny_model):
 
 
 def test_per_head_rows(tiny_model):
-    from analyses.weight_spectra import WeightSpectraConfig
+    from workbench_analyses.weight_spectra import WeightSpectraConfig
 
     facts = tiny_model.facts
     result = run_analysis(tiny_model, "weight_spectra", WeightSpectraConfig(per_head=True, esd_matrix="W_Q",
@@ -70,8 +70,8 @@ def test_per_head_rows(tiny_model):
 
 
 def test_esd_layer_out_of_range_is_a_config_error(tiny_model):
-    from analyses.weight_spectra import WeightSpectraConfig
     from workbench.errors import ConfigError
+    from workbench_analyses.weight_spectra import WeightSpectraConfig
 
     with pytest.raises(ConfigError, match="'esd_layer'"):
         run_analysis(tiny_model, "weight_spectra", WeightSpectraConfig(esd_layer=99))

@@ -11,16 +11,16 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from analyses.activation_spectra import ActivationSpectraConfig
-from analyses.erank_dynamics import ErankDynamicsConfig
-from analyses.gradient_spectra import GradientSpectraConfig
-from analyses.rankme import RankMeConfig
-from analyses.subspace_patching import SubspacePatchingConfig
-from analyses.weight_spectra import WeightSpectraConfig
 from workbench import registry
 from workbench.report import Report
 from workbench.runner import run_analyses, run_analysis
 from workbench.tam import text_token_maps
+from workbench_analyses.activation_spectra import ActivationSpectraConfig
+from workbench_analyses.erank_dynamics import ErankDynamicsConfig
+from workbench_analyses.gradient_spectra import GradientSpectraConfig
+from workbench_analyses.rankme import RankMeConfig
+from workbench_analyses.subspace_patching import SubspacePatchingConfig
+from workbench_analyses.weight_spectra import WeightSpectraConfig
 
 APP = Path(__file__).resolve().parents[2] / "app"
 
@@ -161,7 +161,7 @@ PAGE_PROMPT = "The movie I watched last night was"
 
 
 def _app_model(folder) -> object:
-    from app.common import _load
+    from workbench_app.common import _load
 
     return _load(str(folder), "cpu")
 
@@ -262,3 +262,26 @@ def test_token_maps_page_on_the_bundled_model(real_model, all_threads, monkeypat
     assert explain["generated token"][0] == "0:  dragon" and explain["raw"][0].startswith(" dragon")
     expected = text_token_maps(real_model, at.text_area(key="prompt").value, max_new_tokens=2)
     numeric_equal(frame(at, "after ECI")["raw"], expected.raw[0])
+
+
+def test_a_fake_entry_point_analysis_appears_on_the_dashboard(app_model, tmp_path, monkeypatch):
+    """A third-party analysis (tests/plugin, registered through the workbench.analyses entry point) is listed on Home
+    and runs on the Analyses page like a built-in one."""
+    from tests.helpers import install_fake_plugin
+
+    monkeypatch.syspath_prepend(str(install_fake_plugin(tmp_path / "site")))
+    registry._reset()
+    try:
+        home = page("Home")
+        assert "weight_norms" in list(frame(home, "analysis")["analysis"])
+        at = page("Analyses")
+        at.selectbox(key="name").set_value("weight_norms").run()
+        click(at, "go")
+        expected = run_analysis(app_model, "weight_norms")
+        assert list(frame(at, "matrix")["matrix"]) == expected.matrix
+        numeric_equal(frame(at, "erank")["erank"], expected.erank)
+    finally:
+        import sys
+
+        sys.modules.pop("wb_weight_norms", None)
+        registry._reset()

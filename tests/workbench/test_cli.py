@@ -9,7 +9,6 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-import analyses  # noqa: F401
 from workbench import registry
 from workbench.cli import app
 from workbench.report import Report

@@ -77,6 +77,34 @@ def count_hooks(points: Mapping[str, torch.nn.Module]) -> int:
     return sum(len(point._forward_hooks) for point in {id(p): p for p in points.values()}.values())
 
 
+# TransformerLens hook names of the per-layer representations, by short name (TransformerLens' ``get_act_name``
+# spells the same names; this table keeps the set the analyses offer in one place).
+SITE_KINDS = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "mlp_post": "blocks.{layer}.mlp.hook_post",
+    "mlp_pre": "blocks.{layer}.mlp.hook_pre",
+    "z": "blocks.{layer}.attn.hook_z",
+    "pattern": "blocks.{layer}.attn.hook_pattern",
+}
+
+# The per-token representations (one d-dimensional row per token) the spectral analyses offer, in report order.
+REPRESENTATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_post")
+
+
+def site(kind: str, layer: int | str) -> str:
+    """The hook name of ``kind`` at ``layer``: ``site("resid_post", 3)`` -> ``"blocks.3.hook_resid_post"``;
+    ``layer="*"`` gives the glob over every layer."""
+    if kind not in SITE_KINDS:
+        raise SiteError(f"site(): parameter 'kind' must be one of {list(SITE_KINDS)}; received {kind!r}")
+    if not (layer == "*" or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0)):
+        raise SiteError(f"site(): parameter 'layer' must be an int >= 0 or '*'; received {layer!r}")
+    return SITE_KINDS[kind].format(layer=layer)
+
+
 def split_site(site: str) -> tuple[int | None, str]:
     """``"blocks.12.hook_resid_post"`` -> ``(12, "hook_resid_post")``; sites outside blocks get layer ``None``."""
     match = re.match(r"^blocks\.(\d+)\.(.+)$", site)

@@ -30,6 +30,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import Patch, forward, patching, record
+from workbench.models.loaded import as_hooked
 from workbench.progress import bar as progress_bar
 
 
@@ -156,8 +157,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
 
 
 def _parameters(model) -> list[torch.nn.Parameter]:
-    module = model.model if hasattr(model, "adapter") else model
-    return list(module.parameters())
+    return list(as_hooked(model, call="das").parameters())
 
 
 def _loss(model, patch: Patch, basis: torch.Tensor, base: torch.Tensor, acts: torch.Tensor,

@@ -22,6 +22,7 @@ import torch
 
 from workbench.capture.hooks import hooks_attached, resolve_sites
 from workbench.errors import SiteError, config_error, shape_error
+from workbench.models.loaded import as_hooked, hook_points
 
 Positions = int | Sequence[int] | None
 
@@ -39,19 +40,9 @@ class Patch:
     basis: torch.Tensor | None = None
 
 
-def hook_points(model) -> dict[str, torch.nn.Module]:
-    """The HookPoints of a LoadedModel or a TransformerLens ``HookedRootModule``."""
-    if hasattr(model, "adapter"):  # a LoadedModel
-        return model.hook_points()
-    if hasattr(model, "hook_dict"):
-        return dict(model.hook_dict)
-    raise config_error("patch", "model", "a LoadedModel or a TransformerLens HookedRootModule", type(model).__name__)
-
-
 def forward(model, inputs: torch.Tensor) -> torch.Tensor:
     """The model's output (logits) for ``inputs``."""
-    module = model.model if hasattr(model, "adapter") else model
-    return module(inputs)
+    return as_hooked(model, call="patch")(inputs)
 
 
 def orthonormal(basis: torch.Tensor, d: int, call: str = "subspace_patch") -> torch.Tensor:

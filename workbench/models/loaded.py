@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.errors import ModelLoadError
+from workbench.errors import ModelLoadError, config_error
 from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, ModelAdapter, ModelFacts, as_matrix
 
 
@@ -97,6 +97,24 @@ class LoadedModel:
         f = self.facts
         return (f"LoadedModel({self.name!r}, {type(self.model).__name__}, n_layers={f.n_layers}, "
                 f"d_model={f.d_model}, n_heads={f.n_heads}, device={self.device})")
+
+
+def as_hooked(model: LoadedModel | torch.nn.Module, *, call: str = "as_hooked") -> torch.nn.Module:
+    """The TransformerLens-hookable module of ``model``: a :class:`LoadedModel`'s ``model``, or ``model`` itself
+    when it is already a TransformerLens ``HookedRootModule`` (``HookedTransformer``, ``TransformerBridge``)."""
+    if isinstance(model, LoadedModel):
+        return model.model
+    if isinstance(model, torch.nn.Module) and hasattr(model, "hook_dict"):
+        return model
+    raise config_error(call, "lm", "a LoadedModel (workbench.load_model) or a TransformerLens HookedRootModule",
+                       type(model).__name__)
+
+
+def hook_points(model: LoadedModel | torch.nn.Module, *, call: str = "hook_points") -> dict[str, torch.nn.Module]:
+    """Every hook name of ``model`` (a :class:`LoadedModel` or a ``HookedRootModule``) mapped to its HookPoint."""
+    if isinstance(model, LoadedModel):
+        return model.hook_points()
+    return dict(as_hooked(model, call=call).hook_dict)
 
 
 def _layout(kind: str, weight: torch.Tensor, param: torch.nn.Parameter | None) -> str:

@@ -47,14 +47,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyses._language_plots import layer_figure, spectra_figure, stage1_figure, steering_figure
-from analyses._language_stages import stage1, stage2
-from analyses._language_steering import METHODS, best, degenerate, stage3
+from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.intervene.language import best_window
-from workbench.registry import Analysis, register
 from workbench.results import Config, Result, is_int, is_number, table_figure
-from workbench.runner import Inputs
 from workbench.sae import ARCHITECTURES
 from workbench.tasks.language import (
     language_token_ids,
@@ -63,6 +59,10 @@ from workbench.tasks.language import (
     split_pairs,
     unicode_token_ids,
 )
+
+from .plots import layer_figure, spectra_figure, stage1_figure, steering_figure
+from .stages import stage1, stage2
+from .steering import METHODS, best, degenerate, stage3
 
 SAE_ROWS = ("last", "all")
 INPUTS = ("l2", "standardised")
@@ -370,9 +370,9 @@ def _verdict(layers, stage1, stage2, window, rows) -> str:
     return "; ".join(parts) + "."
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="language_neurons",
     description="Neural FOXP2: SAE language features, steering subspace and window, sparse shifts toward Spanish",
     config=LanguageNeuronsConfig, result=LanguageNeuronsResult, compute=compute, needs_model=True,
     in_default_report=False, default_model="gemma3-270m",
-))
+)

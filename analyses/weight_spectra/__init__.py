@@ -23,12 +23,10 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from analyses._weight_plots import plot_alpha, plot_esd
+from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, as_matrix
-from workbench.registry import Analysis, register
 from workbench.results import Config, Result
-from workbench.runner import Inputs
 from workbench.spectra import (
     alpha_weighted,
     batched_singular_values,
@@ -41,6 +39,8 @@ from workbench.spectra import (
     powerlaw_fit,
     stable_rank,
 )
+
+from .plots import plot_alpha, plot_esd
 
 WW_COLUMNS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "xmin", "ks_distance", "num_pl_spikes",
               "num_spikes", "mp_softrank")
@@ -242,9 +242,9 @@ def compute(inputs: Inputs, config: WeightSpectraConfig) -> WeightSpectraResult:
     )
 
 
-register(Analysis(
+ANALYSIS = Analysis(
     name="weight_spectra",
     description="Effective rank, stable rank, nuclear norm, σ_max and WeightWatcher metrics (α, log norms, MP spikes) "
                 "of every weight matrix",
     config=WeightSpectraConfig, result=WeightSpectraResult, compute=compute, needs_weights=True,
-))
+)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import torch
 
-from analyses._language_steering import STEER_SITE, margins
 from workbench.capture import capture
 from workbench.intervene.language import (
     causal_lift,
@@ -41,6 +40,8 @@ from workbench.intervene.steer import Steer
 from workbench.progress import bar as progress_bar
 from workbench.sae import cached_sae, decoder_directions, encode
 from workbench.spectra import effective_rank
+
+from .steering import STEER_SITE, margins
 
 L2_EPS = 1e-6  # utils.py normalize_activations / stage1.py compute_language_activations
 STD_FLOOR = 1e-6  # standardised inputs: standard deviations below this (constant dimensions) are treated as this
