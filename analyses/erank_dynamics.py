@@ -2,8 +2,8 @@
 final-norm output, per block as an extension.
 
 "Beyond the Exploration-Exploitation Trade-off: A Hidden State Approach for LLM Reasoning in RLVR", as computed by its
-reference code (hf618/VERL; shared/PAPERS.md (a)). The formulas live in :mod:`workbench.spectra.dynamics`
-(:func:`erv_era`, re-exported here); this module picks the states and runs them.
+reference code (github.com/hf618/VERL). The formulas live in :mod:`workbench.spectra.dynamics`
+(:func:`~workbench.spectra.dynamics.erv_era`); this module picks the states and runs them.
 
 Which states (as VERL). The headline is the output of the model's final norm (``ln_final.hook_out``, what the LM
 head reads): VERL's patched vLLM saves exactly that ("save the final norm output", ``hidden_vllm/model_executor/
@@ -28,12 +28,18 @@ from plotly.subplots import make_subplots
 
 from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import hooks_attached
+from workbench.deprecation import moved
 from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
 from workbench.results import Config, Result, is_int
-from workbench.spectra.dynamics import VARIANTS, ErankDynamics, erv_era, prefix_lengths, rank_dynamics
+from workbench.spectra import dynamics
+from workbench.spectra.dynamics import VARIANTS, prefix_lengths
 
-__all__ = ["ErankDynamics", "ErankDynamicsConfig", "ErankDynamicsResult", "erv_era", "rank_dynamics"]
+__all__ = ["ErankDynamicsConfig", "ErankDynamicsResult", "compute", "response_hidden"]
+
+# the formulas' old import path here keeps working for one release, with a DeprecationWarning
+__getattr__ = moved(__name__, {name: "workbench.spectra.dynamics" for name in ("ErankDynamics", "erv_era",
+                                                                               "rank_dynamics")})
 
 SITE = "blocks.{layer}.hook_resid_post"
 FINAL_SITE = "ln_final.hook_out"
@@ -256,7 +262,7 @@ def compute(inputs: Inputs, config: ErankDynamicsConfig) -> ErankDynamicsResult:
     final, blocks = response_hidden(lm, tokens, n_prompt, alignment=config.alignment)
     opts = {"stride": config.stride, "max_seq_len": config.max_seq_len, "center": config.center,
             "variant": config.variant}
-    head, dyn = erv_era(final, **opts), erv_era(blocks, **opts)
+    head, dyn = dynamics.erv_era(final, **opts), dynamics.erv_era(blocks, **opts)
     text = config.response if config.response is not None else lm.tokenizer.decode(
         tokens[0, n_prompt:].tolist(), skip_special_tokens=True)
     return ErankDynamicsResult(

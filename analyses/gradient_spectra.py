@@ -40,24 +40,18 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench.analysis import Analysis, Inputs
-from workbench.capture.gradients import (  # noqa: F401  (re-exported: the analysis' public names)
-    ATTENTION,
-    COMPONENT,
-    COSINE_EPS,
-    METRICS,
-    NUCLEAR_FLOOR,
-    ROUTES,
-    DatasetGradients,
-    dataset_gradients,
-    factor_sites,
-    response_loss,
-    sample_ids,
-)
+from workbench.capture.gradients import ATTENTION, METRICS, ROUTES, dataset_gradients
+from workbench.deprecation import moved
 from workbench.errors import config_error
 from workbench.models.adapters import LAYER_KINDS
 from workbench.models.chat import DEFAULT_SYSTEM
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
 from workbench.results import PALETTE, Config, Result, is_int
+
+# the gradient capture's names moved to workbench.capture.gradients; their old import path here keeps working for one
+# release, with a DeprecationWarning
+__getattr__ = moved(__name__, {name: "workbench.capture.gradients" for name in (
+    "COMPONENT", "COSINE_EPS", "NUCLEAR_FLOOR", "DatasetGradients", "factor_sites", "response_loss", "sample_ids")})
 
 DEFAULT_DATASETS = {"instruction": "bundled:instruction", "reasoning": "bundled:reasoning"}
 

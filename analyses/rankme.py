@@ -11,7 +11,6 @@ reported. RankMe ≤ min(N, d): sets of different sizes are not comparable, so b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
@@ -21,44 +20,24 @@ from plotly.subplots import make_subplots
 from workbench.analysis import Analysis, Inputs
 from workbench.capture import capture
 from workbench.capture.hooks import REPRESENTATION_KINDS, site
+from workbench.deprecation import moved
 from workbench.errors import ConfigError, config_error
 from workbench.matrix_files import read_matrices
 from workbench.prompts import categories, default_prompts, read_prompts
 from workbench.results import PALETTE, Config, Result, is_int, is_number
-from workbench.spectra import batched_singular_values, effective_rank, rankme
+from workbench.spectra import effective_rank, rankme
+from workbench.spectra.embeddings import embedding_spectra
 
 POOLINGS = ("last", "mean")
 DEFAULT_SETS = {"report prompts": "report", "prose": "bundled:prose", "code": "bundled:code",
                 "maths": "bundled:maths", "dialogue": "bundled:dialogue"}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Tensor functions (no model)
-# ---------------------------------------------------------------------------------------------------------------
+# RankMe of embedding matrices and files is library code now (workbench.spectra.embeddings); the old names still
+# import from here for one release, with a DeprecationWarning.
+__getattr__ = moved(__name__, {"rankme_of": "workbench.spectra.embeddings",
+                               "rankme_of_file": "workbench.spectra.embeddings"})
 
-def rankme_of(matrices: Sequence[torch.Tensor], *, eps: float = 1e-7, center: bool = False) -> list[float]:
-    """RankMe of each ``[N, d]`` matrix (one batched SVD per shape). Needs N ≥ 2 (else ConfigError); NaN/inf raise a ShapeError."""
-    return [float(rankme(s, eps=eps)) for s in _spectra("rankme_of", matrices, center)]
-
-
-def _spectra(call: str, matrices: Sequence[torch.Tensor], center: bool) -> list[torch.Tensor]:
-    for i, m in enumerate(matrices):
-        if not isinstance(m, torch.Tensor) or m.ndim != 2 or m.shape[0] < 2:
-            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-            raise config_error(call, f"matrices[{i}]", "a 2-D [n_samples >= 2, dim] tensor", shape)
-    return batched_singular_values(list(matrices), center=center)
-
-
-def rankme_of_file(path: str, *, eps: float = 1e-7, center: bool = False) -> dict[str, float]:
-    """RankMe of every matrix in an embedding file (``.npy``/``.pt``/``.safetensors``; see
-    :func:`workbench.matrix_files.read_matrices`), by name: serves any encoder, not only language models."""
-    mats = read_matrices(path)
-    return dict(zip(mats, rankme_of(list(mats.values()), eps=eps, center=center), strict=True))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The analysis
-# ---------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RankMeConfig(Config):
@@ -252,7 +231,7 @@ def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
     for name, named in files.items():
         for key, z in named.items():
             _add(cols, mats, name, "file", None, key, z)
-    svals = _spectra("rankme", mats, config.center)
+    svals = embedding_spectra(mats, center=config.center, call="rankme")
     return RankMeResult(
         model=inputs.model_name if sets else "(embedding files)", eps=config.eps, center=config.center,
         site_kind=config.site_kind, set_sizes={n: len(t) for n, t in sets.items()}, **cols,

@@ -14,7 +14,8 @@ from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError, ShapeError
 from workbench.runner import run_analysis
 from workbench.spectra import dynamics
-from workbench_analyses.erank_dynamics import ErankDynamicsConfig, ErankDynamicsResult, erv_era, rank_dynamics
+from workbench.spectra.dynamics import erv_era, rank_dynamics
+from workbench_analyses.erank_dynamics import ErankDynamicsConfig, ErankDynamicsResult
 
 
 def _reference(h: torch.Tensor, stride: int, max_seq_len: int, center: bool = True):
@@ -337,7 +338,7 @@ def test_hooks_removed_when_erv_era_raises(tiny_model, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ed, "erv_era", boom)
+    monkeypatch.setattr(ed.dynamics, "erv_era", boom)
     with pytest.raises(RuntimeError, match="boom"):
         run_analysis(tiny_model, "erank_dynamics", ErankDynamicsConfig(response=RESPONSE, stride=10))
     assert count_hooks(tiny_model.hook_points()) == 0

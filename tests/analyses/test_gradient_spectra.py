@@ -12,11 +12,13 @@ import pytest
 import torch
 
 import workbench_analyses.gradient_spectra as gs
+from workbench.capture.gradients import dataset_gradients
+from workbench.capture.gradients import factor_sites as library_factor_sites
 from workbench.errors import ConfigError, ShapeError
 from workbench.models.chat import sft_ids, sft_text
 from workbench.prompts import bundled_pairs, read_pairs
 from workbench.runner import run_analysis
-from workbench_analyses.gradient_spectra import GradientSpectraConfig, GradientSpectraResult, dataset_gradients
+from workbench_analyses.gradient_spectra import GradientSpectraConfig, GradientSpectraResult
 
 PAIRS = [("What is 2+3?", "It is 5, because two plus three makes five."),
          ("Name a colour.", "Blue is a colour of the sky."),
@@ -222,7 +224,7 @@ def test_bad_inputs(folder_and_model, tmp_path):
         dataset_gradients(lm, PAIRS, route="svd")
     no_hooks = type("NoHooks", (), {"hook_points": lambda self: {}, "facts": lm.facts})()
     with pytest.raises(ConfigError, match="'route'.*'dense'"):
-        gs.factor_sites(no_hooks, ["W_Q"])
+        library_factor_sites(no_hooks, ["W_Q"])
     with pytest.raises(ShapeError, match=r"'dataset\[1\]'.*max_length=12"):
         dataset_gradients(lm, [("hi", "ok"), ("a much longer prompt here", "x")], max_length=12, chat_template=False)
     for field, value in [("projections", ["W_X"]), ("datasets", {}), ("datasets", {"a": "bundled:nope"}),

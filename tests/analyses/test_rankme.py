@@ -11,7 +11,8 @@ import torch
 from workbench.errors import ConfigError, ShapeError
 from workbench.matrix_files import read_matrices
 from workbench.runner import run_analysis
-from workbench_analyses.rankme import RankMeConfig, RankMeResult, rankme_of, rankme_of_file
+from workbench.spectra.embeddings import rankme_of, rankme_of_file
+from workbench_analyses.rankme import RankMeConfig, RankMeResult
 
 EPS = 1e-7
 
