@@ -1,5 +1,6 @@
 """Batched SVD engine and spectral metrics: pure tensor functions, no model (see svd.py and metrics.py)."""
 
+from workbench.spectra.embeddings import embedding_spectra, rankme_of, rankme_of_file
 from workbench.spectra.esd import (
     EVALS_THRESH,
     MPFit,
@@ -30,6 +31,9 @@ from workbench.spectra.svd import (
 
 __all__ = [
     "EVALS_THRESH",
+    "embedding_spectra",
+    "rankme_of",
+    "rankme_of_file",
     "MPFit",
     "PowerLawFit",
     "alpha_weighted",
