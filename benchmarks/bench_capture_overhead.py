@@ -32,14 +32,10 @@ import torch
 
 import workbench
 from workbench.capture import tokens as tok
-from workbench.capture.hooks import hooks_attached, resolve_sites
+from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, stoppable
 
 TARGET = 1.10
 RESID = "blocks.*.hook_resid_post"
-
-
-class _Stop(Exception):
-    pass
 
 
 def main() -> None:
@@ -66,7 +62,7 @@ def main() -> None:
                 lm.model(b.tokens.to(lm.device))
 
     def stop_hook(x: torch.Tensor, hook: object = None) -> None:
-        raise _Stop
+        raise StopForward
 
     def noop_hook(x: torch.Tensor, hook: object = None) -> None:
         return None
@@ -75,10 +71,8 @@ def main() -> None:
         def run() -> None:
             with hooks_attached(points, hooks), torch.inference_mode():
                 for b in batches:
-                    try:
+                    with stoppable():
                         lm.model(b.tokens.to(lm.device))
-                    except _Stop:
-                        pass
         return run
 
     def cap(sites: list[str]):

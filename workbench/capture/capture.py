@@ -10,7 +10,7 @@ import torch
 
 from workbench.capture import tokens as tok
 from workbench.capture.accumulators import Moments, Reservoir, RowStore
-from workbench.capture.hooks import hooks_attached, resolve_sites
+from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, stoppable
 from workbench.capture.result import CaptureResult, SiteStats
 from workbench.errors import BudgetError, SiteError, config_error
 from workbench.models.load import load_model
@@ -18,10 +18,6 @@ from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 
 KEEP_OPTIONS = ("stats", "reservoir", "per_prompt", "full")
-
-
-class _StopForward(Exception):
-    """Raised by the hook of the last site to fire: nothing after it is needed (e.g. the 49k-wide unembedding)."""
 
 
 @dataclass
@@ -199,7 +195,7 @@ def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: li
             site.feed(x.detach().reshape(x.shape[0], x.shape[1], -1), batch)
             fired.add(site.name)
             if len(fired) == len(state):
-                raise _StopForward
+                raise StopForward  # the last site has fired: nothing after it is needed
         return hook
 
     bar = progress_bar(total=n_tokens, unit="tok", desc="capture", disable=not progress)
@@ -208,10 +204,8 @@ def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: li
             for batch in batches:
                 current[:] = [batch]
                 fired.clear()
-                try:
+                with stoppable():
                     loaded.model(batch.tokens.to(loaded.device))
-                except _StopForward:
-                    pass
                 bar.update(int(batch.lengths.sum()))
     finally:
         bar.close()

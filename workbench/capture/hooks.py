@@ -12,13 +12,24 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 
 import torch
 
 from workbench.errors import SiteError
 
 HookFn = Callable[..., object]
+
+
+class StopForward(Exception):
+    """Raised by a hook to end the forward pass there, once everything wanted has been seen (what follows, e.g. a
+    49k- or 262k-wide unembedding, is skipped). Run the forward inside :func:`stoppable` so it returns normally."""
+
+
+def stoppable() -> AbstractContextManager[None]:
+    """``with stoppable(): model(tokens)``: a forward that a hook ended with :class:`StopForward` returns normally
+    (any other exception propagates)."""
+    return suppress(StopForward)
 
 
 def _natural_key(name: str) -> list[object]:

@@ -2,9 +2,10 @@
 log-likelihood of given continuations.
 
 Why: with a 262k-token vocabulary (Gemma 3) the unembedding of every position costs more than the whole transformer
-for short prompts. :func:`position_logits` stops the forward at the unembedding's input (a hook raising a private
-exception, removed in ``finally``) and unembeds only the rows asked for, with the model's own ``unembed`` module, so
-the numbers equal the full forward's (test). Steering hooks attached around these calls apply as usual.
+for short prompts. :func:`position_logits` stops the forward at the unembedding's input (a hook raising
+:class:`~workbench.capture.hooks.StopForward`, removed in ``finally``) and unembeds only the rows asked for, with the
+model's own ``unembed`` module, so the numbers equal the full forward's (test). Steering hooks attached around these
+calls apply as usual.
 """
 
 from __future__ import annotations
@@ -13,15 +14,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from workbench.capture.hooks import hooks_attached
+from workbench.capture.hooks import StopForward, hooks_attached, stoppable
 from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
 
 UNEMBED_INPUT = "unembed.hook_in"
-
-
-class _Stop(Exception):
-    """Raised by the readout hook to end a forward once the final residual is known."""
 
 
 def final_residual(lm, tokens: torch.Tensor) -> torch.Tensor:
@@ -31,16 +28,13 @@ def final_residual(lm, tokens: torch.Tensor) -> torch.Tensor:
 
     def hook(x: torch.Tensor, hook=None) -> None:
         box["x"] = x.detach()
-        raise _Stop
+        raise StopForward
 
     points = lm.hook_points()
     if UNEMBED_INPUT not in points:
         raise config_error("final_residual", "lm", f"a model with the hook point {UNEMBED_INPUT!r}", type(lm).__name__)
-    try:
-        with hooks_attached(points, {UNEMBED_INPUT: hook}), torch.no_grad():
-            lm.model(tokens.to(lm.device))
-    except _Stop:
-        pass
+    with stoppable(), hooks_attached(points, {UNEMBED_INPUT: hook}), torch.no_grad():
+        lm.model(tokens.to(lm.device))
     if "x" not in box:  # pragma: no cover - the hook always fires on a forward
         raise RuntimeError("final_residual(): the unembedding input was never reached")
     return box["x"]
