@@ -1,8 +1,8 @@
 """Layer-wise gradient spectra of the attention projections over (prompt, response) datasets, side by side.
 
 "How Instruction and Reasoning Data shape Post-Training: Data Quality through the Lens of Layer-wise Gradients"
-(Li et al., 2025), as its reference code computes it (MingLiiii/Gradient_Unified ``get_grad_vector_initial_try.py``
-and ``vis/try_vis_*_two.py``; shared/PAPERS.md (c)): one sample per backward pass, laid out as the reference does
+(Li et al., 2025), as its reference code computes it (github.com/MingLiiii/Gradient_Unified,
+``get_grad_vector_initial_try.py`` and ``vis/try_vis_*_two.py``): one sample per backward pass, laid out as the reference does
 (:func:`workbench.models.chat.sft_ids`: for an instruct model the chat template with the system turn "You are a
 helpful assistant." and the user turn, then the response; for a base model ``prompt + "\n" + response``; tokenised
 jointly, cut at ``max_length`` 2048); the loss is the mean next-token cross-entropy over the response tokens only

@@ -3,7 +3,7 @@
 Hooks are attached once per session through each HookPoint's ``add_hook`` (so TransformerLens' own layout
 conversions apply) and removed in ``finally`` — only ours, even when a hook or the forward raises. Registering once and
 then calling the plain forward avoids ``run_with_hooks``' per-call setup, which costs 35-45 % on the bridge
-(shared/MODELS.md, "What hooks cost").
+(measured on TransformerBridge with SmolLM2-135M on a 2-core CPU).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 to the model's own weights through a handle that reverts them bit for bit.
 
 Reference: "Steer2Edit: From Activation Steering to Component-Level Editing" (reference code
-Trustworthy-ML-Lab/Steer2Edit, ``efficient_reasoning/edit.py``; shared/PAPERS.md (f)). With v̂ the unit steering
+github.com/Trustworthy-ML-Lab/Steer2Edit, ``efficient_reasoning/edit.py``). With v̂ the unit steering
 vector of a layer's attention (or MLP) output and x̄ the mean input of a component over the positive and negative
 prompts:
 

