@@ -31,8 +31,7 @@ browser:  # Debian Chromium for the dashboard's browser test (Playwright drives 
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 app: setup  # the dashboard on http://127.0.0.1:8501 (HOST=0.0.0.0 to share it; MODEL=folder for another model)
-	WORKBENCH_APP_MODEL=$(MODEL) $(PY) -m streamlit run app/Home.py --server.address $(HOST) --server.port $(PORT) \
-		--server.headless true --browser.gatherUsageStats false
+	$(PY) -m workbench dashboard --model $(MODEL) --host $(HOST) --port $(PORT)
 
 lint: setup  # ruff, configured in pyproject.toml; fails on any finding
 	$(PY) -m ruff check .

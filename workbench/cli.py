@@ -135,5 +135,32 @@ def _provenance(lm, results, prompts, names, batch_size, max_tokens, device, see
     }
 
 
+def dashboard_command(model: str, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("workbench_app")
+    if spec is None or not spec.origin:
+        raise typer.BadParameter("the dashboard package workbench_app is not installed (pip install spectral-workbench)")
+    home = Path(spec.origin).parent / "Home.py"
+    return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+
+
+@app.command()
+def dashboard(
+    model: Annotated[str, typer.Option(help="bundled name or local HF folder shown first")] = DEFAULT_MODEL,
+    host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 shares it on the network)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8501,
+) -> None:
+    """Open the Streamlit dashboard (http://HOST:PORT) on a model."""
+    import os
+    import subprocess
+
+    command = dashboard_command(model, host, port)
+    _say(f"dashboard on http://{host}:{port} (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.run(command, env=os.environ | {"WORKBENCH_APP_MODEL": model}).returncode)
+
+
 def main() -> None:
     app()

@@ -112,3 +112,22 @@ def test_end_to_end_on_the_bundled_model(tmp_path):
     act = data["results"]["activation_spectra"]
     assert all(1 < e < 576 for e in act["erank_centred"])
     assert len(data["results"]["weight_spectra"]["matrix"]) == 30 * 7 + 2
+
+
+def test_dashboard_command_runs_the_installed_app(monkeypatch):
+    """``workbench dashboard`` starts streamlit on the installed workbench_app's Home.py with the chosen model."""
+    import importlib.util
+    from pathlib import Path
+
+    seen = {}
+
+    def fake_run(command, env):
+        seen.update(command=command, model=env["WORKBENCH_APP_MODEL"])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    result = runner.invoke(app, ["dashboard", "--model", "gemma3-270m", "--port", "8600"])
+    assert result.exit_code == 0, result.output
+    home = Path(importlib.util.find_spec("workbench_app").origin).parent / "Home.py"
+    assert home.is_file() and seen["command"][1:4] == ["-m", "streamlit", "run"] and seen["command"][4] == str(home)
+    assert seen["model"] == "gemma3-270m" and seen["command"][seen["command"].index("--server.port") + 1] == "8600"
