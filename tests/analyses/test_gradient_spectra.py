@@ -97,7 +97,7 @@ def _reference_averages(samples):
 
 @pytest.fixture(scope="module")
 def folder_and_model(tmp_path_factory):
-    from conftest import tiny_llama
+    from tests.helpers import tiny_llama
 
     folder = tmp_path_factory.mktemp("tiny-grad")
     return folder, tiny_llama(folder, max_position_embeddings=1024)
@@ -106,9 +106,9 @@ def folder_and_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def templated(tmp_path_factory):
     """The tiny Llama with a chat template on its (character-level) tokenizer: an "instruct" model."""
-    from conftest import _char_tokenizer, tiny_llama
+    from tests.helpers import char_tokenizer, tiny_llama
 
-    tok = _char_tokenizer()
+    tok = char_tokenizer()
     tok.chat_template = TEMPLATE
     folder = tmp_path_factory.mktemp("tiny-grad-instruct")
     return folder, tiny_llama(folder, tokenizer=tok)
@@ -170,7 +170,7 @@ def test_zero_gradients_are_left_out_of_the_effective_rank_mean(tmp_path):
     """With W_V of layer 0 zeroed, layer 0's attention output is 0 whatever the pattern: the gradients of its W_Q, W_K
     and W_O are exactly 0. The reference skips them in the effective-rank average (not 0s averaged in) and keeps
     their nuclear norm 0 in the nuclear average."""
-    from conftest import tiny_llama
+    from tests.helpers import tiny_llama
 
     lm = tiny_llama(tmp_path)
     with torch.no_grad():

@@ -90,7 +90,7 @@ def test_evaluation_keeps_only_correct_answers_and_counts_hits(tiny_recall_model
 
 
 def test_recall_prompts_are_deterministic_balanced_and_single_target():
-    from conftest import recall_words, word_tokenizer
+    from tests.helpers import recall_words, word_tokenizer
 
     tok = word_tokenizer(recall_words())
     a, b = recall_prompts(tok, 12, seed=3), recall_prompts(tok, 12, seed=3)

@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
 
 import workbench
+from tests.helpers import tiny_llama
 from workbench.capture import accumulators, resolve_sites
 from workbench.capture.accumulators import Moments, Reservoir
 from workbench.capture.hooks import count_hooks

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from tests_intervene_distilled import W_OUT, Distilled, pairs
 
+from tests.workbench.intervene.distilled import W_OUT, Distilled, pairs
 from workbench.capture.hooks import count_hooks
 from workbench.errors import ConfigError, ShapeError
 from workbench.intervene import Patch, patched_logits

@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from tests_intervene_distilled import Distilled, pairs
 
+from tests.workbench.intervene.distilled import Distilled, pairs
 from workbench.errors import ConfigError, ShapeError
 from workbench.intervene import subspace_patch
 from workbench.intervene.das import train_das

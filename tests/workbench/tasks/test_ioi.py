@@ -15,8 +15,8 @@ WORD_NAMES = NAMES[:10]  # the only names the word tokenizer knows; the others b
 @pytest.fixture(scope="module")
 def word_tokenizer():
     """A word-level tokenizer (built offline) whose vocabulary holds every template word and 10 of the names."""
-    from conftest import ioi_words
-    from conftest import word_tokenizer as build
+    from tests.helpers import ioi_words
+    from tests.helpers import word_tokenizer as build
 
     return build(ioi_words())
 

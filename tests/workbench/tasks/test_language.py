@@ -170,7 +170,7 @@ def test_load_errors_name_the_parameter(kwargs, param):
 @pytest.fixture(scope="module")
 def pairs_tokenizer():
     """A word-level tokenizer (built offline) that knows every word of the bundled pairs."""
-    from conftest import word_tokenizer
+    from tests.helpers import word_tokenizer
 
     words = re.findall(r"\w+|[^\w\s]+", " ".join(en + " " + es for en, es in load_en_es_pairs()))
     return word_tokenizer(words)
@@ -199,7 +199,7 @@ def test_language_token_ids_min_count(pairs_tokenizer):
 
 
 def test_language_token_ids_empty_when_tokenizer_knows_no_words():
-    from conftest import word_tokenizer
+    from tests.helpers import word_tokenizer
 
     with pytest.raises(ConfigError, match="language_token_ids"):
         language_token_ids(word_tokenizer(["zzz"]), load_en_es_pairs())

@@ -1,4 +1,5 @@
-"""The paper's distilled illusion example (Makelov et al. 2024, §3) as a TransformerLens HookedRootModule.
+"""The paper's distilled illusion example (Makelov et al. 2024, §3) as a TransformerLens HookedRootModule (a shared
+builder, imported as ``tests.workbench.intervene.distilled``).
 
 Input x = ±1 (the feature) at one position. Hidden h = (h_dis, h_dorm) with h_dis = x (disconnected: the output
 weights ignore it) and h_dorm = 0 (dormant: never varies, but the output reads it with weight 3). A skip path carries
