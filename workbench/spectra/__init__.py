@@ -1,5 +1,6 @@
 """Batched SVD engine and spectral metrics: pure tensor functions, no model (see svd.py and metrics.py)."""
 
+from workbench.spectra.checks import as_tensor, check_finite
 from workbench.spectra.embeddings import embedding_spectra, rankme_of, rankme_of_file
 from workbench.spectra.esd import (
     EVALS_THRESH,
@@ -30,6 +31,8 @@ from workbench.spectra.svd import (
 )
 
 __all__ = [
+    "as_tensor",
+    "check_finite",
     "EVALS_THRESH",
     "embedding_spectra",
     "rankme_of",

@@ -1,7 +1,7 @@
 """Effective-rank dynamics of a growing token sequence: ER of prefixes, ERV and ERA (pure tensor functions, no model).
 
 "Beyond the Exploration-Exploitation Trade-off: A Hidden State Approach for LLM Reasoning in RLVR", as its reference
-code computes it (hf618/VERL ``verl/trainer/metrics_utils.py``; shared/PAPERS.md (a)). ER_k is the effective rank
+code computes it (github.com/hf618/VERL, ``verl/trainer/metrics_utils.py``). ER_k is the effective rank
 (Roy & Vetterli, with VERL's ε) of the mean-centred prefix H[:k]; Δ_i = ER_i − mean(ER_0..ER_{i−1}) from the 2nd
 prefix, ERV = mean Δ (effective-rank velocity), diff2_i = Δ_i − Δ_{i−1} from the 3rd, ERA = mean diff2
 (acceleration). Two reference code paths choose the prefixes (``variant``):
@@ -22,9 +22,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
 
 from workbench.errors import config_error, shape_error
+from workbench.spectra.checks import check_finite
 
 VERL_EPS = 1e-8  # VERL's EPS in p = σ/(Σσ + EPS) and log(p + EPS)
 VARIANTS = ("optimized", "batched")
@@ -102,12 +102,11 @@ def _check_args(hidden: object, stride: object, max_seq_len: object, center: obj
         raise shape_error(call, "hidden", "a floating-point tensor", hidden.dtype)
     if 0 in hidden.shape:
         raise shape_error(call, "hidden", "at least one layer, token and feature", f"shape {tuple(hidden.shape)}")
-    if not bool(torch.isfinite(hidden).all()):
-        raise shape_error(call, "hidden", "finite (no NaN/Inf)", "a tensor with NaN or Inf")
+    check_finite(call, "hidden", hidden)
     return hidden if hidden.ndim == 3 else hidden.unsqueeze(0)
 
 
-def erv_era(hidden: Float[torch.Tensor, "*layer token d"], *, stride: int = 20, max_seq_len: int = 512,
+def erv_era(hidden: torch.Tensor, *, stride: int = 20, max_seq_len: int = 512,
             center: bool = True, variant: str = "optimized") -> ErankDynamics:
     """ER of the prefixes ``variant`` chooses (module docstring), and ERV/ERA, for ``hidden`` [T, d] or [L, T, d].
 

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.spectra.svd import _as_tensor, _check_finite
+from workbench.spectra.checks import as_tensor, check_finite
 
 __all__ = ["EVALS_THRESH", "MPFit", "PowerLawFit", "alpha_weighted", "esd_eigenvalues", "log_norm",
            "log_spectral_norm", "mp_fit", "powerlaw_fit"]
@@ -83,14 +83,14 @@ class MPFit(NamedTuple):
 
 def _evals(call: str, evals: object, min_k: int = 1) -> torch.Tensor:
     """Validate ``evals [..., k]`` (finite, >= 0, k >= min_k) and return it in float64."""
-    evals = _as_tensor(call, "evals", evals)
+    evals = as_tensor(call, "evals", evals)
     if evals.dtype.is_complex:
         raise shape_error(call, "evals", "a real tensor", evals.dtype)
     if evals.ndim < 1 or evals.shape[-1] < min_k:
         raise shape_error(call, "evals", f"a tensor of shape [..., k] with k >= {min_k} eigenvalues",
                           f"shape {tuple(evals.shape)}")
     evals = evals.to(torch.float64)
-    _check_finite(call, "evals", evals)
+    check_finite(call, "evals", evals)
     if bool((evals < 0).any()):
         raise shape_error(call, "evals", "non-negative (eigenvalues of WᵀW)", f"min {float(evals.min()):.6g}")
     return evals

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
 
 from workbench.errors import shape_error
+from workbench.spectra.checks import check_finite
 from workbench.spectra.metrics import effective_rank
 
 
@@ -37,17 +37,16 @@ def _check(call: str, delta: object, x: object) -> None:
         if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.dtype.is_floating_point:
             got = f"{t.dtype} shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise shape_error(call, name, "a floating tensor of shape [..., T, d]", got)
-        if not bool(torch.isfinite(t).all()):
-            raise shape_error(call, name, "finite (no NaN/Inf)", "a tensor with NaN or Inf")
+        check_finite(call, name, t)
     if delta.shape[:-1] != x.shape[:-1] or delta.shape[-2] == 0:
         raise shape_error(call, "x", f"the same leading [..., T] as delta {tuple(delta.shape[:-1])}, T >= 1",
                           f"shape {tuple(x.shape)}")
 
 
-def outer_sum_singular_values(delta: Float[torch.Tensor, "*batch token m"],
-                              x: Float[torch.Tensor, "*batch token n"]) -> Float[torch.Tensor, "*batch r"]:
-    """Singular values of G = Σ_t δ_t x_tᵀ = deltaᵀ x ([..., m, n]) from the factors (module docstring), descending,
-    float64, on the inputs' device; r = min(T, m, n)."""
+def outer_sum_singular_values(delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Singular values ``[..., r]`` of G = Σ_t δ_t x_tᵀ = deltaᵀ x ([..., m, n]) from the factors ``delta``
+    ``[..., T, m]`` and ``x`` ``[..., T, n]`` (module docstring), descending, float64, on the inputs' device;
+    r = min(T, m, n)."""
     _check("outer_sum_singular_values", delta, x)
     return _core_svdvals(delta, x)[0]
 
@@ -59,10 +58,10 @@ def _core_svdvals(delta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.linalg.svdvals(core), core
 
 
-def gradient_spectrum(delta: Float[torch.Tensor, "*batch token m"],
-                      x: Float[torch.Tensor, "*batch token n"]) -> GradientSpectrum:
+def gradient_spectrum(delta: torch.Tensor, x: torch.Tensor) -> GradientSpectrum:
     """Nuclear norm, Frobenius norm, effective rank and singular values of G = deltaᵀ x (one sample's weight gradient
-    of a bias-free Linear: ``delta`` the gradients of its outputs, ``x`` its inputs, per token), from the T × T core.
+    of a bias-free Linear: ``delta`` ``[..., T, m]`` the gradients of its outputs, ``x`` ``[..., T, n]`` its inputs,
+    per token), from the T × T core.
     Batched over leading dimensions (e.g. every layer of one projection at once)."""
     _check("gradient_spectrum", delta, x)
     s, core = _core_svdvals(delta, x)

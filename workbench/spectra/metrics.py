@@ -33,7 +33,7 @@ import math
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.spectra.svd import _as_tensor, _check_finite
+from workbench.spectra.checks import as_tensor, check_finite
 
 __all__ = [
     "condition_number",
@@ -49,7 +49,7 @@ __all__ = [
 
 def _spectrum(call: str, s: object) -> torch.Tensor:
     """Validate ``s`` ([..., k], k >= 1, finite, non-negative, real) and cast integers to float64."""
-    s = _as_tensor(call, "s", s)
+    s = as_tensor(call, "s", s)
     if s.ndim == 0:
         raise shape_error(call, "s", "a tensor of singular values of shape [..., k] (ndim >= 1)", "a 0-d tensor")
     if s.shape[-1] == 0:
@@ -57,7 +57,7 @@ def _spectrum(call: str, s: object) -> torch.Tensor:
     if s.dtype.is_complex:
         raise shape_error(call, "s", "a real (floating, integer or bool) tensor", s.dtype)
     s = s if s.dtype.is_floating_point else s.to(torch.float64)
-    _check_finite(call, "s", s)
+    check_finite(call, "s", s)
     if bool((s < 0).any()):
         raise shape_error(call, "s", "non-negative (singular values)", f"min {float(s.min()):.6g}")
     return s

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.spectra.checks import as_tensor, check_finite
 
 __all__ = ["PrecisionWarning", "batched_singular_values", "singular_values", "singular_values_from_gram"]
 
@@ -48,17 +49,7 @@ class PrecisionWarning(UserWarning):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# shared input handling (also used by metrics.py)
-
-
-def _as_tensor(call: str, name: str, x: object) -> torch.Tensor:
-    """``torch.as_tensor`` (no copy for tensors/numpy), re-raising conversion failures in the standard format."""
-    if isinstance(x, torch.Tensor):
-        return x
-    try:
-        return torch.as_tensor(x)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise shape_error(call, name, "a torch tensor or numpy array of real numbers", type(x).__name__) from exc
+# input handling (as_tensor and check_finite, shared by every spectra module, are in checks.py)
 
 
 def _working_dtype(call: str, name: str, dtype: torch.dtype) -> torch.dtype:
@@ -68,13 +59,6 @@ def _working_dtype(call: str, name: str, dtype: torch.dtype) -> torch.dtype:
     if dtype in (torch.float32, torch.float64):
         return dtype
     return torch.float32 if dtype.is_floating_point else torch.float64
-
-
-def _check_finite(call: str, name: str, x: torch.Tensor) -> None:
-    """Reject NaN/Inf: LAPACK/cuSOLVER either fail obscurely or return garbage on them."""
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).sum())
-        raise shape_error(call, name, "finite (no NaN or Inf)", f"{bad} non-finite entries in shape {tuple(x.shape)}")
 
 
 def _check_matrix(call: str, name: str, x: torch.Tensor, *, exact_ndim: bool = False) -> None:
@@ -103,10 +87,10 @@ def singular_values(x: torch.Tensor, *, center: bool = False) -> torch.Tensor:
     rows first, so the spectrum is that of the token covariance (as VERL does before its effective rank).
     """
     call = "singular_values"
-    x = _as_tensor(call, "x", x)
+    x = as_tensor(call, "x", x)
     _check_matrix(call, "x", x)
     x = x.to(_working_dtype(call, "x", x.dtype))
-    _check_finite(call, "x", x)
+    check_finite(call, "x", x)
     return _svdvals(x, center)
 
 
@@ -151,7 +135,7 @@ def batched_singular_values(
 def _prepare_listed(call: str, i: int, m: object) -> torch.Tensor:
     """Convert, shape-check and upcast the i-th matrix (finiteness is checked per stacked chunk)."""
     name = f"matrices[{i}]"
-    m = _as_tensor(call, name, m)
+    m = as_tensor(call, name, m)
     _check_matrix(call, name, m, exact_ndim=True)
     return m.to(_working_dtype(call, name, m.dtype))
 
@@ -176,7 +160,7 @@ def _stacked_svdvals(call: str, group: list[torch.Tensor], indices: list[int], c
     stacked = torch.stack(group)
     if not bool(torch.isfinite(stacked).all()):
         row = int((~torch.isfinite(stacked)).flatten(1).any(dim=1).nonzero()[0])
-        _check_finite(call, f"matrices[{indices[row]}]", group[row])
+        check_finite(call, f"matrices[{indices[row]}]", group[row])
     if method == "svd" or (method == "auto" and stacked.dtype == torch.float64):
         return _svdvals(stacked, center)
     x = (_centre_rows(stacked) if center else stacked).to(torch.float64)
@@ -210,10 +194,10 @@ def singular_values_from_gram(
     so much that σ below 1e-6·σ_max are lost; the remedy for both is to accumulate the centred co-moment in float64.
     """
     call = "singular_values_from_gram"
-    gram = _as_tensor(call, "gram", gram)
+    gram = as_tensor(call, "gram", gram)
     _check_gram(call, gram)
     g = gram.to(torch.float64)
-    _check_finite(call, "gram", g)
+    check_finite(call, "gram", g)
     mean = _check_centring(call, gram, mean, n, center)
     _warn_low_precision(gram, mean)
     g, shift = _centred_gram(g, mean, n) if center else (g, 0.0)
@@ -246,11 +230,11 @@ def _check_centring(
     for name, value in (("mean", mean), ("n", n)):
         if value is None:
             raise config_error(call, name, "given when center=True", None)
-    mean = _as_tensor(call, "mean", mean)
+    mean = as_tensor(call, "mean", mean)
     if tuple(mean.shape) != tuple(gram.shape[:-1]):
         raise shape_error(call, "mean", f"of shape {tuple(gram.shape[:-1])} (gram's [..., d])", tuple(mean.shape))
     _working_dtype(call, "mean", mean.dtype)
-    _check_finite(call, "mean", mean)
+    check_finite(call, "mean", mean)
     return mean
 
 

@@ -1,0 +1,30 @@
+"""Input checks shared by the spectra modules: tensor conversion and the NaN/Inf guard, with the standard messages.
+
+Why public: svd.py, metrics.py, esd.py, dynamics.py and gradients.py all take user tensors and must refuse the same
+things the same way (a ``ShapeError`` naming the call and parameter), before LAPACK/cuSOLVER sees them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.errors import shape_error
+
+__all__ = ["as_tensor", "check_finite"]
+
+
+def as_tensor(call: str, name: str, x: object) -> torch.Tensor:
+    """``torch.as_tensor`` (no copy for tensors/numpy), re-raising conversion failures in the standard format."""
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise shape_error(call, name, "a torch tensor or numpy array of real numbers", type(x).__name__) from exc
+
+
+def check_finite(call: str, name: str, x: torch.Tensor) -> None:
+    """Reject NaN/Inf: LAPACK/cuSOLVER either fail obscurely or return garbage on them."""
+    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise shape_error(call, name, "finite (no NaN or Inf)", f"{bad} non-finite entries in shape {tuple(x.shape)}")
