@@ -17,6 +17,7 @@ from workbench.errors import config_error
 from workbench.results import Result
 
 GROUP = "workbench.analyses"
+DISTRIBUTION = "spectral-workbench"  # the built-in analyses' distribution: their failures raise
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Analysis] = {}
@@ -55,8 +56,8 @@ def _from_entry_point(entry: EntryPoint) -> Analysis:
 
 
 def _load() -> None:
-    """Register every analysis of the entry-point group, once. One that fails to load is logged and skipped, so a
-    broken third-party package cannot take the built-in analyses down with it."""
+    """Register every analysis of the entry-point group, once. A third-party one that fails to load is logged and
+    skipped, so a broken plugin cannot take the others down with it; a built-in one (this distribution's) raises."""
     global _loaded
     if _loaded:
         return
@@ -67,6 +68,9 @@ def _load() -> None:
         try:
             _add(_from_entry_point(entry))
         except Exception as exc:  # noqa: BLE001 - a plugin's failure of any kind is reported, not raised
+            if entry.dist is not None and entry.dist.name == DISTRIBUTION:
+                _loaded = False
+                raise
             log.warning("analysis entry point %s = %s could not be registered: %s: %s", entry.name, entry.value,
                         type(exc).__name__, exc)
 

@@ -86,6 +86,18 @@ def test_a_broken_entry_point_is_logged_and_skipped(tmp_path, monkeypatch, caplo
         registry._reset()
 
 
+def test_a_broken_builtin_entry_point_raises(tmp_path, monkeypatch):
+    """The built-in analyses' distribution is not a plugin: its import errors surface instead of being skipped."""
+    entry = "weight_norms = wb_no_such_module:ANALYSIS"
+    monkeypatch.syspath_prepend(str(install_fake_plugin(tmp_path / "site", entry=entry, dist=registry.DISTRIBUTION)))
+    registry._reset()
+    try:
+        with pytest.raises(ModuleNotFoundError, match="wb_no_such_module"):
+            registry.names()
+    finally:
+        registry._reset()
+
+
 def test_register_by_hand_refuses_duplicates_and_non_analyses(plugin_path):
     import wb_weight_norms
 
