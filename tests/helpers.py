@@ -107,3 +107,16 @@ def recall_words():
 
     return ioi_words() + split_words(" ".join(recall.SECRET_TEMPLATES + recall.LIST_TEMPLATES + recall.SECRET_WORDS
                                               + recall.LIST_ITEMS + EXAMPLES))
+
+
+def truncate_file(path: Path, keep: int | None = None) -> None:
+    """Cut ``path`` to its first ``keep`` bytes (default: half), as an interrupted copy or download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+def flip_last_byte(path: Path) -> None:
+    """Same size, different content (the last byte lies in the tensor data of a safetensors file)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
