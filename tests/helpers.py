@@ -120,3 +120,13 @@ def flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def numpy_rankme(z, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023, eq. 1) of the rows of ``z`` written out with numpy's SVD in float64: an independent
+    reference for the library's batched torch version."""
+    import numpy as np
+
+    s = np.linalg.svd(np.asarray(z, dtype=np.float64), compute_uv=False)
+    p = s / s.sum() + eps
+    return float(np.exp(-(p * np.log(p)).sum()))
