@@ -1,4 +1,4 @@
-"""Report: JSON round-trip, self-contained HTML, refusal to overwrite, atomic writes; prompt files."""
+"""Report: JSON round-trip, self-contained HTML, refusal to overwrite, atomic writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.prompts import default_prompts, read_prompts
 from workbench.report import Report
 from workbench.runner import run_analyses
 
@@ -51,49 +50,3 @@ def test_failure_mid_write_leaves_nothing(report, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="render failed"):
         report.write(tmp_path / "r")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_default_prompts_are_many_and_varied():
-    prompts = default_prompts()
-    assert len(prompts) >= 200 and len(set(prompts)) == len(prompts)
-    assert any("def " in p for p in prompts) and any("=" in p for p in prompts)
-
-
-def test_read_prompts_txt_and_jsonl(tmp_path):
-    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
-    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n\n{"text": "y", "other": 1}\n')
-    assert read_prompts(tmp_path / "a.txt") == ["one", "two"]
-    assert read_prompts(tmp_path / "b.jsonl") == ["x", "y"]
-
-
-@pytest.mark.parametrize("name,content,match", [
-    ("empty.txt", "\n\n", "no prompts"),
-    ("bad.jsonl", '{"text": "ok"}\nnot json\n', "bad.jsonl:2"),
-    ("cols.jsonl", '{"prompt": "x"}\n', '"text"'),
-    ("bin.txt", b"\xff\xfe\x00\x01", "binary"),
-    ("latin.txt", "caf\xe9\n".encode("latin-1"), "UTF-8"),
-    ("x.csv", "a,b\n", ".txt or .jsonl"),
-])
-def test_read_prompts_errors(tmp_path, name, content, match):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    with pytest.raises(ConfigError, match=match):
-        read_prompts(path)
-
-
-def test_parse_uploaded_prompts_and_pairs():
-    from workbench.prompts import parse_pairs, parse_prompts
-
-    assert parse_prompts("up.txt", b"one\n\ntwo\n") == ["one", "two"]
-    with pytest.raises(ConfigError, match="up.txt is 200 bytes, over the 104 bytes limit"):
-        parse_prompts("up.txt", b"x" * 200, max_bytes=104)
-    assert parse_pairs("p.jsonl", b'{"prompt": "q", "response": "a"}\n') == [("q", "a")]
-    with pytest.raises(ConfigError, match='p.jsonl:1 must be an object with "prompt" and "response"'):
-        parse_pairs("p.jsonl", b'{"text": "q"}\n')
-    with pytest.raises(ConfigError, match=".jsonl file"):
-        parse_pairs("p.txt", b"q")
-
-
-def test_read_prompts_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match="'path'"):
-        read_prompts(tmp_path / "nope.txt")
