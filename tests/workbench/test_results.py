@@ -1,0 +1,96 @@
+"""The base classes of configs and results (workbench.results): JSON round trips, refusals that name what was wrong,
+number formatting and the escaped HTML table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+
+from workbench.errors import ConfigError
+from workbench.results import Config, Result, Serialisable, fmt, table_html
+
+
+@dataclass(frozen=True)
+class Point(Serialisable):
+    kind: ClassVar[str] = "test_point"
+    name: str
+    values: list[float]
+    meta: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Other(Serialisable):
+    kind: ClassVar[str] = "test_other"
+    name: str
+
+
+def test_round_trip_through_dict_and_json():
+    p = Point("a", [1.0, 2.5, -3.0], {"n": 3})
+    assert p.to_dict() == {"kind": "test_point", "name": "a", "values": [1.0, 2.5, -3.0], "meta": {"n": 3}}
+    assert Point.from_dict(p.to_dict()) == p
+    assert Point.from_json(p.to_json()) == p
+    assert json.loads(p.to_json())["kind"] == "test_point"
+    assert Point.from_dict({"name": "b", "values": []}) == Point("b", [])  # no kind: the class's own
+
+
+def test_from_dict_refuses_another_kind():
+    with pytest.raises(ConfigError, match=r"Point.from_dict\(\): parameter \"data\['kind'\]\" must be 'test_point'; "
+                                          r"received 'test_other'"):
+        Point.from_dict(Other("x").to_dict())
+
+
+def test_from_dict_names_the_unknown_keys():
+    data = Point("a", [1.0]).to_dict() | {"colour": "red", "alpha": 1}
+    with pytest.raises(ConfigError, match=r"Point.from_dict\(\): parameter 'data' must be only the keys "
+                                          r"\['meta', 'name', 'values'\]; received \['alpha', 'colour'\]"):
+        Point.from_dict(data)
+
+
+@pytest.mark.parametrize("value,text", [
+    (float("nan"), "nan"), (float("inf"), "inf"), (-math.inf, "-inf"),
+    (1 / 3, "0.3333"), (123456.0, "1.235e+05"), (2.0, "2"), (7, "7"), ("x", "x"), (True, "True"), (None, "None"),
+])
+def test_fmt(value, text):
+    assert fmt(value) == text
+
+
+def test_table_html_escapes_header_and_cells():
+    page = table_html(["<b>name</b>", "value & more"], [["<script>alert(1)</script>", 0.5], ['"q"', float("nan")]])
+    assert "<script>" not in page and "<b>" not in page
+    assert "<th>&lt;b&gt;name&lt;/b&gt;</th><th>value &amp; more</th>" in page
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><td>0.5</td>" in page
+    assert "<td>&quot;q&quot;</td><td>nan</td>" in page
+    assert page.startswith('<table class="wb-table">') and page.count("<tr>") == 3
+    assert table_html([], [[1]]) == ""  # no header: no table
+
+
+@dataclass(frozen=True)
+class Window(Config):
+    kind: ClassVar[str] = "test_window"
+    low: int = 0
+    high: int = 10
+
+    def validate(self) -> None:  # only the rule across fields, through Config.check
+        self.check("high", self.high > self.low, f"greater than low={self.low}")
+
+
+def test_config_check_message_names_the_class_the_field_and_the_value():
+    assert Window(2, 3).high == 3
+    with pytest.raises(ConfigError) as info:
+        Window(low=5, high=1)
+    assert str(info.value) == "Window(): parameter 'high' must be greater than low=5; received 1"
+
+
+def test_result_defaults():
+    @dataclass(frozen=True)
+    class Empty(Result):
+        kind: ClassVar[str] = "test_empty"
+
+    r = Empty()
+    assert r.table() == ([], []) and r.summary() == "" and r.title == "Result"
+    with pytest.raises(NotImplementedError):
+        r.figures()
