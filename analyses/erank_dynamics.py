@@ -27,7 +27,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from workbench.analysis import Analysis, Inputs
-from workbench.capture.hooks import hooks_attached
+from workbench.capture.hooks import hooks_attached, site
 from workbench.deprecation import moved
 from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
@@ -41,8 +41,8 @@ __all__ = ["ErankDynamicsConfig", "ErankDynamicsResult", "compute", "response_hi
 __getattr__ = moved(__name__, {name: "workbench.spectra.dynamics" for name in ("ErankDynamics", "erv_era",
                                                                                "rank_dynamics")})
 
-SITE = "blocks.{layer}.hook_resid_post"
-FINAL_SITE = "ln_final.hook_out"
+SITE_KIND = "resid_post"  # the per-block extension: the residual stream after every block
+FINAL_SITE = "ln_final.hook_out"  # the headline: the final norm's output (not a block site)
 ALIGNMENTS = ("generating", "own")
 DEFAULT_PROMPT = ("A farmer has 17 sheep. All but 9 run away, then he buys twice as many as he has left. "
                   "How many sheep does he have now? Think step by step.")
@@ -177,7 +177,7 @@ class ErankDynamicsResult(Result):
         header = ["site", f"ER at k={self.ks[0]}", f"ER at k={self.ks[-1]}", "ERV", "ERA"]
         rows = [[f"{self.final_site} (headline)", self.final_erank[0], self.final_erank[-1], _show(self.final_erv),
                  _show(self.final_era)]]
-        rows += [[SITE.format(layer=layer), row[0], row[-1], _show(self.erv[layer]), _show(self.era[layer])]
+        rows += [[site(SITE_KIND, layer), row[0], row[-1], _show(self.erv[layer]), _show(self.era[layer])]
                  for layer, row in enumerate(self.erank_t)]
         return header, rows
 
@@ -243,7 +243,7 @@ def response_hidden(lm, tokens: torch.Tensor, n_prompt: int, *, alignment: str =
             slices[name] = tensor[0, first:last].detach().float().cpu()
         return hook
 
-    names = [SITE.format(layer=layer) for layer in range(n_layers)] + [FINAL_SITE]
+    names = [site(SITE_KIND, layer) for layer in range(n_layers)] + [FINAL_SITE]
     with hooks_attached(lm.hook_points(), {name: keep(name) for name in names}), torch.no_grad():
         lm.model(tokens)
     return slices[FINAL_SITE], torch.stack([slices[name] for name in names[:-1]])

@@ -27,6 +27,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from workbench.analysis import Analysis, Inputs
+from workbench.capture.hooks import site
 from workbench.errors import config_error
 from workbench.intervene import Patch, patching, record
 from workbench.intervene.das import train_das
@@ -192,14 +193,14 @@ def _heatmap(lm, data, progress) -> list[list[float]]:
     first_diff = int(differs[0]) if differs.numel() else n_pos
     rows = []
     for layer in progress_bar(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
-        site = f"blocks.{layer}.hook_resid_pre"
-        acts = record(lm, data["source"], [site])
+        name = site("resid_pre", layer)
+        acts = record(lm, data["source"], [name])
         row = []
         for pos in range(n_pos):
             if pos < first_diff:  # identical prefix tokens: identical activations, the patch is a no-op
                 row.append(0.0)
                 continue
-            with patching(lm, [Patch(site, positions=[pos])], acts), torch.no_grad():
+            with patching(lm, [Patch(name, positions=[pos])], acts), torch.no_grad():
                 ld = logit_diff(lm.model(data["base"]), data["answer"], data["cf"])
             row.append(fldd(ld_base, ld))
         rows.append(row)
@@ -212,10 +213,10 @@ def _reader_heads(lm, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
     io_pos = (base == data["answer"][:32, None]).float()
     s_pos = (base == data["cf"][:32, None]).float()
     later = list(range(layer + 1, lm.facts.n_layers))
-    acts = record(lm, base, [f"blocks.{l}.attn.hook_pattern" for l in later])
+    acts = record(lm, base, [site("pattern", l) for l in later])
     scores = []
     for l in later:
-        pattern = acts[f"blocks.{l}.attn.hook_pattern"][:, :, -1]  # [B, H, K] from the last query position
+        pattern = acts[site("pattern", l)][:, :, -1]  # [B, H, K] from the last query position
         io = (pattern * io_pos[:, None]).sum(-1)
         s = (pattern * s_pos[:, None]).sum(-1) / s_pos.sum(-1)[:, None].clamp_min(1)  # mean over S1 and S2
         scores += [(float((io - s)[:, h].mean()), l, h) for h in range(pattern.shape[1])]
@@ -266,18 +267,18 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
         layer = config.layer
         heads = _reader_heads(lm, data, layer, config.n_reader_heads)
     das = []
-    resid_site = f"blocks.{layer}.hook_resid_post"
-    for kind, site in (("resid", resid_site), ("mlp", f"blocks.{layer}.mlp.hook_post")):
-        fit = train_das(lm, data["base"], data["source"], data["cf"], site=site, position=-1,
+    resid_site = site("resid_post", layer)
+    for kind, das_site in (("resid", resid_site), ("mlp", site("mlp_post", layer))):
+        fit = train_das(lm, data["base"], data["source"], data["cf"], site=das_site, position=-1,
                         epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
                         seed=config.seed, progress=inputs.progress)
         readers, reader_text = _readers(lm, kind, layer, heads)
         feature = torch.cat([test["feature"], 1 - test["feature"]])
-        diag = diagnose(lm, site=site, position=-1, direction=fit.basis[:, 0], readers=readers,
+        diag = diagnose(lm, site=das_site, position=-1, direction=fit.basis[:, 0], readers=readers,
                         base=test["base"], source=test["source"], answer=test["answer"],
                         counterfactual=test["cf"], source_answer=test["answer"],
                         source_alternative=test["cf"], feature=feature, baseline_site=resid_site, seed=config.seed)
-        das.append({"site": site, "kind": kind, "layer": layer, "position": -1, "readers": reader_text,
+        das.append({"site": das_site, "kind": kind, "layer": layer, "position": -1, "readers": reader_text,
                     "train_loss": fit.train_loss, "val_loss": fit.val_loss, "best_epoch": fit.best_epoch,
                     "lrs": fit.lrs, "effects": {k: v.to_dict() for k, v in diag.effects.items()},
                     "row_fraction": diag.row_fraction, "null_leak": diag.null_leak,

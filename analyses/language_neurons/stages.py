@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.capture import capture
+from workbench.capture.hooks import site
 from workbench.intervene.language import (
     causal_lift,
     energy_erank,
@@ -41,7 +42,7 @@ from workbench.progress import bar as progress_bar
 from workbench.sae import cached_sae, decoder_directions, encode
 from workbench.spectra import effective_rank
 
-from .steering import STEER_SITE, margins
+from .steering import STEER_KIND, margins
 
 L2_EPS = 1e-6  # utils.py normalize_activations / stage1.py compute_language_activations
 STD_FLOOR = 1e-6  # standardised inputs: standard deviations below this (constant dimensions) are treated as this
@@ -75,8 +76,8 @@ class LayerState:
         return v * self.std.to(v.device) if self.inputs == "standardised" else v
 
 
-def read_site(config) -> str:
-    return "blocks.{}.hook_" + config.read_site
+def read_site(config, layer: int) -> str:
+    return site(config.read_site, layer)
 
 
 def _digest(pairs) -> str:
@@ -100,7 +101,7 @@ def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, e
     per_row = vectors.repeat_interleave(p, dim=0)  # row b = direction b // p
     deltas = []
     for alpha in alphas:
-        steer = Steer(STEER_SITE.format(layer), lambda part, a=alpha: a * per_row.to(part.device, part.dtype)[:, None],
+        steer = Steer(site(STEER_KIND, layer), lambda part, a=alpha: a * per_row.to(part.device, part.dtype)[:, None],
                       positions=rep_last.to(lm.device))
         m = margins(lm, rep_tokens, rep_last, en_ids, es_ids, [steer]).reshape(c, p)
         deltas.append((m - base.reshape(1, p)).mean(1))
@@ -109,7 +110,7 @@ def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, e
 
 def _sae(lm, fit, layer, train, config):
     l1 = config.l1_coefficient if config.l1_coefficient is not None else REFERENCE_L1 * fit.shape[1]
-    key = {"model": lm.name, "site": read_site(config).format(layer), "rows": config.sae_rows,
+    key = {"model": lm.name, "site": read_site(config, layer), "rows": config.sae_rows,
            "inputs": config.inputs, "pairs": _digest(train)}
     return cached_sae(fit, key=key, d_sae=config.d_sae, k=min(config.k, config.d_sae), architecture=config.architecture,
                       epochs=config.sae_epochs, lr=config.sae_lr, batch_size=config.sae_batch, l1_coefficient=l1,
@@ -118,15 +119,14 @@ def _sae(lm, fit, layer, train, config):
 
 def stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
     texts = [en for en, _ in train] + [es for _, es in train]
-    site = read_site(config)
     keep = ("per_prompt", "full") if config.sae_rows == "all" else ("per_prompt",)
-    captured = capture(lm, texts, sites=[site.format(l) for l in layers], keep=keep, exclude_bos=True, batch_size=16,
-                       progress=progress, device=lm.device)
+    captured = capture(lm, texts, sites=[read_site(config, l) for l in layers], keep=keep, exclude_bos=True,
+                       batch_size=16, progress=progress, device=lm.device)
     n = len(train)
     lift_tokens, lift_last = right_padded(lm, [en for en, _ in train[:config.lift_prompts]])
     rows, states = [], []
     for layer in progress_bar(layers, desc="stage I: SAE, selectivity, lift", disable=not progress, leave=False):
-        stats = captured[site.format(layer)]
+        stats = captured[read_site(config, layer)]
         last = stats.last.to(lm.device).float()
         fit, mean, std = _fit_rows(stats.full.to(lm.device).float() if config.sae_rows == "all" else last,
                                    config.inputs)

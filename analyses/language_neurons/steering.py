@@ -9,13 +9,14 @@ import math
 
 import torch
 
+from workbench.capture.hooks import site
 from workbench.intervene.language import prototypes, reference_shift, steering_directions
 from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
 from workbench.intervene.steer import Steer, steering
 from workbench.progress import bar as progress_bar
 from workbench.tasks.language import detect_language, language_margin, spanish_score
 
-STEER_SITE = "blocks.{}.hook_resid_post"  # the output of block L, where the reference's hooks sit
+STEER_KIND = "resid_post"  # the output of block L, where the reference's hooks sit
 METHODS = ("none", "sparse", "dense", "random")
 DEGENERATE_FRACTION = 0.75
 
@@ -65,7 +66,7 @@ def _method_steers(method: str, window_states: list, lam: float, ratio: float, s
         if not features or v_r is None:
             continue
         parts.append((st.layer, _shift(st, features, v_r, lam, ratio * lam)))
-    return lambda positions: [Steer(STEER_SITE.format(layer), vec, positions=positions) for layer, vec in parts]
+    return lambda positions: [Steer(site(STEER_KIND, layer), vec, positions=positions) for layer, vec in parts]
 
 
 def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from workbench.capture.hooks import hooks_attached
+from workbench.capture.hooks import LINEAR_COMPONENTS, hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.models.chat import DEFAULT_SYSTEM, sft_ids
 from workbench.progress import bar as progress_bar
@@ -30,9 +30,9 @@ METRICS = ("nuclear", "erank", "frobenius")
 ROUTES = ("factor", "dense")
 NUCLEAR_FLOOR = 1e-12  # the reference's plotting scripts skip an S_list whose sum is below this (erank only)
 COSINE_EPS = 1e-9  # compute_cosine_similarity_chunked: dot / (norm_i * norm_j + 1e-9)
-# the TransformerBridge component (with hook_in / hook_out) of each weight kind, for the factor route
-COMPONENT = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o", "W_in": "mlp.in",
-             "W_gate": "mlp.gate", "W_out": "mlp.out"}
+# the TransformerBridge component (with hook_in / hook_out) of each weight kind, for the factor route (the table
+# lives with the site names; this name stays for analyses.gradient_spectra's deprecated re-export)
+COMPONENT = LINEAR_COMPONENTS
 
 
 
@@ -107,7 +107,7 @@ def factor_sites(lm, projections: Sequence[str]) -> list[tuple[str, str]]:
     """``(input hook, output hook)`` of every (layer, projection), layer-major: the bridge component's
     ``hook_in``/``hook_out`` (the Linear's x_t and y_t). ConfigError when the model has no such hooks."""
     points = lm.hook_points()
-    sites = [(f"blocks.{layer}.{COMPONENT[kind]}.hook_in", f"blocks.{layer}.{COMPONENT[kind]}.hook_out")
+    sites = [(site(f"{kind}_in", layer), site(f"{kind}_out", layer))
              for layer in range(lm.facts.n_layers) for kind in projections]
     missing = [name for pair in sites for name in pair if name not in points]
     if missing:

@@ -88,8 +88,15 @@ def count_hooks(points: Mapping[str, torch.nn.Module]) -> int:
     return sum(len(point._forward_hooks) for point in {id(p): p for p in points.values()}.values())
 
 
-# TransformerLens hook names of the per-layer representations, by short name (TransformerLens' ``get_act_name``
-# spells the same names; this table keeps the set the analyses offer in one place).
+# The TransformerBridge Linear behind each weight kind, per layer: its ``hook_in`` / ``hook_out`` are that matmul's
+# input x and output y (the per-token factors of a weight gradient).
+LINEAR_COMPONENTS = {"W_Q": "attn.q", "W_K": "attn.k", "W_V": "attn.v", "W_O": "attn.o", "W_in": "mlp.in",
+                     "W_gate": "mlp.gate", "W_out": "mlp.out"}
+
+# TransformerLens hook names of the per-layer sites, by short name: every hook name of a block that the library or an
+# analysis uses is spelled here, once (TransformerLens' ``get_act_name`` spells the same names). ``"<weight>_in"`` /
+# ``"<weight>_out"`` (``"W_Q_in"``, ...) are the bridge-only hooks around each weight's matmul (LINEAR_COMPONENTS).
+# Hooks outside the blocks (``unembed.hook_in``, ``ln_final.hook_out``) are named constants where they are used.
 SITE_KINDS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
     "resid_mid": "blocks.{layer}.hook_resid_mid",
@@ -98,8 +105,13 @@ SITE_KINDS = {
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "mlp_post": "blocks.{layer}.mlp.hook_post",
     "mlp_pre": "blocks.{layer}.mlp.hook_pre",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
     "z": "blocks.{layer}.attn.hook_z",
     "pattern": "blocks.{layer}.attn.hook_pattern",
+    **{f"{kind}_{end}": f"blocks.{{layer}}.{path}.hook_{end}"
+       for kind, path in LINEAR_COMPONENTS.items() for end in ("in", "out")},
 }
 
 # The per-token representations (one d-dimensional row per token) the spectral analyses offer, in report order.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.capture import capture
-from workbench.capture.hooks import hooks_attached
+from workbench.capture.hooks import hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import check_sites, hook_points
 
@@ -153,27 +153,27 @@ def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, la
     n_layers = lm.facts.n_layers
     if not layers or not all(isinstance(l, int) and 0 <= l < n_layers for l in layers):
         raise config_error(call, "layers", f"a non-empty list of layer indices in [0, {n_layers})", layers)
-    names = ("hook_attn_out", "hook_mlp_out", "hook_resid_post", "attn.hook_z", "mlp.hook_post")
-    sites = [f"blocks.{l}.{n}" for l in layers for n in names]
+    kinds = ("attn_out", "mlp_out", "resid_post", "z", "mlp_post")
+    sites = [site(k, l) for l in layers for k in kinds]
     means = []
     for texts in (positive, negative):
         per_text = average == "texts" and span == "all"  # with "last" each text has one token: the two agree
         cap = capture(lm, list(texts), sites=sites, positions="all" if span == "all" else "last",
                       keep=("stats", "per_prompt") if per_text else "stats", batch_size=batch_size,
                       progress=progress, device=lm.device)
-        means.append({site: (cap[site].mean_pooled.double().mean(0) if per_text else cap[site].mean).float()
-                      for site in sites})
+        means.append({name: (cap[name].mean_pooled.double().mean(0) if per_text else cap[name].mean).float()
+                      for name in sites})
     pos, neg = means
     h, dh = lm.facts.n_heads, lm.facts.d_head
     out = {}
     for l in layers:
-        site = lambda n: f"blocks.{l}.{n}"  # noqa: E731
+        at = {k: site(k, l) for k in kinds}
         out[l] = ContrastVectors(
-            layer=l, v_attn=pos[site("hook_attn_out")] - neg[site("hook_attn_out")],
-            v_mlp=pos[site("hook_mlp_out")] - neg[site("hook_mlp_out")],
-            v_resid=pos[site("hook_resid_post")] - neg[site("hook_resid_post")],
-            z_mean=((pos[site("attn.hook_z")] + neg[site("attn.hook_z")]) / 2).reshape(h, dh),
-            post_mean=(pos[site("mlp.hook_post")] + neg[site("mlp.hook_post")]) / 2)
+            layer=l, v_attn=pos[at["attn_out"]] - neg[at["attn_out"]],
+            v_mlp=pos[at["mlp_out"]] - neg[at["mlp_out"]],
+            v_resid=pos[at["resid_post"]] - neg[at["resid_post"]],
+            z_mean=((pos[at["z"]] + neg[at["z"]]) / 2).reshape(h, dh),
+            post_mean=(pos[at["mlp_post"]] + neg[at["mlp_post"]]) / 2)
     return out
 
 
@@ -190,8 +190,8 @@ def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: s
     pos = None if positions == "all" else positions
     out = []
     for l, vec in vectors.items():
-        pairs = ([(f"blocks.{l}.hook_attn_out", vec.v_attn), (f"blocks.{l}.hook_mlp_out", vec.v_mlp)]
-                 if where == "components" else [(f"blocks.{l}.hook_resid_post", vec.v_resid)])
-        for site, v in pairs:
-            out.append(Steer(site, v / v.norm().clamp_min(1e-12) if unit else v, scale=float(alpha), positions=pos))
+        pairs = ([(site("attn_out", l), vec.v_attn), (site("mlp_out", l), vec.v_mlp)]
+                 if where == "components" else [(site("resid_post", l), vec.v_resid)])
+        for name, v in pairs:
+            out.append(Steer(name, v / v.norm().clamp_min(1e-12) if unit else v, scale=float(alpha), positions=pos))
     return out
