@@ -18,6 +18,7 @@ from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import REPRESENTATION_KINDS, SITE_KINDS, resolve_sites, site, split_site
 from workbench.results import Config, Result
 from workbench.spectra import effective_rank, rankme, stable_rank
+from workbench.validation import Choice, Int, ListOf, Number, Optional, Str
 
 # TransformerLens hook names of the representations the report covers, by short name.
 KINDS = {kind: SITE_KINDS[kind] for kind in REPRESENTATION_KINDS}
@@ -34,15 +35,10 @@ class ActivationSpectraConfig(Config):
     rankme_eps: float = 1e-7
     n_values: int = 64
 
-    def validate(self) -> None:
-        self.check("kinds", isinstance(self.kinds, (list, tuple)) and bool(self.kinds)
-                   and all(k in KINDS for k in self.kinds), f"a non-empty list drawn from {list(KINDS)}")
-        self.check("sites", self.sites is None or (isinstance(self.sites, (list, tuple)) and bool(self.sites)
-                                                   and all(isinstance(s, str) for s in self.sites)),
-                   "None or a non-empty list of hook names / globs")
-        self.check("rankme_eps", isinstance(self.rankme_eps, (int, float)) and not isinstance(self.rankme_eps, bool)
-                   and self.rankme_eps >= 0, "a number >= 0")
-        self.check("n_values", isinstance(self.n_values, int) and self.n_values >= 1, "an int >= 1")
+    constraints = {"kinds": ListOf(Choice(KINDS), nonempty=True),
+                   "sites": Optional(ListOf(Str(), nonempty=True,
+                                            allowed_text="a non-empty list of hook names / globs")),
+                   "rankme_eps": Number(low=0), "n_values": Int(low=1)}
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from workbench.capture.hooks import hooks_attached, site
 from workbench.deprecation import moved
 from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
-from workbench.results import Config, Result, is_int
+from workbench.results import Config, Result
 from workbench.spectra import dynamics
 from workbench.spectra.dynamics import VARIANTS, prefix_lengths
+from workbench.validation import Bool, Choice, Int, Number, Optional, Str
 
 __all__ = ["ErankDynamicsConfig", "ErankDynamicsResult", "compute", "response_hidden"]
 
@@ -74,22 +75,14 @@ class ErankDynamicsConfig(Config):
     variant: str = "optimized"
     alignment: str = "generating"
 
+    constraints = {"prompt": Str(nonempty=True), "response": Optional(Str(nonempty=True)), "max_new_tokens": Int(low=1),
+                   "do_sample": Bool(), "seed": Int(), "temperature": Number(low=0, low_open=True),
+                   "stride": Int(low=1), "max_seq_len": Int(), "center": Bool(), "chat_template": Bool(),
+                   "variant": Choice(VARIANTS), "alignment": Choice(ALIGNMENTS)}
+
     def validate(self) -> None:
-        self.check("prompt", isinstance(self.prompt, str) and bool(self.prompt), "a non-empty str")
-        self.check("response", self.response is None or (isinstance(self.response, str) and bool(self.response)),
-                   "None or a non-empty str")
-        self.check("max_new_tokens", is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "an int >= 1")
-        self.check("do_sample", isinstance(self.do_sample, bool), "a bool")
-        self.check("seed", is_int(self.seed), "an int")
-        self.check("temperature", isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
-                   and math.isfinite(self.temperature) and self.temperature > 0, "a finite number > 0")
-        self.check("stride", is_int(self.stride) and self.stride >= 1, "an int >= 1")
-        self.check("max_seq_len", is_int(self.max_seq_len) and self.max_seq_len >= self.stride,
-                   f"an int >= stride ({self.stride})")
-        self.check("center", isinstance(self.center, bool), "a bool")
-        self.check("chat_template", isinstance(self.chat_template, bool), "a bool")
-        self.check("variant", self.variant in VARIANTS, f"one of {list(VARIANTS)}")
-        self.check("alignment", self.alignment in ALIGNMENTS, f"one of {list(ALIGNMENTS)}")
+        super().validate()
+        self.check("max_seq_len", self.max_seq_len >= self.stride, f"an int >= stride ({self.stride})")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ from workbench.errors import config_error
 from workbench.models.adapters import LAYER_KINDS
 from workbench.models.chat import DEFAULT_SYSTEM
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
-from workbench.results import PALETTE, Config, Result, is_int
+from workbench.results import PALETTE, Config, Result
+from workbench.validation import Bool, Choice, DictOf, Int, ListOf, Optional, Str
 
 # the gradient capture's names moved to workbench.capture.gradients; their old import path here keeps working for one
 # release, with a DeprecationWarning
@@ -54,6 +55,10 @@ __getattr__ = moved(__name__, {name: "workbench.capture.gradients" for name in (
     "COMPONENT", "COSINE_EPS", "NUCLEAR_FLOOR", "DatasetGradients", "factor_sites", "response_loss", "sample_ids")})
 
 DEFAULT_DATASETS = {"instruction": "bundled:instruction", "reasoning": "bundled:reasoning"}
+
+
+def _dataset_source(source: str) -> bool:
+    return source.removeprefix("bundled:") in PAIR_SETS if source.startswith("bundled:") else source.endswith(".jsonl")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -84,26 +89,13 @@ class GradientSpectraConfig(Config):
     shuffled_control: bool = True
     seed: int = 0
 
-    def validate(self) -> None:
-        self.check("datasets", isinstance(self.datasets, dict) and bool(self.datasets) and all(
-            isinstance(k, str) and k and isinstance(v, str) and (
-                v.removeprefix("bundled:") in PAIR_SETS if v.startswith("bundled:") else v.endswith(".jsonl"))
-            for k, v in self.datasets.items()),
-            f"a non-empty dict label → 'bundled:NAME' (NAME in {list(PAIR_SETS)}) or a .jsonl path")
-        self.check("projections", isinstance(self.projections, (list, tuple)) and bool(self.projections)
-                   and all(p in LAYER_KINDS for p in self.projections)
-                   and len(set(self.projections)) == len(self.projections),
-                   f"a non-empty list of distinct kinds from {LAYER_KINDS}")
-        self.check("max_samples", self.max_samples is None or (is_int(self.max_samples) and self.max_samples >= 1),
-                   "None or an int >= 1")
-        self.check("max_length", is_int(self.max_length) and self.max_length >= 2, "an int >= 2")
-        self.check("chat_template", isinstance(self.chat_template, bool), "True or False")
-        self.check("system_prompt", self.system_prompt is None or isinstance(self.system_prompt, str),
-                   "None or a str")
-        self.check("route", self.route in ROUTES, f"one of {list(ROUTES)}")
-        self.check("n_top", is_int(self.n_top) and self.n_top >= 1, "an int >= 1")
-        self.check("shuffled_control", isinstance(self.shuffled_control, bool), "True or False")
-        self.check("seed", is_int(self.seed), "an int")
+    constraints = {
+        "datasets": DictOf(Str(nonempty=True), Str().where(_dataset_source, "'bundled:NAME' or a .jsonl path"),
+                           nonempty=True, allowed_text=f"a non-empty dict label → 'bundled:NAME' (NAME in "
+                                                       f"{list(PAIR_SETS)}) or a .jsonl path"),
+        "projections": ListOf(Choice(LAYER_KINDS), nonempty=True, distinct=True), "max_samples": Optional(Int(low=1)),
+        "max_length": Int(low=2), "chat_template": Bool(), "system_prompt": Optional(Str()), "route": Choice(ROUTES),
+        "n_top": Int(low=1), "shuffled_control": Bool(), "seed": Int()}
 
 
 @dataclass(frozen=True)

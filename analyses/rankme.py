@@ -24,9 +24,10 @@ from workbench.deprecation import moved
 from workbench.errors import ConfigError, config_error
 from workbench.matrix_files import read_matrices
 from workbench.prompts import categories, default_prompts, read_prompts
-from workbench.results import PALETTE, Config, Result, is_int, is_number
+from workbench.results import PALETTE, Config, Result
 from workbench.spectra import effective_rank, rankme
 from workbench.spectra.embeddings import embedding_spectra
+from workbench.validation import Bool, Choice, DictOf, Int, ListOf, Number, Optional, Str
 
 POOLINGS = ("last", "mean")
 DEFAULT_SETS = {"report prompts": "report", "prose": "bundled:prose", "code": "bundled:code",
@@ -37,6 +38,14 @@ DEFAULT_SETS = {"report prompts": "report", "prose": "bundled:prose", "code": "b
 # import from here for one release, with a DeprecationWarning.
 __getattr__ = moved(__name__, {"rankme_of": "workbench.spectra.embeddings",
                                "rankme_of_file": "workbench.spectra.embeddings"})
+
+
+def _valid_source(source: str) -> bool:
+    if source in ("report", "bundled"):
+        return True
+    if source.startswith("bundled:"):
+        return source.removeprefix("bundled:") in categories()
+    return source.endswith((".txt", ".jsonl"))
 
 
 @dataclass(frozen=True)
@@ -59,38 +68,21 @@ class RankMeConfig(Config):
     batch_size: int = 8
     seed: int = 0
 
+    constraints = {
+        "prompt_sets": DictOf(Str(nonempty=True), Str().where(_valid_source, "a prompt source"), allowed_text=lambda: (
+            'a dict label → "report" | "bundled" | "bundled:<category>" | a .txt/.jsonl path '
+            f"(categories: {categories()})")),
+        "embedding_files": Optional(DictOf(Str(nonempty=True), Str().where(
+            lambda v: v.endswith((".npy", ".pt", ".safetensors")), "a matrix file"),
+            allowed_text="a dict label → .npy/.pt/.safetensors path")),
+        "site_kind": Choice(REPRESENTATION_KINDS), "poolings": ListOf(Choice(POOLINGS), nonempty=True, distinct=True),
+        "eps": Number(low=0), "center": Bool(), "equal_size": Bool(), "max_length": Int(low=1),
+        "batch_size": Int(low=1), "seed": Int()}
+
     def validate(self) -> None:
-        self.check("prompt_sets", _is_str_dict(self.prompt_sets) and all(map(_valid_source, self.prompt_sets.values())),
-                   'a dict label → "report" | "bundled" | "bundled:<category>" | a .txt/.jsonl path '
-                   f"(categories: {categories()})")
-        self.check("embedding_files", self.embedding_files is None or (
-            _is_str_dict(self.embedding_files)
-            and all(v.endswith((".npy", ".pt", ".safetensors")) for v in self.embedding_files.values())),
-            "None or a dict label → .npy/.pt/.safetensors path")
-        self.check("site_kind", self.site_kind in REPRESENTATION_KINDS, f"one of {list(REPRESENTATION_KINDS)}")
-        self.check("poolings", isinstance(self.poolings, (list, tuple)) and bool(self.poolings)
-                   and all(p in POOLINGS for p in self.poolings) and len(set(self.poolings)) == len(self.poolings),
-                   f"a non-empty list drawn from {POOLINGS}")
-        self.check("eps", is_number(self.eps) and self.eps >= 0, "a number >= 0")
-        self.check("center", isinstance(self.center, bool), "True or False")
-        self.check("equal_size", isinstance(self.equal_size, bool), "True or False")
-        for name in ("max_length", "batch_size"):
-            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1")
-        self.check("seed", is_int(self.seed), "an int")
+        super().validate()
         if not self.prompt_sets and not self.embedding_files:
             raise config_error("RankMeConfig", "prompt_sets", "at least one prompt set or embedding file", {})
-
-
-def _is_str_dict(d: object) -> bool:
-    return isinstance(d, dict) and all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in d.items())
-
-
-def _valid_source(source: str) -> bool:
-    if source in ("report", "bundled"):
-        return True
-    if source.startswith("bundled:"):
-        return source.removeprefix("bundled:") in categories()
-    return source.endswith((".txt", ".jsonl"))
 
 
 @dataclass(frozen=True)

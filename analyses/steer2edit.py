@@ -45,8 +45,9 @@ from workbench.intervene.readout import (
 from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steering, vector_steers
 from workbench.progress import bar as progress_bar
 from workbench.prompts import default_prompts
-from workbench.results import PALETTE, Config, Result, is_int, is_number, table_figure
+from workbench.results import PALETTE, Config, Result, table_figure
 from workbench.tasks.sentiment import sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids
+from workbench.validation import Bool, Choice, Int, ListOf, Number, Optional
 
 CHECK_SUFFIX = " Overall, it was"
 ALPHAS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5]  # the reference's 0.1–1.5 (evaluate_steering.sh) and a gentler 0.05
@@ -85,27 +86,14 @@ class Steer2EditConfig(Config):
     batch_size: int = 40
     top_components: int = 20
 
-    def validate(self) -> None:
-        self.check("layers", self.layers is None or (isinstance(self.layers, list) and bool(self.layers) and all(
-            is_int(v) and v >= 0 for v in self.layers)), "None or a non-empty list of layer indices >= 0")
-        self.check("token_span", self.token_span in SPANS, f"one of {list(SPANS)}")
-        self.check("average", self.average in AVERAGES, f"one of {list(AVERAGES)}")
-        self.check("steer_where", self.steer_where in ("components", "resid"), "'components' or 'resid'")
-        self.check("steer_unit", isinstance(self.steer_unit, bool), "True or False")
-        self.check("edit_kinds", isinstance(self.edit_kinds, list) and bool(self.edit_kinds)
-                   and all(k in EDIT_KINDS for k in self.edit_kinds) and len(set(self.edit_kinds)) == len(
-                       self.edit_kinds), f"a non-empty list of distinct values from {list(EDIT_KINDS)}")
-        self.check("alphas", isinstance(self.alphas, list) and bool(self.alphas)
-                   and all(is_number(a) for a in self.alphas), "a non-empty list of numbers")
-        self.check("rhos", isinstance(self.rhos, list) and bool(self.rhos)
-                   and all(is_number(r) and r > 0 for r in self.rhos), "a non-empty list of numbers > 0")
-        self.check("mlp_rho_factor", is_number(self.mlp_rho_factor) and self.mlp_rho_factor > 0, "a number > 0")
-        self.check("alpha_en", is_number(self.alpha_en) and 0 <= self.alpha_en < 1, "a number in [0, 1)")
-        for name, low in {"n_train": 2, "max_new_tokens": 1, "utility_texts": 1, "utility_tokens": 2,
-                          "batch_size": 1, "top_components": 1}.items():
-            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
-        self.check("eval_prompts", self.eval_prompts is None or (is_int(self.eval_prompts) and self.eval_prompts >= 1),
-                   "None or an int >= 1")
+    constraints = {
+        "layers": Optional(ListOf(Int(low=0), nonempty=True)), "token_span": Choice(SPANS), "average": Choice(AVERAGES),
+        "steer_where": Choice(("components", "resid")), "steer_unit": Bool(), "n_train": Int(low=2),
+        "alphas": ListOf(Number(), nonempty=True), "rhos": ListOf(Number(low=0, low_open=True), nonempty=True),
+        "edit_kinds": ListOf(Choice(EDIT_KINDS), nonempty=True, distinct=True),
+        "mlp_rho_factor": Number(low=0, low_open=True), "alpha_en": Number(low=0, high=1, high_open=True),
+        "eval_prompts": Optional(Int(low=1)), "max_new_tokens": Int(low=1), "utility_texts": Int(low=1),
+        "utility_tokens": Int(low=2), "batch_size": Int(low=1), "top_components": Int(low=1)}
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import fldd, logit_diff
 from workbench.progress import bar as progress_bar
-from workbench.results import Config, Result, is_int, is_number
+from workbench.results import Config, Result
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
+from workbench.validation import Choice, Int, Number, Optional
 
 EFFECTS = ("v", "v_row", "v_null", "whole site")
 SPLITS = ("paper", "random")
@@ -68,19 +69,12 @@ class SubspacePatchingConfig(Config):
     split: str = "paper"
     seed: int = 0
 
-    def validate(self) -> None:
-        ints = {"n_pairs": 4, "heatmap_pairs": 1, "n_reader_heads": 1, "epochs": 1, "batch_size": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            self.check(name, is_int(value) and value >= low, f"an int >= {low}")
-        self.check("test_fraction", is_number(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
-        self.check("layer", self.layer is None or (is_int(self.layer) and self.layer >= 0), "None or an int >= 0")
-        self.check("heatmap_template", is_int(self.heatmap_template) and 0 <= self.heatmap_template < len(TEMPLATES),
-                   f"an int in [0, {len(TEMPLATES)})")
-        self.check("lr", is_number(self.lr) and self.lr > 0, "a number > 0")
-        self.check("patience", is_int(self.patience) and self.patience >= 0, "an int >= 0")
-        self.check("split", self.split in SPLITS, f"one of {list(SPLITS)}")
-        self.check("seed", is_int(self.seed), "an int")
+    constraints = {
+        "n_pairs": Int(low=4), "test_fraction": Number(low=0, high=1, low_open=True, high_open=True),
+        "layer": Optional(Int(low=0)), "heatmap_pairs": Int(low=1),
+        "heatmap_template": Int(low=0, high=len(TEMPLATES), high_open=True), "n_reader_heads": Int(low=1),
+        "epochs": Int(low=1), "lr": Number(low=0, low_open=True), "batch_size": Int(low=1), "patience": Int(low=0),
+        "split": Choice(SPLITS), "seed": Int()}
 
 
 @dataclass(frozen=True)

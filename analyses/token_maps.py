@@ -22,15 +22,15 @@ import torch
 
 from workbench.analysis import Analysis, Inputs
 from workbench.attribution import gradient_x_input
-from workbench.errors import config_error
 from workbench.intervene.readout import greedy_from_ids, position_logits, right_padded
 from workbench.models.chat import user_turn
 from workbench.progress import bar as progress_bar
-from workbench.results import PALETTE, Config, Result, is_int, table_figure
-from workbench.tam.core import ECI_WEIGHTS, interference, interfering_tokens
+from workbench.results import PALETTE, Config, Result, table_figure
+from workbench.tam.core import ECI_WEIGHTS, KERNEL_SIZE, interference, interfering_tokens
 from workbench.tam.plots import shown
 from workbench.tam.text import TextTokenMaps, first_prompt_position, maps_from_logits, sequence_logits, text_token_maps
 from workbench.tasks.recall import FAMILIES, recall_prompts
+from workbench.validation import Bool, Choice, Int, ListOf, Optional, Str, check_int
 
 EXAMPLES = (
     "I need to buy milk, eggs and rice. The first thing I need to buy is",
@@ -70,17 +70,9 @@ class TokenMapsConfig(Config):
     chat_template: bool = False
     eci_weights: str = "reference"
 
-    def validate(self) -> None:
-        self.check("prompts", self.prompts is None or (isinstance(self.prompts, list) and bool(self.prompts) and all(
-            isinstance(p, str) and p.strip() for p in self.prompts)), "None or a non-empty list of non-empty strings")
-        self.check("kernel_size", is_int(self.kernel_size) and self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-                   "an odd int >= 1")
-        for name, low in {"max_new_tokens": 1, "eval_prompts": 0, "batch_size": 1}.items():
-            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
-        self.check("seed", is_int(self.seed), "an int")
-        self.check("baseline", isinstance(self.baseline, bool), "True or False")
-        self.check("chat_template", isinstance(self.chat_template, bool), "True or False")
-        self.check("eci_weights", self.eci_weights in ECI_WEIGHTS, f"one of {list(ECI_WEIGHTS)}")
+    constraints = {"prompts": Optional(ListOf(Str(nonempty=True), nonempty=True)), "max_new_tokens": Int(low=1),
+                   "kernel_size": KERNEL_SIZE, "eval_prompts": Int(low=0), "seed": Int(), "baseline": Bool(),
+                   "batch_size": Int(low=1), "chat_template": Bool(), "eci_weights": Choice(ECI_WEIGHTS)}
 
 
 @dataclass(frozen=True)
@@ -101,8 +93,8 @@ class TokenMapsResult(Result):
 
     def maps(self, i: int) -> TextTokenMaps:
         """Example ``i`` as :class:`~workbench.tam.text.TextTokenMaps` (for its figure or ``top_inputs``)."""
-        if not is_int(i) or not 0 <= i < len(self.examples):
-            raise config_error("TokenMapsResult.maps", "i", f"an example index in [0, {len(self.examples)})", i)
+        check_int("TokenMapsResult.maps", "i", i, low=0, high=len(self.examples), high_open=True,
+                  allowed=f"an example index in [0, {len(self.examples)})")
         e = self.examples[i]
         return TextTokenMaps(prompt_tokens=e["prompt_tokens"], generated_tokens=e["generated_tokens"],
                              **{s: torch.tensor(e[s], dtype=torch.float64) for s in ("raw", "eci", "filtered")})

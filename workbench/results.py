@@ -14,6 +14,7 @@ import math
 from typing import Any, ClassVar
 
 from workbench.errors import ConfigError, config_error
+from workbench.validation import Constraint
 
 
 class Serialisable:
@@ -44,16 +45,6 @@ class Serialisable:
         return cls.from_dict(json.loads(text))
 
 
-def is_int(x: object) -> bool:
-    """An int that is not a bool (``True`` is an int in Python; no config field means it as a count)."""
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def is_number(x: object) -> bool:
-    """A finite int or float that is not a bool."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 # Line colours shared by the analyses' plots (plotly's default sequence), so a dataset keeps its colour across figures.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -73,15 +64,28 @@ def table_figure(title: str, header: list[str], rows: list[list[Any]]) -> Any:
 
 
 class Config(Serialisable):
-    """Base of analysis configs: subclasses implement ``validate`` and raise ConfigError naming the field."""
+    """Base of analysis configs. ``constraints`` maps every field to a :class:`workbench.validation.Constraint`
+    (``{"n_values": Int(low=1), "kinds": ListOf(Choice(KINDS), nonempty=True)}``); ``validate``, run on
+    construction, checks each field against its entry and raises ConfigError naming the field. A rule across fields
+    goes in a ``validate`` override that calls ``super().validate()`` first and then ``self.check``."""
 
-    def validate(self) -> None:  # pragma: no cover - overridden
-        pass
+    constraints: ClassVar[dict[str, Constraint]] = {}
+
+    def validate(self) -> None:
+        cls = type(self)
+        names = [f.name for f in dataclasses.fields(self)]
+        missing, unknown = [n for n in names if n not in cls.constraints], sorted(set(cls.constraints) - set(names))
+        if missing or unknown:
+            raise TypeError(f"{cls.__name__}.constraints must have one entry per field: missing {missing}, "
+                            f"not fields {unknown}")
+        for name in names:
+            cls.constraints[name].check(cls.__name__, name, getattr(self, name))
 
     def __post_init__(self) -> None:
         self.validate()
 
     def check(self, name: str, ok: bool, allowed: str) -> None:
+        """A rule the table cannot say (across fields): raise ConfigError naming ``name`` unless ``ok``."""
         if not ok:
             raise config_error(type(self).__name__, name, allowed, getattr(self, name))
 
@@ -129,4 +133,4 @@ def table_html(header: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "is_int", "is_number", "table_html"]
+__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "table_html"]

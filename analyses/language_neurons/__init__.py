@@ -50,7 +50,7 @@ from pathlib import Path
 from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.intervene.language import best_window
-from workbench.results import Config, Result, is_int, is_number, table_figure
+from workbench.results import Config, Result, table_figure
 from workbench.sae import ARCHITECTURES
 from workbench.tasks.language import (
     language_token_ids,
@@ -59,6 +59,7 @@ from workbench.tasks.language import (
     split_pairs,
     unicode_token_ids,
 )
+from workbench.validation import Bool, Choice, Int, ListOf, Number, Optional, Str
 
 from .plots import layer_figure, spectra_figure, stage1_figure, steering_figure
 from .stages import stage1, stage2
@@ -132,50 +133,28 @@ class LanguageNeuronsConfig(Config):
         diff = [f"{k}={getattr(self, k)!r}" for k, v in REFERENCE.items() if getattr(self, k) != v]
         return "reference" if not diff else "variant (" + ", ".join(diff) + ")"
 
+    constraints = {
+        "pairs": Str(nonempty=True, allowed_text='"bundled" or a JSONL file path'),
+        "test_fraction": Number(low=0, high=1, low_open=True, high_open=True),
+        "layers": Optional(ListOf(Int(low=0), nonempty=True).where(
+            lambda layers: all(b == a + 1 for a, b in zip(layers, layers[1:])),
+            "a non-empty list of consecutive increasing layer indices >= 0")),
+        "inputs": Choice(INPUTS), "read_site": Choice(READ_SITES), "sae_rows": Choice(SAE_ROWS),
+        "architecture": Choice(ARCHITECTURES), "d_sae": Int(low=2), "k": Int(low=1), "sae_epochs": Int(low=1),
+        "sae_lr": Number(low=0, low_open=True), "sae_batch": Int(low=1), "l1_coefficient": Optional(Number(low=0)),
+        "token_sets": Choice(TOKEN_SETS), "n_candidates": Int(low=1),
+        "alphas": ListOf(Number().where(lambda a: a != 0, "a non-zero number", "non-zero numbers"), nonempty=True),
+        "lift_prompts": Int(low=1), "n_features": Optional(Int(low=1)), "rank_cap": Int(low=1), "energy_erank": Bool(),
+        "resamples": Int(low=2), "window_min": Int(low=1), "window_max": Int(),
+        "window": Optional(ListOf(Int(low=0), length=2).where(lambda w: w[0] <= w[1],
+                                                              "[first, last] layer indices with first <= last")),
+        "lambdas": ListOf(Number(), nonempty=True), "ratios": ListOf(Number(low=0), nonempty=True),
+        "n_random": Int(low=0), "eval_prompts": Optional(Int(low=1)), "max_new_tokens": Int(low=1),
+        "batch_size": Int(low=1), "seed": Int()}
+
     def validate(self) -> None:
-        self.check("pairs", isinstance(self.pairs, str) and bool(self.pairs), '"bundled" or a JSONL file path')
-        self.check("test_fraction", is_number(self.test_fraction) and 0 < self.test_fraction < 1, "a number in (0, 1)")
-        self.check("layers", self.layers is None or _contiguous(self.layers),
-                   "None or a non-empty list of consecutive increasing layer indices >= 0")
-        self.check("architecture", self.architecture in ARCHITECTURES, f"one of {list(ARCHITECTURES)}")
-        self.check("sae_rows", self.sae_rows in SAE_ROWS, f"one of {list(SAE_ROWS)}")
-        self.check("inputs", self.inputs in INPUTS, f"one of {list(INPUTS)}")
-        self.check("read_site", self.read_site in READ_SITES, f"one of {list(READ_SITES)}")
-        self.check("token_sets", self.token_sets in TOKEN_SETS, f"one of {list(TOKEN_SETS)}")
-        self.check("n_features", self.n_features is None or (is_int(self.n_features) and self.n_features >= 1),
-                   "None or an int >= 1")
-        self.check("l1_coefficient", self.l1_coefficient is None or (is_number(self.l1_coefficient)
-                                                                     and self.l1_coefficient >= 0),
-                   "None or a number >= 0")
-        for name, low in {"d_sae": 2, "k": 1, "sae_epochs": 1, "sae_batch": 1, "n_candidates": 1, "lift_prompts": 1,
-                          "rank_cap": 1, "resamples": 2, "window_min": 1, "n_random": 0, "max_new_tokens": 1,
-                          "batch_size": 1}.items():
-            self.check(name, is_int(getattr(self, name)) and getattr(self, name) >= low, f"an int >= {low}")
-        self.check("window_max", is_int(self.window_max) and self.window_max >= self.window_min,
-                   f"an int >= window_min ({self.window_min})")
-        self.check("sae_lr", is_number(self.sae_lr) and self.sae_lr > 0, "a number > 0")
-        self.check("alphas", _numbers(self.alphas) and all(a != 0 for a in self.alphas),
-                   "a non-empty list of non-zero numbers")
-        self.check("lambdas", _numbers(self.lambdas), "a non-empty list of numbers")
-        self.check("ratios", _numbers(self.ratios) and all(r >= 0 for r in self.ratios),
-                   "a non-empty list of numbers >= 0")
-        self.check("energy_erank", isinstance(self.energy_erank, bool), "True or False")
-        self.check("window", self.window is None or (isinstance(self.window, list) and len(self.window) == 2
-                                                     and all(is_int(v) and v >= 0 for v in self.window)
-                                                     and self.window[0] <= self.window[1]),
-                   "None or [first, last] layer indices with first <= last")
-        self.check("eval_prompts", self.eval_prompts is None or (is_int(self.eval_prompts) and self.eval_prompts >= 1),
-                   "None or an int >= 1")
-        self.check("seed", is_int(self.seed), "an int")
-
-
-def _contiguous(layers) -> bool:
-    return (isinstance(layers, list) and bool(layers) and all(is_int(v) and v >= 0 for v in layers)
-            and all(b == a + 1 for a, b in zip(layers, layers[1:])))
-
-
-def _numbers(values) -> bool:
-    return isinstance(values, list) and bool(values) and all(is_number(v) for v in values)
+        super().validate()
+        self.check("window_max", self.window_max >= self.window_min, f"an int >= window_min ({self.window_min})")
 
 
 @dataclass(frozen=True)

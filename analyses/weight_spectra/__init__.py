@@ -39,6 +39,7 @@ from workbench.spectra import (
     powerlaw_fit,
     stable_rank,
 )
+from workbench.validation import Bool, Choice, Int
 
 from .plots import plot_alpha, plot_esd
 
@@ -60,13 +61,8 @@ class WeightSpectraConfig(Config):
     esd_matrix: str = "W_out"
     esd_layer: int = -1
 
-    def validate(self) -> None:
-        self.check("include_embeddings", isinstance(self.include_embeddings, bool), "a bool")
-        self.check("per_head", isinstance(self.per_head, bool), "a bool")
-        self.check("esd_matrix", isinstance(self.esd_matrix, str) and self.esd_matrix in LAYER_KINDS + GLOBAL_KINDS,
-                   f"one of {LAYER_KINDS + GLOBAL_KINDS}")
-        ok = isinstance(self.esd_layer, int) and not isinstance(self.esd_layer, bool) and self.esd_layer >= -1
-        self.check("esd_layer", ok, "an int >= -1 (-1 = the last layer)")
+    constraints = {"include_embeddings": Bool(), "per_head": Bool(), "esd_matrix": Choice(LAYER_KINDS + GLOBAL_KINDS),
+                   "esd_layer": Int(low=-1, allowed_text="an int >= -1 (-1 = the last layer)")}
 
 
 @dataclass(frozen=True)

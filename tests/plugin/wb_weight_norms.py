@@ -10,6 +10,7 @@ from workbench.analysis import Analysis, Inputs
 from workbench.models.adapters import as_matrix
 from workbench.results import Config, Result
 from workbench.spectra import batched_singular_values, effective_rank
+from workbench.validation import Bool
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,7 @@ class WeightNormsConfig(Config):
     kind = "weight_norms_config"
     layer_only: bool = True  # skip W_E / W_U (the two big vocabulary matrices)
 
-    def validate(self) -> None:
-        self.check("layer_only", isinstance(self.layer_only, bool), "a bool")
+    constraints = {"layer_only": Bool()}  # one entry per field: Config.validate checks them all
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.validation import Int
 
 ECI_EPS = 1e-8  # the reference's w = s / (Σ s + 1e-8)
 
@@ -74,10 +75,13 @@ def _filter_window(window: torch.Tensor) -> torch.Tensor:
     return (values * kernel / kernel.sum()).sum()
 
 
+# The filter's window (also the token-maps analysis' config constraint).
+KERNEL_SIZE = Int(low=1, odd=True)
+
+
 def check_kernel_size(call: str, kernel_size: object) -> None:
     """The filter's window must be an odd int >= 1 (checked before any generation by the callers)."""
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise config_error(call, "kernel_size", "an odd int >= 1", kernel_size)
+    KERNEL_SIZE.check(call, "kernel_size", kernel_size)
 
 
 ECI_WEIGHTS = ("reference", "own_position")
