@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import config_error
+from workbench.validation import check_int
 
 
 def gradient_x_input(lm, ids: torch.Tensor, target_id: int) -> torch.Tensor:
@@ -15,8 +16,8 @@ def gradient_x_input(lm, ids: torch.Tensor, target_id: int) -> torch.Tensor:
     from captum.attr import LayerGradientXActivation
 
     vocab = lm.model.cfg.d_vocab
-    if not isinstance(target_id, int) or isinstance(target_id, bool) or not 0 <= target_id < vocab:
-        raise config_error("gradient_x_input", "target_id", f"a token id in [0, {vocab})", target_id)
+    check_int("gradient_x_input", "target_id", target_id, low=0, high=vocab, high_open=True,
+              allowed=f"a token id in [0, {vocab})")
     if ids.ndim != 1 or len(ids) == 0:
         raise config_error("gradient_x_input", "ids", "a non-empty 1-D tensor of token ids", tuple(ids.shape))
 

@@ -38,6 +38,7 @@ import torch
 
 from workbench.atomic import replace_folder
 from workbench.errors import config_error, shape_error
+from workbench.validation import check_bool, check_int, check_number
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -82,23 +83,6 @@ class TrainedSAE:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # argument checking
-
-
-def _check_int(call: str, name: str, value: Any, low: int, high: int | None = None) -> int:
-    bounds = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise config_error(call, name, bounds, value)
-    return int(value)
-
-
-def _check_float(call: str, name: str, value: Any, *, positive: bool) -> float:
-    allowed = "a finite number > 0" if positive else "a finite number >= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise config_error(call, name, allowed, value)
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise config_error(call, name, allowed, value)
-    return value
 
 
 def _check_activations(call: str, activations: Any) -> torch.Tensor:
@@ -157,17 +141,16 @@ def _check_spec(call: str, n_rows: int, *, d_sae: Any, k: Any, architecture: Any
                 batch_size: Any, seed: Any, l1_coefficient: Any) -> _Spec:
     if architecture not in ARCHITECTURES:
         raise config_error(call, "architecture", f"one of {ARCHITECTURES}", architecture)
-    d_sae = _check_int(call, "d_sae", d_sae, 1)
+    d_sae = check_int(call, "d_sae", d_sae, low=1)
     if architecture == "topk":
-        k = _check_int(call, "k", k, 1, d_sae)
-    elif isinstance(k, bool) or not isinstance(k, int):
-        raise config_error(call, "k", "an integer (unused by the standard architecture)", k)
-    epochs = _check_int(call, "epochs", epochs, 1)
-    lr = _check_float(call, "lr", lr, positive=True)
-    batch_size = _check_int(call, "batch_size", batch_size, 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise config_error(call, "seed", "an integer", seed)
-    l1_coefficient = _check_float(call, "l1_coefficient", l1_coefficient, positive=False)
+        k = check_int(call, "k", k, low=1, high=d_sae)
+    else:
+        k = check_int(call, "k", k, allowed="an int (unused by the standard architecture)")
+    epochs = check_int(call, "epochs", epochs, low=1)
+    lr = check_number(call, "lr", lr, low=0, low_open=True)
+    batch_size = check_int(call, "batch_size", batch_size, low=1)
+    seed = check_int(call, "seed", seed)
+    l1_coefficient = check_number(call, "l1_coefficient", l1_coefficient, low=0)
     return _Spec(architecture=architecture, d_sae=d_sae, k=int(k), l1_coefficient=l1_coefficient, epochs=epochs,
                  lr=lr, batch_size=min(batch_size, n_rows), seed=int(seed))
 
@@ -191,8 +174,7 @@ def train_sae(activations: torch.Tensor, *, d_sae: int, k: int = 32, architectur
     spec = _check_spec(call, activations.shape[0], d_sae=d_sae, k=k, architecture=architecture, epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, l1_coefficient=l1_coefficient)
     target = _check_device(call, device, activations.device)
-    if not isinstance(progress, bool):
-        raise config_error(call, "progress", "True or False", progress)
+    check_bool(call, "progress", progress)
     return _train(activations, spec, target, progress)
 
 
@@ -386,9 +368,7 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
     args = dict(bound.arguments)
     activations = _check_activations(call, args.pop("activations"))
     device = _check_device(call, args.pop("device"), activations.device)
-    progress = args.pop("progress")
-    if not isinstance(progress, bool):
-        raise config_error(call, "progress", "True or False", progress)
+    progress = check_bool(call, "progress", args.pop("progress"))
     spec = _check_spec(call, activations.shape[0], **args)
     if cache_dir is None:
         from workbench.models.cache import cache_root

@@ -16,6 +16,7 @@ from workbench.errors import BudgetError, SiteError, config_error
 from workbench.models.load import load_model
 from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
+from workbench.validation import check_int
 
 KEEP_OPTIONS = ("stats", "reservoir", "per_prompt", "full")
 
@@ -65,11 +66,6 @@ def _check_keep(keep: str | Sequence[str]) -> set[str]:
     if not chosen or not chosen <= set(KEEP_OPTIONS):
         raise config_error("capture", "keep", f"one or more of {KEEP_OPTIONS}", keep)
     return chosen | {"stats"}
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise config_error("capture", name, f"an int >= {minimum}", value)
 
 
 def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -134,9 +130,9 @@ def capture(
     started = time.perf_counter()
     loaded = load_model(model)
     texts = tok.check_texts(texts)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("reservoir_size", reservoir_size, 1)
-    _check_int("memory_budget", memory_budget, 0)
+    check_int("capture", "batch_size", batch_size, low=1)
+    check_int("capture", "reservoir_size", reservoir_size, low=1)
+    check_int("capture", "memory_budget", memory_budget, low=0)
     chosen_keep = _check_keep(keep)
     points = loaded.hook_points()
     names = resolve_sites(points, sites)

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 import torch
 
 from workbench.errors import SiteError
+from workbench.validation import is_int
 
 HookFn = Callable[..., object]
 
@@ -123,7 +124,7 @@ def site(kind: str, layer: int | str) -> str:
     ``layer="*"`` gives the glob over every layer."""
     if kind not in SITE_KINDS:
         raise SiteError(f"site(): parameter 'kind' must be one of {list(SITE_KINDS)}; received {kind!r}")
-    if not (layer == "*" or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0)):
+    if not (layer == "*" or (is_int(layer) and layer >= 0)):
         raise SiteError(f"site(): parameter 'layer' must be an int >= 0 or '*'; received {layer!r}")
     return SITE_KINDS[kind].format(layer=layer)
 

@@ -14,6 +14,7 @@ import torch
 
 from workbench.errors import config_error
 from workbench.models.loaded import LoadedModel
+from workbench.validation import Int, check_optional, is_int
 
 Positions = str | int
 
@@ -53,8 +54,7 @@ def tokenize(loaded: LoadedModel, texts: list[str], *, max_length: int | None,
              max_tokens: int | None) -> Tokenized:
     """Tokenize with the model's own BOS policy; cut each text to ``max_length`` and the total to ``max_tokens``."""
     for name, value in (("max_length", max_length), ("max_tokens", max_tokens)):
-        if value is not None and (not isinstance(value, int) or value < 2):
-            raise config_error("capture", name, "None or an int >= 2", value)
+        check_optional("capture", name, value, Int(low=2))
     limit = min(max_length or loaded.facts.n_ctx, loaded.facts.n_ctx)
     bos_id = getattr(loaded.tokenizer, "bos_token_id", None)
     ids, budget = [], max_tokens
@@ -91,7 +91,7 @@ def right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
 def check_positions(positions: Positions, tokenized: Tokenized) -> None:
     if positions in ("all", "last"):
         return
-    if isinstance(positions, bool) or not isinstance(positions, int):
+    if not is_int(positions):
         raise config_error("capture", "positions", "'all', 'last' or an int token index", positions)
     shortest = min(len(r) for r in tokenized.ids)
     if not -shortest <= positions < shortest:

@@ -32,6 +32,7 @@ from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import Patch, forward, patching, record
 from workbench.models.loaded import as_hooked
 from workbench.progress import bar as progress_bar
+from workbench.validation import check_int, check_number
 
 
 class RotatedSubspace(torch.nn.Module):
@@ -92,18 +93,14 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
         raise shape_error(call, "source", f"the base inputs' shape {tuple(base.shape)}", tuple(source.shape))
     if target.shape != (n,):
         raise shape_error(call, "target", f"[{n}] token ids", tuple(target.shape))
-    for name, value, ok, allowed in [
-        ("k", k, isinstance(k, int) and k >= 1, "an int >= 1"),
-        ("epochs", epochs, isinstance(epochs, int) and epochs >= 1, "an int >= 1"),
-        ("lr", lr, isinstance(lr, (int, float)) and lr > 0, "a number > 0"),
-        ("start_factor", start_factor, isinstance(start_factor, (int, float)) and 0 < start_factor <= 1, "in (0, 1]"),
-        ("end_factor", end_factor, isinstance(end_factor, (int, float)) and 0 < end_factor <= 1, "in (0, 1]"),
-        ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an int >= 1"),
-        ("val_fraction", val_fraction, isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1, "in [0, 1)"),
-        ("patience", patience, isinstance(patience, int) and patience >= 0, "an int >= 0"),
-    ]:
-        if not ok or isinstance(value, bool):
-            raise config_error(call, name, allowed, value)
+    check_int(call, "k", k, low=1)
+    check_int(call, "epochs", epochs, low=1)
+    check_number(call, "lr", lr, low=0, low_open=True)
+    check_number(call, "start_factor", start_factor, low=0, high=1, low_open=True)
+    check_number(call, "end_factor", end_factor, low=0, high=1, low_open=True)
+    check_int(call, "batch_size", batch_size, low=1)
+    check_number(call, "val_fraction", val_fraction, low=0, high=1, high_open=True)
+    check_int(call, "patience", patience, low=0)
     gen = torch.Generator().manual_seed(seed)
     acts = record(model, source, [site])[site]
     d = acts.shape[-1]

@@ -22,7 +22,6 @@ equals the hook-free reference computation).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.validation import check_number
 
 KINDS = {"head": "W_O", "neuron": "W_out"}
 EDIT_FORMAT = 1
@@ -40,10 +40,8 @@ def elastic_net_lambda(g: torch.Tensor, *, rho: float, alpha: float = 0.95) -> t
     """λ = sign(g)·max(|g| − ρα, 0)/(ρ(1 − α)) elementwise (Steer2Edit's elastic-net solution); all zeros when
     ρ ≤ 0 (the reference's "this component type is not edited"). Float64."""
     call = "elastic_net_lambda"
-    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not math.isfinite(rho):
-        raise config_error(call, "rho", "a finite number (<= 0: edit nothing of this type)", rho)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha < 1:
-        raise config_error(call, "alpha", "a number in [0, 1)", alpha)
+    rho = check_number(call, "rho", rho, allowed="a finite number (<= 0: edit nothing of this type)")
+    alpha = check_number(call, "alpha", alpha, low=0, high=1, high_open=True)
     g = g.double()
     if rho <= 0:
         return torch.zeros_like(g)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.validation import check_int
 
 SELECTIVITY_EPS = 1e-6  # utils.py compute_selectivity
 GAP_EPS = 1e-10  # stage2.py find_eigengap / compute_spectral_mass
@@ -64,8 +65,7 @@ def top_selective(sel: torch.Tensor, top_k: int) -> list[int]:
     so the most selective comes last; ties as numpy's default sort breaks them) — PhotonTJ/NeuralFoxP2
     neural_foxp2/stage1.py, run_stage1. Negative selectivities are kept when fewer are positive (their joint score
     is then 0)."""
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise config_error("top_selective", "top_k", "an int >= 1", top_k)
+    check_int("top_selective", "top_k", top_k, low=1)
     return [int(j) for j in np.argsort(sel.double().cpu().numpy())[-top_k:]]
 
 
@@ -165,8 +165,7 @@ def subspace_stability(delta: torch.Tensor, neurons: list[int], *, resamples: in
     PhotonTJ/NeuralFoxP2 neural_foxp2/stage2.py, compute_stability_bootstrap. Rows are drawn as the reference draws
     them, ``np.random.choice(n, n, replace=True)``, from ``np.random.RandomState(seed)`` (the reference uses the
     global numpy generator). tr(PᵢPⱼ) = ‖V_iᵀV_j‖²_F and tr(Pᵢ) = r_i; 1 = the same subspace every time."""
-    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 1:
-        raise config_error("subspace_stability", "resamples", "an int >= 1", resamples)
+    check_int("subspace_stability", "resamples", resamples, low=1)
     sub = _restricted(delta, neurons)
     rng = np.random.RandomState(seed)
     n = sub.shape[0]

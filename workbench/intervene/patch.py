@@ -23,6 +23,7 @@ import torch
 from workbench.capture.hooks import hooks_attached, resolve_sites
 from workbench.errors import SiteError, config_error, shape_error
 from workbench.models.loaded import as_hooked, hook_points
+from workbench.validation import is_int
 
 Positions = int | Sequence[int] | None
 
@@ -111,7 +112,7 @@ def _mask(shape: torch.Size, patch: Patch, device: torch.device, call: str) -> t
     pos_ok = torch.ones(n_pos, dtype=torch.bool, device=device)
     if patch.positions is not None:
         pos = [patch.positions] if isinstance(patch.positions, int) else list(patch.positions)
-        if not pos or not all(isinstance(p, int) and not isinstance(p, bool) and -n_pos <= p < n_pos for p in pos):
+        if not pos or not all(is_int(p) and -n_pos <= p < n_pos for p in pos):
             raise config_error(call, "positions", f"None, or ints in [-{n_pos}, {n_pos})", patch.positions)
         pos_ok = torch.zeros(n_pos, dtype=torch.bool, device=device)
         pos_ok[[p % n_pos for p in pos]] = True
@@ -120,7 +121,7 @@ def _mask(shape: torch.Size, patch: Patch, device: torch.device, call: str) -> t
         heads = list(patch.heads)
         if len(shape) != 4:
             raise config_error(call, "heads", "None for a site without a head dimension [B, P, H, d_head]", heads)
-        if not heads or not all(isinstance(h, int) and not isinstance(h, bool) and 0 <= h < shape[2] for h in heads):
+        if not heads or not all(is_int(h) and 0 <= h < shape[2] for h in heads):
             raise config_error(call, "heads", f"head indices in [0, {shape[2]})", heads)
         head_ok = torch.zeros(shape[2], dtype=torch.bool, device=device)
         head_ok[heads] = True

@@ -17,6 +17,7 @@ import torch
 from workbench.capture.hooks import StopForward, hooks_attached, stoppable
 from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
+from workbench.validation import check_int
 
 UNEMBED_INPUT = "unembed.hook_in"
 
@@ -91,8 +92,7 @@ def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
     with the KV cache — equal to generating each prompt alone (test). Steering hooks with ``positions="last"`` steer
     each prompt's last token and every generated token."""
     call = "greedy_continuations"
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
+    check_int(call, "max_new_tokens", max_new_tokens, low=1)
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     out: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
@@ -116,8 +116,7 @@ def greedy_from_ids(lm, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tens
     """The greedy continuation (new token ids, cut after the first EOS) of one prompt given as ids ``[T]`` — for
     prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``)."""
     call = "greedy_from_ids"
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
+    check_int(call, "max_new_tokens", max_new_tokens, low=1)
     if ids.ndim != 1 or len(ids) == 0:
         raise config_error(call, "ids", "a non-empty 1-D tensor of token ids", tuple(ids.shape))
     eos = getattr(lm.tokenizer, "eos_token_id", None)

@@ -21,6 +21,7 @@ from workbench.capture import capture
 from workbench.capture.hooks import hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import check_sites, hook_points
+from workbench.validation import check_number, is_int
 
 Shift = Callable[[torch.Tensor], torch.Tensor]  # [..., d] activations -> [..., d] shift
 
@@ -41,7 +42,7 @@ def _rows(n_pos: int, positions, call: str) -> list[int] | slice:
     if positions == "last":
         return [n_pos - 1]
     pos = list(positions) if not isinstance(positions, int) else [positions]
-    if not pos or not all(isinstance(p, int) and not isinstance(p, bool) and -n_pos <= p < n_pos for p in pos):
+    if not pos or not all(is_int(p) and -n_pos <= p < n_pos for p in pos):
         raise config_error(call, "positions", f"'last', None, or ints in [-{n_pos}, {n_pos})", positions)
     return [p % n_pos for p in pos]
 
@@ -92,8 +93,7 @@ def steering(model, steers: Sequence[Steer]) -> Iterator[None]:
     """Within the block every forward (and ``generate``) of ``model`` is steered; hooks removed on exit."""
     points = hook_points(model)
     for s in steers:
-        if not isinstance(s.scale, (int, float)) or isinstance(s.scale, bool):
-            raise config_error("steering", "scale", "a number", s.scale)
+        check_number("steering", "scale", s.scale)
         if not (isinstance(s.vector, torch.Tensor) or callable(s.vector)):
             raise config_error("steering", "vector", "a [d] tensor or a callable shift", type(s.vector).__name__)
     check_sites(points, [s.site for s in steers])
@@ -151,7 +151,7 @@ def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, la
     if average not in AVERAGES:
         raise config_error(call, "average", f"one of {list(AVERAGES)}", average)
     n_layers = lm.facts.n_layers
-    if not layers or not all(isinstance(l, int) and 0 <= l < n_layers for l in layers):
+    if not layers or not all(is_int(l) and 0 <= l < n_layers for l in layers):
         raise config_error(call, "layers", f"a non-empty list of layer indices in [0, {n_layers})", layers)
     kinds = ("attn_out", "mlp_out", "resid_post", "z", "mlp_post")
     sites = [site(k, l) for l in layers for k in kinds]

@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 
 from workbench.errors import ConfigError, config_error
+from workbench.validation import check_int
 
 LAYER_KINDS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 GLOBAL_KINDS = ("W_E", "W_U")
@@ -94,8 +95,7 @@ def check_kind(kind: str, layer: int | None, n_layers: int) -> None:
         return
     if kind not in LAYER_KINDS:
         raise config_error("weight", "kind", f"one of {LAYER_KINDS + GLOBAL_KINDS}", kind)
-    if not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise config_error("weight", "layer", f"an int in [0, {n_layers})", layer)
+    check_int("weight", "layer", layer, low=0, high=n_layers, high_open=True)
 
 
 class _TransformerLensAdapter:

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.errors import config_error, shape_error
+from workbench.errors import shape_error
 from workbench.spectra.checks import check_finite
+from workbench.validation import check_bool, check_choice, check_int
 
 VERL_EPS = 1e-8  # VERL's EPS in p = σ/(Σσ + EPS) and log(p + EPS)
 VARIANTS = ("optimized", "batched")
@@ -87,14 +88,10 @@ def prefix_lengths(n_tokens: int, *, stride: int, max_seq_len: int, variant: str
 
 def _check_args(hidden: object, stride: object, max_seq_len: object, center: object, variant: object) -> torch.Tensor:
     call = "erv_era"
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
-        raise config_error(call, "stride", "an int >= 1", stride)
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < stride:
-        raise config_error(call, "max_seq_len", f"an int >= stride ({stride})", max_seq_len)
-    if not isinstance(center, bool):
-        raise config_error(call, "center", "a bool", center)
-    if variant not in VARIANTS:
-        raise config_error(call, "variant", f"one of {list(VARIANTS)}", variant)
+    check_int(call, "stride", stride, low=1)
+    check_int(call, "max_seq_len", max_seq_len, low=stride, allowed=f"an int >= stride ({stride})")
+    check_bool(call, "center", center)
+    check_choice(call, "variant", variant, VARIANTS)
     if not isinstance(hidden, torch.Tensor) or hidden.ndim not in (2, 3):
         got = f"shape {tuple(hidden.shape)}" if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise shape_error(call, "hidden", "a tensor of shape [T, d] or [L, T, d]", got)

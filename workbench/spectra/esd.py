@@ -45,8 +45,9 @@ from typing import NamedTuple
 
 import torch
 
-from workbench.errors import config_error, shape_error
+from workbench.errors import shape_error
 from workbench.spectra.checks import as_tensor, check_finite
+from workbench.validation import Int, check_list, check_number
 
 __all__ = ["EVALS_THRESH", "MPFit", "PowerLawFit", "alpha_weighted", "esd_eigenvalues", "log_norm",
            "log_spectral_norm", "mp_fit", "powerlaw_fit"]
@@ -98,11 +99,9 @@ def _evals(call: str, evals: object, min_k: int = 1) -> torch.Tensor:
 
 def _shape(call: str, shape: object) -> tuple[int, int]:
     """``(N, M)`` = (larger, smaller) side of the matrix shape."""
-    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
-    if not ok:
-        raise config_error(call, "shape", "the matrix shape (rows, cols), two ints >= 1", shape)
-    return max(shape), min(shape)
+    rows, cols = check_list(call, "shape", shape, Int(low=1), length=2,
+                            allowed="the matrix shape (rows, cols), two ints >= 1")
+    return max(rows, cols), min(rows, cols)
 
 
 def _rows(x: torch.Tensor, per_row: int) -> list[slice]:
@@ -145,8 +144,7 @@ def powerlaw_fit(evals: torch.Tensor, *, thresh: float = EVALS_THRESH) -> PowerL
     See the module docstring for the estimator. Memory: a float64 [rows, k, k] temporary, chunked to 64 MB.
     """
     call = "powerlaw_fit"
-    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not thresh >= 0:
-        raise config_error(call, "thresh", "a float >= 0", thresh)
+    thresh = check_number(call, "thresh", thresh, low=0)
     lam = _evals(call, evals, min_k=2)
     batch, k = lam.shape[:-1], lam.shape[-1]
     x = lam.reshape(-1, k).sort(dim=-1).values

@@ -32,8 +32,9 @@ import math
 
 import torch
 
-from workbench.errors import config_error, shape_error
+from workbench.errors import shape_error
 from workbench.spectra.checks import as_tensor, check_finite
+from workbench.validation import Int, check_number, check_optional
 
 __all__ = [
     "condition_number",
@@ -61,12 +62,6 @@ def _spectrum(call: str, s: object) -> torch.Tensor:
     if bool((s < 0).any()):
         raise shape_error(call, "s", "non-negative (singular values)", f"min {float(s.min()):.6g}")
     return s
-
-
-def _nonnegative_float(call: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise config_error(call, name, "a finite float >= 0", value)
-    return float(value)
 
 
 def _where_nonzero(total: torch.Tensor, value: torch.Tensor, fill: float) -> torch.Tensor:
@@ -98,7 +93,7 @@ def effective_rank(s: torch.Tensor, *, eps: float = 0.0) -> torch.Tensor:
     uses eps=1e-8. An all-zero spectrum gives 0 for every eps (VERL's formula would give exp(0) = 1 there).
     """
     call = "effective_rank"
-    eps = _nonnegative_float(call, "eps", eps)
+    eps = check_number(call, "eps", eps, low=0)
     s = _spectrum(call, s)
     if eps == 0.0:
         h, total = _entropy(s)
@@ -116,7 +111,7 @@ def rankme(s: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
     spectrum gives 0.
     """
     call = "rankme"
-    eps = _nonnegative_float(call, "eps", eps)
+    eps = check_number(call, "eps", eps, low=0)
     s = _spectrum(call, s)
     total = s.sum(dim=-1)
     p = s / total.unsqueeze(-1) + eps
@@ -161,9 +156,8 @@ def numerical_rank(s: torch.Tensor, *, tol: float | None = None, n_rows: int | N
     """
     call = "numerical_rank"
     if tol is not None:
-        tol = _nonnegative_float(call, "tol", tol)
-    if n_rows is not None and (isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 1):
-        raise config_error(call, "n_rows", "None or an int >= 1 (max(M, N) of the decomposed matrix)", n_rows)
+        tol = check_number(call, "tol", tol, low=0)
+    check_optional(call, "n_rows", n_rows, Int(low=1, allowed_text="an int >= 1 (max(M, N) of the decomposed matrix)"))
     s = _spectrum(call, s)
     k = s.shape[-1]
     if tol is None:

@@ -36,6 +36,7 @@ import torch
 
 from workbench.errors import config_error, shape_error
 from workbench.spectra.checks import as_tensor, check_finite
+from workbench.validation import Int, check_int, check_optional
 
 __all__ = ["PrecisionWarning", "batched_singular_values", "singular_values", "singular_values_from_gram"]
 
@@ -120,8 +121,7 @@ def batched_singular_values(
     call = "batched_singular_values"
     if method not in METHODS:
         raise config_error(call, "method", f"one of {METHODS}", method)
-    if isinstance(max_batch_bytes, bool) or not isinstance(max_batch_bytes, int) or max_batch_bytes < 1:
-        raise config_error(call, "max_batch_bytes", "a positive int", max_batch_bytes)
+    check_int(call, "max_batch_bytes", max_batch_bytes, low=1)
     mats = [_prepare_listed(call, i, m) for i, m in enumerate(matrices)]
     out: list[torch.Tensor | None] = [None] * len(mats)
     for indices in _group_indices(mats).values():
@@ -221,8 +221,7 @@ def _check_centring(
     call: str, gram: torch.Tensor, mean: object, n: object, center: bool
 ) -> torch.Tensor | None:
     """Validate ``n`` always and ``mean`` when centring; return ``mean`` as a tensor (or None)."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise config_error(call, "n", "None or an int >= 1 (the number of rows accumulated)", n)
+    check_optional(call, "n", n, Int(low=1, allowed_text="an int >= 1 (the number of rows accumulated)"))
     if not center:
         if mean is not None:
             raise config_error(call, "mean", "None when center=False (pass center=True to centre)", "a tensor")

@@ -21,6 +21,7 @@ from workbench.tam.core import (
     interfering_tokens,
     rank_gaussian_filter,
 )
+from workbench.validation import check_bool, check_int, check_str
 
 STAGES = ("raw", "eci", "filtered")
 
@@ -45,8 +46,8 @@ class TextTokenMaps:
     def step(self, t: int) -> dict[str, torch.Tensor | str]:
         """The maps of generated token ``t`` (negative counts from the end); a clear error when out of range."""
         g = len(self.generated_tokens)
-        if not isinstance(t, int) or isinstance(t, bool) or not -g <= t < g:
-            raise config_error("TextTokenMaps.step", "t", f"a generated-token index in [{-g}, {g})", t)
+        check_int("TextTokenMaps.step", "t", t, low=-g, high=g, high_open=True,
+                  allowed=f"a generated-token index in [{-g}, {g})")
         return {"token": self.generated_tokens[t], **{s: getattr(self, s)[t] for s in STAGES}}
 
     def top_inputs(self) -> list[dict]:
@@ -94,8 +95,7 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
     if not 0 <= first < n_prompt <= len(ids):
         raise config_error(call, "n_prompt", f"an int in ({first}, {len(ids)}]", n_prompt)
     last = n_prompt if last is None else last
-    if not isinstance(last, int) or isinstance(last, bool) or not first < last <= n_prompt:
-        raise config_error(call, "last", f"an int in ({first}, {n_prompt}]", last)
+    check_int(call, "last", last, low=first, high=n_prompt, low_open=True)
     if n_prompt == len(ids):
         raise config_error(call, "ids", "at least one generated token after the prompt", len(ids))
     check_eci_weights(call, eci_weights)
@@ -147,12 +147,10 @@ def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: i
     from workbench.intervene.readout import greedy_from_ids
 
     call = "text_token_maps"
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise config_error(call, "prompt", "a non-empty string", prompt)
+    check_str(call, "prompt", prompt, nonempty=True)
     check_kernel_size(call, kernel_size)
     check_eci_weights(call, eci_weights)
-    if not isinstance(chat_template, bool):
-        raise config_error(call, "chat_template", "True or False", chat_template)
+    check_bool(call, "chat_template", chat_template)
     prompt_ids, first, last = prompt_layout(lm, prompt, chat_template)
     if last - first < 1:
         raise config_error(call, "prompt", "at least one token besides BOS", prompt)

@@ -50,6 +50,7 @@ from workbench.tam.core import (
     min_max,
     rank_gaussian_filter,
 )
+from workbench.validation import check_int, is_int
 
 SEQUENCE_KEYS_ZERO = ("mm_token_type_ids", "token_type_ids")  # per-position keys extended with 0 for generated text
 
@@ -88,7 +89,7 @@ def image_layout(model, inputs: Mapping[str, torch.Tensor], grid: tuple[int, ...
     thw = inputs.get("image_grid_thw")
     if grid is not None:
         if not (isinstance(grid, (tuple, list)) and len(grid) in (2, 3)
-                and all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
+                and all(is_int(g) and g >= 1 for g in grid)):
             raise config_error(call, "grid", "(height, width) or (frames, height, width) of ints >= 1", grid)
         shape, style = (tuple(grid) if len(grid) == 3 else (1, *grid)), "given"
     elif thw is not None:
@@ -129,10 +130,10 @@ class VLMTokenMaps:
         from workbench.tam.plots import image_overlay_figure
 
         g = len(self.generated_tokens)
-        if not isinstance(t, int) or isinstance(t, bool) or not -g <= t < g:
-            raise config_error("VLMTokenMaps.figure", "t", f"a generated-token index in [{-g}, {g})", t)
-        if not isinstance(frame, int) or not 0 <= frame < self.grid[0]:
-            raise config_error("VLMTokenMaps.figure", "frame", f"a frame index in [0, {self.grid[0]})", frame)
+        check_int("VLMTokenMaps.figure", "t", t, low=-g, high=g, high_open=True,
+                  allowed=f"a generated-token index in [{-g}, {g})")
+        check_int("VLMTokenMaps.figure", "frame", frame, low=0, high=self.grid[0], high_open=True,
+                  allowed=f"a frame index in [0, {self.grid[0]})")
         stages = {"raw": min_max(self.raw[t, frame])[0], "eci": min_max(self.eci[t, frame])[0],
                   "filtered": self.filtered[t, frame]}
         return image_overlay_figure(np.asarray(image), stages, f"token {t}: {self.generated_tokens[t]!r}")
@@ -172,7 +173,7 @@ def _text_positions(model, ids, layout, special, text_positions, prompt_span) ->
     n = len(ids)
     if prompt_span is not None:
         if not (isinstance(prompt_span, (tuple, list)) and len(prompt_span) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in prompt_span)
+                and all(is_int(v) for v in prompt_span)
                 and 0 <= prompt_span[0] < prompt_span[1] <= n):
             raise config_error(call, "prompt_span", f"(start, end) with 0 <= start < end <= {n}", prompt_span)
         return torch.arange(*prompt_span)
@@ -226,8 +227,7 @@ def vlm_token_maps(model, inputs: Mapping[str, torch.Tensor], *, tokenizer=None,
     choices, kept as options. The text scores shown (``VLMTokenMaps.text``) are those weights (the reference's
     ``txt_scores[:-1]``), min–max normalised together with the ECI image map when ``joint``."""
     call = "vlm_token_maps"
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise config_error(call, "max_new_tokens", "an int >= 1", max_new_tokens)
+    check_int(call, "max_new_tokens", max_new_tokens, low=1)
     check_kernel_size(call, kernel_size)
     check_eci_weights(call, eci_weights)
     layout = image_layout(model, inputs, grid)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from workbench.errors import ConfigError, config_error
+from workbench.validation import check_int, is_int
 
 VARIANTS = ("ABB->BAB", "BAB->ABB")
 
@@ -116,8 +117,7 @@ def ioi_prompt(template: int, order: str, io: str, s: str, place: str, obj: str)
     """The IOI prompt of ``TEMPLATES[template]`` with IO ``io`` and subject ``s``; ``order`` is "ABB" or "BAB"."""
     if order not in ("ABB", "BAB"):
         raise config_error("ioi_prompt", "order", "'ABB' or 'BAB'", order)
-    if not isinstance(template, int) or isinstance(template, bool) or not 0 <= template < len(TEMPLATES):
-        raise config_error("ioi_prompt", "template", f"an index in 0..{len(TEMPLATES) - 1}", template)
+    check_int("ioi_prompt", "template", template, low=0, high=len(TEMPLATES), high_open=True)
     a, b = (io, s) if order == "ABB" else (s, io)
     return TEMPLATES[template].format(A=a, B=b, S=s, place=place, object=obj)
 
@@ -152,10 +152,8 @@ def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None =
     given with ``half``, must lie in that half.
     """
     call = "ioi_pairs"
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise config_error(call, "n", "an int >= 1", n)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise config_error(call, "seed", "an int", seed)
+    check_int(call, "n", n, low=1)
+    check_int(call, "seed", seed)
     if half is not None and half not in HALVES:
         raise config_error(call, "half", f"None or one of {list(HALVES)}", half)
     allowed_ids = split_templates(half) if half is not None else list(range(len(TEMPLATES)))
@@ -166,7 +164,7 @@ def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None =
         if isinstance(templates, (str, bytes)) or not isinstance(templates, Sequence) or not templates:
             raise config_error(call, "templates", allowed_templates, templates)
         chosen = list(templates)
-        bad = [t for t in chosen if not isinstance(t, int) or isinstance(t, bool) or t not in allowed_ids]
+        bad = [t for t in chosen if not is_int(t) or t not in allowed_ids]
         if bad or len(set(chosen)) != len(chosen):
             raise config_error(call, "templates", allowed_templates, templates)
     allowed_variants = f"a non-empty sequence of distinct values from {list(VARIANTS)}"

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from workbench.errors import ConfigError, config_error
+from workbench.validation import check_int, is_number
 
 PAIRS_FILE = "en_es_pairs.jsonl"
 SPLITS = ("train", "test")
@@ -132,11 +133,9 @@ def split_pairs(pairs: Sequence[tuple[str, str]], split: str | None, *, seed: in
     at least one pair on each side."""
     if split is not None and split not in SPLITS:
         raise config_error(call, "split", f"None or one of {list(SPLITS)}", split)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise config_error(call, "seed", "an int", seed)
+    check_int(call, "seed", seed)
     pairs = list(pairs)
-    valid_fraction = (isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
-                      and 0 < test_fraction < 1)
+    valid_fraction = is_number(test_fraction) and 0 < test_fraction < 1
     n_test = round(test_fraction * len(pairs)) if valid_fraction else 0
     if not 1 <= n_test <= len(pairs) - 1:
         raise config_error(call, "test_fraction",
@@ -173,8 +172,7 @@ def language_token_ids(tokenizer, pairs: Sequence[tuple[str, str]], *,
             or not all(isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(s, str) for s in p)
                        for p in pairs)):
         raise config_error(call, "pairs", "a non-empty sequence of (english, spanish) string pairs", pairs)
-    if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
-        raise config_error(call, "min_count", "an int >= 1", min_count)
+    check_int(call, "min_count", min_count, low=1)
 
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
     unk = getattr(tokenizer, "unk_token_id", None)

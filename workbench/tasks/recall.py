@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from workbench.errors import config_error
 from workbench.tasks.ioi import OBJECTS, PLACES, TEMPLATES, ioi_prompt, single_token_names
+from workbench.validation import check_int
 
 FAMILIES = ("name", "secret", "list")
 
@@ -48,10 +49,8 @@ def recall_prompts(tokenizer, n: int, *, seed: int = 0) -> list[RecallPrompt]:
     """``n`` prompts, the families in turn (name, secret, list, name, …), deterministic for ``seed``; only words that
     are a single token of ``tokenizer`` are drawn, and a prompt whose target token occurs more than once is redrawn."""
     call = "recall_prompts"
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise config_error(call, "n", "an int >= 1", n)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise config_error(call, "seed", "an int", seed)
+    check_int(call, "n", n, low=1)
+    check_int(call, "seed", seed)
     names, words, items = (single_token_names(tokenizer), single_token_names(tokenizer, SECRET_WORDS),
                            single_token_names(tokenizer, LIST_ITEMS))
     if len(names) < 2 or not words or len(items) < 3:
