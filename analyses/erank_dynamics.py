@@ -31,6 +31,7 @@ from workbench.capture.hooks import hooks_attached, site
 from workbench.deprecation import moved
 from workbench.errors import shape_error
 from workbench.models.chat import prompt_ids, response_ids
+from workbench.models.loaded import LoadedModel
 from workbench.results import Config, Result
 from workbench.spectra import dynamics
 from workbench.spectra.dynamics import VARIANTS, prefix_lengths
@@ -206,12 +207,12 @@ def _fmt(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3g}"
 
 
-def _prompt_tokens(lm, config: ErankDynamicsConfig) -> torch.Tensor:
+def _prompt_tokens(lm: LoadedModel, config: ErankDynamicsConfig) -> torch.Tensor:
     """[1, n] prompt ids (a chat-templated user turn, or the bridge's ``to_tokens``)."""
     return prompt_ids(lm, config.prompt, chat_template=config.chat_template)
 
 
-def _full_tokens(lm, config: ErankDynamicsConfig, prompt: torch.Tensor, progress: bool) -> torch.Tensor:
+def _full_tokens(lm: LoadedModel, config: ErankDynamicsConfig, prompt: torch.Tensor, progress: bool) -> torch.Tensor:
     """Prompt + response ids: the given response's ids appended, or the model's continuation."""
     if config.response is not None:
         return torch.cat([prompt, response_ids(lm, config.response).to(prompt.device)], dim=1)
@@ -221,7 +222,7 @@ def _full_tokens(lm, config: ErankDynamicsConfig, prompt: torch.Tensor, progress
                                  temperature=config.temperature, verbose=progress, return_type="tokens")
 
 
-def response_hidden(lm, tokens: torch.Tensor, n_prompt: int, *, alignment: str = "generating"
+def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, alignment: str = "generating"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(final [T, d], blocks [L, T, d])`` for the T = len(tokens) − n_prompt response tokens, from one forward pass:
     the final-norm output and the residual stream after every block, at positions n−1 … n+T−2 (``"generating"``:

@@ -43,6 +43,7 @@ from workbench.intervene.readout import (
     token_set_margin,
 )
 from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steering, vector_steers
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.prompts import default_prompts
 from workbench.results import PALETTE, Config, Result, table_figure
@@ -177,14 +178,14 @@ class Steer2EditResult(Result):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _utility_tokens(lm, config) -> torch.Tensor:
+def _utility_tokens(lm: LoadedModel, config) -> torch.Tensor:
     texts = default_prompts("prose")[:config.utility_texts]
     rows = [lm.model.to_tokens(t)[0, :config.utility_tokens] for t in texts]
     width = min(len(r) for r in rows)
     return torch.stack([r[:width] for r in rows]).to(lm.device)  # equal lengths: no padding in the perplexity
 
 
-def _measure(lm, data, config) -> dict:
+def _measure(lm: LoadedModel, data, config) -> dict:
     with torch.no_grad():
         logits = lm.model(data["utility"]).double()
     logp = torch.log_softmax(logits[:, :-1], -1)

@@ -33,6 +33,7 @@ from workbench.intervene import Patch, patching, record
 from workbench.intervene.das import train_das
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import fldd, logit_diff
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.results import Config, Result
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
@@ -152,7 +153,7 @@ class SubspacePatchingResult(Result):
         return self.verdict
 
 
-def _same_length(lm, pairs, n: int) -> list:
+def _same_length(lm: LoadedModel, pairs, n: int) -> list:
     """The first ``n`` pairs of the largest group of equal token length (places and objects vary in length): every
     batch must end at the same position, which is where the answer is read and the patch applied."""
     groups: dict[int, list] = {}
@@ -161,7 +162,7 @@ def _same_length(lm, pairs, n: int) -> list:
     return max(groups.values(), key=len)[:n]
 
 
-def _token_ids(lm, pairs) -> dict[str, torch.Tensor]:
+def _token_ids(lm: LoadedModel, pairs) -> dict[str, torch.Tensor]:
     base = lm.model.to_tokens([p.base for p in pairs]).to(lm.device)
     source = lm.model.to_tokens([p.source for p in pairs]).to(lm.device)
     if base.shape != source.shape:
@@ -174,13 +175,13 @@ def _token_ids(lm, pairs) -> dict[str, torch.Tensor]:
             "feature": torch.tensor([float(p.variant.startswith("ABB")) for p in pairs])}
 
 
-def _ld(lm, tokens, answer, alt, batch=32) -> torch.Tensor:
+def _ld(lm: LoadedModel, tokens, answer, alt, batch=32) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([logit_diff(lm.model(tokens[i]), answer[i], alt[i])
                           for i in torch.arange(tokens.shape[0]).split(batch)])
 
 
-def _heatmap(lm, data, progress) -> list[list[float]]:
+def _heatmap(lm: LoadedModel, data, progress) -> list[list[float]]:
     n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
     ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
     differs = (data["base"] != data["source"]).any(0).nonzero()
@@ -201,7 +202,7 @@ def _heatmap(lm, data, progress) -> list[list[float]]:
     return rows
 
 
-def _reader_heads(lm, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
+def _reader_heads(lm: LoadedModel, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
     """Heads after ``layer`` attending most from the last position to the answer (IO) vs the subject (S)."""
     base = data["base"][:32]
     io_pos = (base == data["answer"][:32, None]).float()
@@ -217,7 +218,7 @@ def _reader_heads(lm, data, layer: int, n_heads: int) -> list[tuple[int, int]]:
     return [(l, h) for _, l, h in sorted(scores, reverse=True)[:n_heads]]
 
 
-def _norm_scale(lm, layer: int) -> torch.Tensor:
+def _norm_scale(lm: LoadedModel, layer: int) -> torch.Tensor:
     """The RMSNorm gain before the attention of ``layer`` (Gemma stores it as an offset from 1)."""
     ln = lm.model.blocks[layer].ln1
     weight = getattr(ln, "weight", None)
@@ -227,7 +228,7 @@ def _norm_scale(lm, layer: int) -> torch.Tensor:
     return weight.detach() + offset
 
 
-def _readers(lm, site_kind: str, layer: int, heads: list[tuple[int, int]]) -> tuple[torch.Tensor, str]:
+def _readers(lm: LoadedModel, site_kind: str, layer: int, heads: list[tuple[int, int]]) -> tuple[torch.Tensor, str]:
     if site_kind == "mlp":
         return lm.weight("W_out", layer).detach(), f"W_out of layer {layer} (the MLP hidden layer's only reader)"
     cols = [_norm_scale(lm, l)[:, None] * lm.weight("W_Q", l)[h].detach() for l, h in heads]
@@ -290,7 +291,7 @@ def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingR
         n_train=len(train_pairs))
 
 
-def _pairs(lm, config) -> tuple[list, list]:
+def _pairs(lm: LoadedModel, config) -> tuple[list, list]:
     """(train, test) pairs: disjoint halves of names/places/objects/templates (``"paper"``) or a random held-out part
     of one pool (``"random"``). Each set is of one token length (see :func:`_same_length`)."""
     n_test = max(2, int(round(config.test_fraction * config.n_pairs)))

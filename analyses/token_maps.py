@@ -24,6 +24,7 @@ from workbench.analysis import Analysis, Inputs
 from workbench.attribution import gradient_x_input
 from workbench.intervene.readout import greedy_from_ids, position_logits, right_padded
 from workbench.models.chat import user_turn
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.results import PALETTE, Config, Result, table_figure
 from workbench.tam.core import ECI_WEIGHTS, KERNEL_SIZE, interference, interfering_tokens
@@ -166,14 +167,14 @@ def _chance(ev: dict, family: str) -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _example(lm, prompt: str, config: TokenMapsConfig) -> dict:
+def _example(lm: LoadedModel, prompt: str, config: TokenMapsConfig) -> dict:
     maps = text_token_maps(lm, prompt, max_new_tokens=config.max_new_tokens, kernel_size=config.kernel_size,
                            chat_template=config.chat_template, eci_weights=config.eci_weights)
     return {"prompt": prompt, "prompt_tokens": maps.prompt_tokens, "generated_tokens": maps.generated_tokens,
             **{s: [[round(float(v), 6) for v in row] for row in maps.stage(s)] for s in ("raw", "eci", "filtered")}}
 
 
-def score_prompt(lm, ids: torch.Tensor, n_prompt: int, *, first: int | None = None, last: int | None = None,
+def score_prompt(lm: LoadedModel, ids: torch.Tensor, n_prompt: int, *, first: int | None = None, last: int | None = None,
                  kernel_size: int = 3, baseline: bool = True, eci_weights: str = "reference") -> dict:
     """Each method's ``[P]`` scores of the prompt's text tokens ``ids[first:last]`` (default: BOS excluded, up to
     ``n_prompt``) for the last token of ``ids`` (generated at position ``len(ids) − 2``; the tokens from
@@ -229,7 +230,7 @@ def _eci_row(parts: dict, raw: torch.Tensor, target: int) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in parts.items()} | {"target_kept": round(kept, 4)}
 
 
-def _kept(lm, cands, config: TokenMapsConfig, progress: bool):
+def _kept(lm: LoadedModel, cands, config: TokenMapsConfig, progress: bool):
     """``(candidate, ids, n_prompt, first, last)`` for each prompt the model answers with its target, ``ids``
     ending at the target token: plain text — the first generated token (one batched readout); chat layout — the
     first generated token equal to the target within ``max_new_tokens`` (and the target once in the user's text)."""
@@ -251,7 +252,7 @@ def _kept(lm, cands, config: TokenMapsConfig, progress: bool):
             yield c, torch.cat([ids, generated[:int(hits[0]) + 1]]), len(ids), first, last
 
 
-def _evaluate(lm, config: TokenMapsConfig, progress: bool) -> dict:
+def _evaluate(lm: LoadedModel, config: TokenMapsConfig, progress: bool) -> dict:
     cands = recall_prompts(lm.tokenizer, config.eval_prompts, seed=config.seed)
     rows, correct = [], {f: 0 for f in FAMILIES}
     for c, ids, n_prompt, first, last in progress_bar(list(_kept(lm, cands, config, progress)),

@@ -20,6 +20,7 @@ import streamlit as st
 
 import workbench
 from workbench.errors import WorkbenchError
+from workbench.models.loaded import LoadedModel
 from workbench.progress import reporting
 from workbench.prompts import categories, default_prompts, parse_prompts
 from workbench.report import Report, package_versions
@@ -128,8 +129,8 @@ def prompts_input(key: str, default_category: str = "prose") -> list[str] | None
     return texts
 
 
-def single_report(name: str, result, lm=None) -> Report:
-    prov = {"model": getattr(lm, "name", getattr(result, "model", "")), "source": "dashboard",
+def single_report(name: str, result, lm: LoadedModel | None = None) -> Report:
+    prov = {"model": lm.name if lm is not None else getattr(result, "model", ""), "source": "dashboard",
             "versions": package_versions()}
     return Report(results={name: result}, provenance=prov)
 
@@ -147,7 +148,7 @@ def table_frame(result) -> pd.DataFrame:
     return frame
 
 
-def show_result(name: str, result, *, lm=None, key: str = "") -> None:
+def show_result(name: str, result, *, lm: LoadedModel | None = None, key: str = "") -> None:
     """Summary, figures, table and JSON/HTML downloads of one analysis result."""
     key = key or name
     st.subheader(result.title)

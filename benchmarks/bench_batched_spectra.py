@@ -26,6 +26,7 @@ import scipy.linalg
 import torch
 
 import workbench
+from workbench.models.loaded import LoadedModel
 from workbench.spectra import batched_singular_values, singular_values_from_gram
 
 TARGET = 1.0
@@ -130,7 +131,7 @@ def main() -> None:
     common.result("batched_spectra", worst, TARGET, below=True)
 
 
-def embedding_row(lm) -> list[object]:
+def embedding_row(lm: LoadedModel) -> list[object]:
     """W_E (and W_U when it is not W_E transposed), one timed call each, no warm-up."""
 
     w_e = lm.weight("W_E").detach().float().contiguous()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import config_error
+from workbench.models.loaded import LoadedModel
 from workbench.validation import check_int
 
 
-def gradient_x_input(lm, ids: torch.Tensor, target_id: int) -> torch.Tensor:
+def gradient_x_input(lm: LoadedModel, ids: torch.Tensor, target_id: int) -> torch.Tensor:
     """``[T]`` gradient × input of the next-token logit of ``target_id`` at the last position of ``ids`` ``[T]``,
     per input position: Σ_d e_{p,d}·∂logit/∂e_{p,d} over the token embeddings (the output of the model's ``embed``
     module) — Shrikumar et al. 2016, computed by captum's ``LayerGradientXActivation`` on that module. Signed; the

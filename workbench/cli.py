@@ -6,9 +6,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # torch and the model stack load only when a command runs
+    from workbench.models.loaded import LoadedModel
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Interpretability and spectral analysis of transformer language models.")
@@ -119,7 +122,7 @@ def _read_config(path: Path | None, names: list[str]) -> dict[str, dict]:
     return data
 
 
-def _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) -> dict:
+def _provenance(lm: LoadedModel, results, prompts, names, batch_size, max_tokens, device, seed, started) -> dict:
     act = next((r for r in results.values() if hasattr(r, "n_tokens")), None)
     from workbench.models.bundled import get_bundled
 

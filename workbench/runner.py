@@ -35,7 +35,7 @@ def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> di
 
 
 def run_analyses(
-    model: LoadedModel | str,
+    lm: LoadedModel | str,
     analyses: Sequence[str] | Mapping[str, Config | None],
     *,
     texts: Sequence[str] | None = None,
@@ -45,7 +45,7 @@ def run_analyses(
     progress: bool = False,
 ) -> dict[str, Result]:
     """Run several analyses on one model, sharing one capture over the union of the sites they need."""
-    lm = load_model(model, device=device)
+    lm = load_model(lm, device=device)
     configs = resolve_configs(analyses)
     facts = lm.facts
     sites = [s for name, c in configs.items() if (f := registry.get(name).sites) for s in f(c, facts)]
@@ -68,6 +68,6 @@ def run_analyses(
     return results
 
 
-def run_analysis(model: LoadedModel | str, name: str, config: Config | None = None, **kwargs) -> Result:
+def run_analysis(lm: LoadedModel | str, name: str, config: Config | None = None, **kwargs) -> Result:
     """One analysis by name (see :func:`run_analyses` for the keyword arguments)."""
-    return run_analyses(model, {name: config}, **kwargs)[name]
+    return run_analyses(lm, {name: config}, **kwargs)[name]

@@ -50,6 +50,7 @@ from pathlib import Path
 from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.intervene.language import best_window
+from workbench.models.loaded import LoadedModel
 from workbench.results import Config, Result, table_figure
 from workbench.sae import ARCHITECTURES
 from workbench.tasks.language import (
@@ -261,7 +262,7 @@ def _window(stage2: list[dict], layers: list[int], config) -> list[int] | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _token_sets(lm, train, config) -> tuple[list[int], list[int]]:
+def _token_sets(lm: LoadedModel, train, config) -> tuple[list[int], list[int]]:
     if config.token_sets == "unicode":
         return unicode_token_ids(lm.tokenizer)
     return language_token_ids(lm.tokenizer, train)

@@ -38,6 +38,7 @@ from workbench.intervene.language import (
 )
 from workbench.intervene.readout import right_padded
 from workbench.intervene.steer import Steer
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.sae import cached_sae, decoder_directions, encode
 from workbench.spectra import effective_rank
@@ -91,7 +92,7 @@ def _fit_rows(rows: torch.Tensor, inputs: str):
     return rows / (rows.norm(dim=-1, keepdim=True) + L2_EPS), None, None
 
 
-def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, es_ids) -> torch.Tensor:
+def _lift(lm: LoadedModel, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, es_ids) -> torch.Tensor:
     """``[C]`` causal lift of each residual direction in ``vectors`` ``[C, d]`` (PhotonTJ/NeuralFoxP2
     neural_foxp2/stage1.py, compute_feature_lift): α·vector is added to block L's output at each prompt's last token;
     every (direction, prompt) pair is one row of a batch."""
@@ -108,7 +109,7 @@ def _lift(lm, layer: int, vectors: torch.Tensor, tokens, last, alphas, en_ids, e
     return causal_lift(torch.stack(deltas, dim=1), torch.tensor(alphas, dtype=torch.float64))
 
 
-def _sae(lm, fit, layer, train, config):
+def _sae(lm: LoadedModel, fit, layer, train, config):
     l1 = config.l1_coefficient if config.l1_coefficient is not None else REFERENCE_L1 * fit.shape[1]
     key = {"model": lm.name, "site": read_site(config, layer), "rows": config.sae_rows,
            "inputs": config.inputs, "pairs": _digest(train)}
@@ -117,7 +118,7 @@ def _sae(lm, fit, layer, train, config):
                       seed=config.seed, device=lm.device)
 
 
-def stage1(lm, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
+def stage1(lm: LoadedModel, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
     texts = [en for en, _ in train] + [es for _, es in train]
     keep = ("per_prompt", "full") if config.sae_rows == "all" else ("per_prompt",)
     captured = capture(lm, texts, sites=[read_site(config, l) for l in layers], keep=keep, exclude_bos=True,

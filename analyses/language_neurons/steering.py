@@ -13,6 +13,7 @@ from workbench.capture.hooks import site
 from workbench.intervene.language import prototypes, reference_shift, steering_directions
 from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
 from workbench.intervene.steer import Steer, steering
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.tasks.language import detect_language, language_margin, spanish_score
 
@@ -21,7 +22,7 @@ METHODS = ("none", "sparse", "dense", "random")
 DEGENERATE_FRACTION = 0.75
 
 
-def margins(lm, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
+def margins(lm: LoadedModel, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
     """``[B]`` next-token margins M at ``last``; one forward for the whole batch, because per-example steers
     (``positions`` a ``[B]`` tensor) index its rows."""
     with steering(lm, list(steers)):
@@ -69,7 +70,7 @@ def _method_steers(method: str, window_states: list, lam: float, ratio: float, s
     return lambda positions: [Steer(site(STEER_KIND, layer), vec, positions=positions) for layer, vec in parts]
 
 
-def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> dict:
+def _evaluate(lm: LoadedModel, prompts, data, steers, method, lam, ratio, seed, config) -> dict:
     make = steers or (lambda positions: [])
     with steering(lm, make("last")):
         gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
@@ -90,7 +91,7 @@ def _evaluate(lm, prompts, data, steers, method, lam, ratio, seed, config) -> di
             "distinct": sum(distinct) / max(len(distinct), 1), "texts": texts}
 
 
-def stage3(lm, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
+def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
     chosen = test[:config.eval_prompts]
     prompts = [en for en, _ in chosen]
     tokens, last = right_padded(lm, prompts)

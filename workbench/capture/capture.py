@@ -68,7 +68,7 @@ def _check_keep(keep: str | Sequence[str]) -> set[str]:
     return chosen | {"stats"}
 
 
-def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def _probe(lm: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """Two tiny forwards (2 and 3 tokens) to learn each site's shape and check it is per-token.
 
     A site is per-token when dim 1 follows the sequence length and the trailing dims do not; probing two lengths
@@ -85,7 +85,7 @@ def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tenso
             return hook
 
         with hooks_attached(points, {s: record(s) for s in sites}), torch.inference_mode():
-            loaded.model(ids[None, :length].to(loaded.device))
+            lm.model(ids[None, :length].to(lm.device))
         shapes.append(seen)
     missing = [s for s in sites if s not in shapes[0]]
     if missing:
@@ -100,7 +100,7 @@ def _probe(loaded: LoadedModel, points: dict, sites: list[str], ids: torch.Tenso
 
 
 def capture(
-    model: LoadedModel | torch.nn.Module | str,
+    lm: LoadedModel | torch.nn.Module | str,
     texts: str | Sequence[str],
     *,
     sites: str | Sequence[str],
@@ -116,7 +116,8 @@ def capture(
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> CaptureResult:
-    """Stream ``texts`` through ``model`` and accumulate, per hook site, the token count, mean and centred Gram.
+    """Stream ``texts`` through ``lm`` (a LoadedModel, or a module or name :func:`~workbench.load_model` accepts)
+    and accumulate, per hook site, the token count, mean and centred Gram.
 
     ``sites``: TransformerLens hook names or globs (``"blocks.*.hook_resid_post"``). Per-position activations of
     any shape ``[batch, pos, ...]`` are flattened to ``[pos, d]`` rows. ``positions``: ``"all"`` tokens (pads
@@ -128,23 +129,23 @@ def capture(
     (default: where the activations are). Hooks are removed on exit, also when a hook or the forward raises.
     """
     started = time.perf_counter()
-    loaded = load_model(model)
+    lm = load_model(lm)
     texts = tok.check_texts(texts)
     check_int("capture", "batch_size", batch_size, low=1)
     check_int("capture", "reservoir_size", reservoir_size, low=1)
     check_int("capture", "memory_budget", memory_budget, low=0)
     chosen_keep = _check_keep(keep)
-    points = loaded.hook_points()
+    points = lm.hook_points()
     names = resolve_sites(points, sites)
-    tokenized = tok.tokenize(loaded, texts, max_length=max_length, max_tokens=max_tokens)
+    tokenized = tok.tokenize(lm, texts, max_length=max_length, max_tokens=max_tokens)
     tok.check_positions(positions, tokenized)
-    shapes = _probe(loaded, points, names, tokenized.ids[0])
-    batches = list(tok.batches(tokenized, batch_size, tok.pad_id(loaded), positions, exclude_bos))
+    shapes = _probe(lm, points, names, tokenized.ids[0])
+    batches = list(tok.batches(tokenized, batch_size, tok.pad_id(lm), positions, exclude_bos))
     state = _allocate(names, shapes, batches, tokenized, chosen_keep, reservoir_size, memory_budget, seed,
-                      torch.device(device) if device is not None else loaded.device)
-    _run(loaded, points, state, batches, tokenized.n_tokens, progress)
+                      torch.device(device) if device is not None else lm.device)
+    _run(lm, points, state, batches, tokenized.n_tokens, progress)
     return CaptureResult(
-        stats={name: site.result() for name, site in state.items()}, model=loaded.name, n_texts=len(tokenized.ids),
+        stats={name: site.result() for name, site in state.items()}, model=lm.name, n_texts=len(tokenized.ids),
         n_tokens=tokenized.n_tokens, positions=positions, exclude_bos=exclude_bos, has_bos=tokenized.has_bos,
         batch_size=batch_size, seconds=time.perf_counter() - started, meta={"keep": sorted(chosen_keep)},
     )
@@ -180,7 +181,7 @@ def _allocate(names, shapes, batches, tokenized, keep, reservoir_size, budget, s
     return state
 
 
-def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: list[tok.Batch], n_tokens: int,
+def _run(lm: LoadedModel, points: dict, state: dict[str, _Site], batches: list[tok.Batch], n_tokens: int,
          progress: bool) -> None:
     current: list[tok.Batch] = []
     fired: set[str] = set()
@@ -201,7 +202,7 @@ def _run(loaded: LoadedModel, points: dict, state: dict[str, _Site], batches: li
                 current[:] = [batch]
                 fired.clear()
                 with stoppable():
-                    loaded.model(batch.tokens.to(loaded.device))
+                    lm.model(batch.tokens.to(lm.device))
                 bar.update(int(batch.lengths.sum()))
     finally:
         bar.close()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from workbench.capture.hooks import LINEAR_COMPONENTS, hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.models.chat import DEFAULT_SYSTEM, sft_ids
+from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.spectra import batched_singular_values, effective_rank
 from workbench.spectra.gradients import gradient_spectrum
@@ -84,7 +85,7 @@ class DatasetGradients:
     route: str = "factor"
 
 
-def sample_ids(lm, prompt: str, response: str, *, max_length: int, chat_template: bool,
+def sample_ids(lm: LoadedModel, prompt: str, response: str, *, max_length: int, chat_template: bool,
                system_prompt: str | None = DEFAULT_SYSTEM, where: str = "pairs[0]") -> tuple[torch.Tensor, int]:
     """``([1, T] ids, n_prompt)`` as the reference lays a sample out (:func:`~workbench.models.chat.sft_ids`).
     Raises a ShapeError naming ``where`` when no response token survives the cut to ``max_length``."""
@@ -97,13 +98,13 @@ def sample_ids(lm, prompt: str, response: str, *, max_length: int, chat_template
     return ids, n_prompt
 
 
-def response_loss(lm, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
+def response_loss(lm: LoadedModel, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
     """Mean next-token cross-entropy over the response positions (the prompt's labels masked, as -100 does)."""
     logits = lm.model(ids)
     return F.cross_entropy(logits[0, n_prompt - 1:-1].float(), ids[0, n_prompt:])
 
 
-def factor_sites(lm, projections: Sequence[str]) -> list[tuple[str, str]]:
+def factor_sites(lm: LoadedModel, projections: Sequence[str]) -> list[tuple[str, str]]:
     """``(input hook, output hook)`` of every (layer, projection), layer-major: the bridge component's
     ``hook_in``/``hook_out`` (the Linear's x_t and y_t). ConfigError when the model has no such hooks."""
     points = lm.hook_points()
@@ -116,7 +117,7 @@ def factor_sites(lm, projections: Sequence[str]) -> list[tuple[str, str]]:
     return sites
 
 
-def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequence[str] = ATTENTION,
+def dataset_gradients(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, projections: Sequence[str] = ATTENTION,
                       max_length: int = 2048, chat_template: bool = True, system_prompt: str | None = DEFAULT_SYSTEM,
                       n_top: int = 8, route: str = "factor", name: str = "dataset",
                       progress: bool = False) -> DatasetGradients:
@@ -165,7 +166,7 @@ def dataset_gradients(lm, pairs: Sequence[tuple[str, str]], *, projections: Sequ
         erank_n=stats["erank"].n.round().long(), route=route)
 
 
-def _sample_gradients(lm, params, sites, ids, n_prompt):
+def _sample_gradients(lm: LoadedModel, params, sites, ids, n_prompt):
     """One forward and backward: ``(loss, gradient matrices (layer-major), factors)``; ``factors`` is None for the
     dense route, else a list of ``(delta [T, m], x [T, n])`` per matrix (the hooks live for the forward only)."""
     captured: dict[str, torch.Tensor] = {}

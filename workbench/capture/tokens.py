@@ -50,16 +50,16 @@ def check_texts(texts: str | Sequence[str]) -> list[str]:
     return texts
 
 
-def tokenize(loaded: LoadedModel, texts: list[str], *, max_length: int | None,
+def tokenize(lm: LoadedModel, texts: list[str], *, max_length: int | None,
              max_tokens: int | None) -> Tokenized:
     """Tokenize with the model's own BOS policy; cut each text to ``max_length`` and the total to ``max_tokens``."""
     for name, value in (("max_length", max_length), ("max_tokens", max_tokens)):
         check_optional("capture", name, value, Int(low=2))
-    limit = min(max_length or loaded.facts.n_ctx, loaded.facts.n_ctx)
-    bos_id = getattr(loaded.tokenizer, "bos_token_id", None)
+    limit = min(max_length or lm.facts.n_ctx, lm.facts.n_ctx)
+    bos_id = getattr(lm.tokenizer, "bos_token_id", None)
     ids, budget = [], max_tokens
     for text in texts:
-        row = loaded.model.to_tokens(text, truncate=False)[0][:limit].cpu()
+        row = lm.model.to_tokens(text, truncate=False)[0][:limit].cpu()
         if budget is not None:
             row = row[:budget]
             budget -= len(row)
@@ -71,10 +71,10 @@ def tokenize(loaded: LoadedModel, texts: list[str], *, max_length: int | None,
     return Tokenized(ids=ids, has_bos=has_bos)
 
 
-def pad_id(loaded: LoadedModel) -> int:
+def pad_id(lm: LoadedModel) -> int:
     """The id used for right padding: the tokenizer's pad, else EOS, else BOS, else 0 (pads are never read)."""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(loaded.tokenizer, attr, None)
+        value = getattr(lm.tokenizer, attr, None)
         if value is not None:
             return int(value)
     return 0

@@ -23,6 +23,7 @@ the best epoch's basis. Deviations kept: the ``[k, d]`` Householder parametrisat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,12 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import Patch, forward, patching, record
-from workbench.models.loaded import as_hooked
+from workbench.models.loaded import LoadedModel, as_hooked
 from workbench.progress import bar as progress_bar
 from workbench.validation import check_int, check_number
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedRootModule
 
 
 class RotatedSubspace(torch.nn.Module):
@@ -72,7 +76,7 @@ class DASFit:
     lrs: list[float] = field(default_factory=list)
 
 
-def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Tensor, *, site: str,
+def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: torch.Tensor, target: torch.Tensor, *, site: str,
               position: int = -1, k: int = 1, epochs: int = 30, lr: float = 0.01, start_factor: float = 1 / 3,
               end_factor: float = 0.1,
               batch_size: int = 20, val_fraction: float = 0.0, patience: int = 0, seed: int = 0,
@@ -102,7 +106,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
     check_number(call, "val_fraction", val_fraction, low=0, high=1, high_open=True)
     check_int(call, "patience", patience, low=0)
     gen = torch.Generator().manual_seed(seed)
-    acts = record(model, source, [site])[site]
+    acts = record(lm, source, [site])[site]
     d = acts.shape[-1]
     if k >= d:
         raise config_error(call, "k", f"an int in [1, {d - 1}] (the site is {d}-wide)", k)
@@ -114,7 +118,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
     sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=start_factor, end_factor=end_factor,
                                               total_iters=epochs)
     patch = Patch(site, positions=[position])
-    frozen = [(p, p.requires_grad) for p in _parameters(model)]
+    frozen = [(p, p.requires_grad) for p in _parameters(lm)]
     fit_train, fit_val, lrs, best, best_epoch, since, stopped = [], [], [], None, 0, 0, False
     try:
         for p, _ in frozen:
@@ -125,7 +129,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
             total = 0.0
             for chunk in perm.split(batch_size):
                 with torch.enable_grad():
-                    loss = _loss(model, patch, subspace.basis(), base[chunk], acts[chunk], target[chunk])
+                    loss = _loss(lm, patch, subspace.basis(), base[chunk], acts[chunk], target[chunk])
                     opt.zero_grad()
                     loss.backward()
                 opt.step()
@@ -134,7 +138,7 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
             fit_train.append(total / len(train_idx))
             with torch.no_grad():
                 basis = subspace.basis().detach().clone()
-                val = _mean_loss(model, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size) \
+                val = _mean_loss(lm, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size) \
                     if n_val else fit_train[-1]
             fit_val.append(val)
             if not patience:  # the reference: every epoch runs and the final rotation is kept
@@ -153,20 +157,20 @@ def train_das(model, base: torch.Tensor, source: torch.Tensor, target: torch.Ten
                   lrs=lrs)
 
 
-def _parameters(model) -> list[torch.nn.Parameter]:
-    return list(as_hooked(model, call="das").parameters())
+def _parameters(lm: LoadedModel | HookedRootModule) -> list[torch.nn.Parameter]:
+    return list(as_hooked(lm, call="das").parameters())
 
 
-def _loss(model, patch: Patch, basis: torch.Tensor, base: torch.Tensor, acts: torch.Tensor,
+def _loss(lm: LoadedModel | HookedRootModule, patch: Patch, basis: torch.Tensor, base: torch.Tensor, acts: torch.Tensor,
           target: torch.Tensor) -> torch.Tensor:
-    with patching(model, [patch], {patch.site: acts}, bases={patch.site: basis}):
-        logits = forward(model, base)
+    with patching(lm, [patch], {patch.site: acts}, bases={patch.site: basis}):
+        logits = forward(lm, base)
     last = logits[:, -1] if logits.ndim == 3 else logits
     return F.cross_entropy(last.float(), target.to(last.device))
 
 
-def _mean_loss(model, patch, basis, base, acts, target, batch_size) -> float:
+def _mean_loss(lm: LoadedModel | HookedRootModule, patch, basis, base, acts, target, batch_size) -> float:
     total = 0.0
     for idx in torch.arange(base.shape[0]).split(batch_size):
-        total += float(_loss(model, patch, basis, base[idx], acts[idx], target[idx])) * len(idx)
+        total += float(_loss(lm, patch, basis, base[idx], acts[idx], target[idx])) * len(idx)
     return total / base.shape[0]

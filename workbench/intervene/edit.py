@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.models.loaded import LoadedModel
 from workbench.validation import check_number
 
 KINDS = {"head": "W_O", "neuron": "W_out"}
@@ -107,7 +108,7 @@ def neuron_edit(layer: int, neuron: int, lam: float, g: float, v: torch.Tensor,
     return ComponentEdit("neuron", layer, neuron, float(lam) * sign, float(g), v_hat, None)
 
 
-def steer2edit(lm, vectors: dict, *, rho: float, rho_mlp: float | None = None,
+def steer2edit(lm: LoadedModel, vectors: dict, *, rho: float, rho_mlp: float | None = None,
                alpha: float = 0.95) -> list[ComponentEdit]:
     """The Steer2Edit edits of every layer in ``vectors`` (:func:`workbench.intervene.steer.contrast_vectors`):
     attributions of every head (against v̂_attn) and neuron (against v̂_mlp), elastic-net λ with ``rho`` for heads and
@@ -131,7 +132,7 @@ def steer2edit(lm, vectors: dict, *, rho: float, rho_mlp: float | None = None,
     return edits
 
 
-def _rows(lm, edit: ComponentEdit) -> tuple[torch.Tensor, slice | int]:
+def _rows(lm: LoadedModel, edit: ComponentEdit) -> tuple[torch.Tensor, slice | int]:
     """The live weight matrix (as_matrix orientation, a view of the parameter) and the rows ``edit`` changes."""
     kind = KINDS.get(edit.kind)
     if kind is None:
@@ -155,7 +156,7 @@ class EditHandle:
     """Edits applied to a model's weights; :meth:`revert` puts back the original rows bit for bit (they are saved
     before the first change). Usable as a context manager."""
 
-    def __init__(self, lm, edits: Sequence[ComponentEdit]) -> None:
+    def __init__(self, lm: LoadedModel, edits: Sequence[ComponentEdit]) -> None:
         self.lm = lm
         self.edits = list(edits)
         self._saved: list[tuple[torch.Tensor, slice | int, torch.Tensor]] = []
@@ -196,13 +197,13 @@ class EditHandle:
         self.revert()
 
 
-def apply_edits(lm, edits: Sequence[ComponentEdit]) -> EditHandle:
+def apply_edits(lm: LoadedModel, edits: Sequence[ComponentEdit]) -> EditHandle:
     """Apply ``edits`` to ``lm``'s weights now; call ``.revert()`` on the handle (or use ``with edited(...)``)."""
     return EditHandle(lm, edits).apply()
 
 
 @contextmanager
-def edited(lm, edits: Sequence[ComponentEdit]) -> Iterator[EditHandle]:
+def edited(lm: LoadedModel, edits: Sequence[ComponentEdit]) -> Iterator[EditHandle]:
     """Within the block ``lm`` runs with ``edits`` in its weights; reverted exactly on exit, even on error."""
     handle = EditHandle(lm, edits).apply()
     try:

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.errors import shape_error
 from workbench.intervene.metrics import PatchEffect, argmax_hits, logit_diff, patch_effect
 from workbench.intervene.patch import Patch, forward, patched_logits, record
+from workbench.models.loaded import LoadedModel
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedRootModule
 
 
 def row_space(readers: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
@@ -77,7 +82,7 @@ class Diagnostics:
     reasons: list[str] = field(default_factory=list)
 
 
-def diagnose(model, *, site: str, position: int, direction: torch.Tensor, readers: torch.Tensor,
+def diagnose(lm: LoadedModel | HookedRootModule, *, site: str, position: int, direction: torch.Tensor, readers: torch.Tensor,
              base: torch.Tensor, source: torch.Tensor, answer: torch.Tensor, counterfactual: torch.Tensor,
              source_answer: torch.Tensor | None = None, source_alternative: torch.Tensor | None = None,
              feature: torch.Tensor | None = None, baseline_site: str | None = None, batch_size: int = 32,
@@ -97,8 +102,8 @@ def diagnose(model, *, site: str, position: int, direction: torch.Tensor, reader
     split = split_direction(direction, readers)
     src_ans = counterfactual if source_answer is None else source_answer
     src_alt = answer if source_alternative is None else source_alternative
-    ld_base, hits_base = _ld(model, base, answer, counterfactual, batch_size)
-    ld_source, _ = _ld(model, source, src_ans, src_alt, batch_size)
+    ld_base, hits_base = _ld(lm, base, answer, counterfactual, batch_size)
+    ld_source, _ = _ld(lm, source, src_ans, src_alt, batch_size)
     patches = {
         "v": Patch(site, positions=[position], basis=direction),
         "v_row": Patch(site, positions=[position], basis=split.v_row) if split.row_fraction > 1e-9 else None,
@@ -106,13 +111,13 @@ def diagnose(model, *, site: str, position: int, direction: torch.Tensor, reader
         "whole site": Patch(site, positions=[position]),
     }
     runs = {name: ((ld_base, hits_base) if patch is None  # an empty part changes nothing
-                   else _patched(model, patch, base, source, answer, counterfactual, batch_size))
+                   else _patched(lm, patch, base, source, answer, counterfactual, batch_size))
             for name, patch in patches.items()}
     ld_whole = runs["whole site"][0] if baseline_site in (None, site) else _patched(
-        model, Patch(baseline_site, positions=[position]), base, source, answer, counterfactual, batch_size)[0]
+        lm, Patch(baseline_site, positions=[position]), base, source, answer, counterfactual, batch_size)[0]
     effects = {name: patch_effect(ld_base, ld, hits=hits, ld_whole=ld_whole, ld_source=ld_source)
                for name, (ld, hits) in runs.items()}
-    acts = torch.cat([record(model, x[i], [site])[site][:, position]
+    acts = torch.cat([record(lm, x[i], [site])[site][:, position]
                       for x in (base, source) for i in torch.arange(x.shape[0]).split(batch_size)]).double()
     if feature is not None and feature.shape != (base.shape[0] + source.shape[0],):
         raise shape_error("diagnose", "feature", f"[{base.shape[0] + source.shape[0]}] labels (base then source)",
@@ -129,22 +134,22 @@ def diagnose(model, *, site: str, position: int, direction: torch.Tensor, reader
                        row_feature_corr=row_corr, likely_illusion=verdict, reasons=reasons)
 
 
-def _ld(model, inputs, answer, alternative, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
+def _ld(lm: LoadedModel | HookedRootModule, inputs, answer, alternative, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean-run LD and interchange hits (argmax = ``alternative``) per input."""
     lds, hits = [], []
     with torch.no_grad():
         for i in torch.arange(inputs.shape[0]).split(batch_size):
-            logits = forward(model, inputs[i])
+            logits = forward(lm, inputs[i])
             lds.append(logit_diff(logits, answer[i], alternative[i]))
             hits.append(argmax_hits(logits, alternative[i]))
     return torch.cat(lds), torch.cat(hits)
 
 
-def _patched(model, patch, base, source, answer, counterfactual, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
+def _patched(lm: LoadedModel | HookedRootModule, patch, base, source, answer, counterfactual, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
     """Patched-run LD and interchange hits (whole-vocabulary argmax = the counterfactual) per pair."""
     lds, hits = [], []
     for i in torch.arange(base.shape[0]).split(batch_size):
-        logits = patched_logits(model, base[i], source[i], [patch])
+        logits = patched_logits(lm, base[i], source[i], [patch])
         lds.append(logit_diff(logits, answer[i], counterfactual[i]))
         hits.append(argmax_hits(logits, counterfactual[i]))
     return torch.cat(lds), torch.cat(hits)

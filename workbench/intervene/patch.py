@@ -17,13 +17,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.capture.hooks import hooks_attached, resolve_sites
 from workbench.errors import SiteError, config_error, shape_error
-from workbench.models.loaded import as_hooked, hook_points
+from workbench.models.loaded import LoadedModel, as_hooked, hook_points
 from workbench.validation import is_int
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedRootModule
 
 Positions = int | Sequence[int] | None
 
@@ -41,9 +45,9 @@ class Patch:
     basis: torch.Tensor | None = None
 
 
-def forward(model, inputs: torch.Tensor) -> torch.Tensor:
+def forward(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor) -> torch.Tensor:
     """The model's output (logits) for ``inputs``."""
-    return as_hooked(model, call="patch")(inputs)
+    return as_hooked(lm, call="patch")(inputs)
 
 
 def orthonormal(basis: torch.Tensor, d: int, call: str = "subspace_patch") -> torch.Tensor:
@@ -146,9 +150,9 @@ def _mix(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor | None) -
     return source if basis is None else subspace_patch(base, source, basis)
 
 
-def record(model, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
+def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards."""
-    points = hook_points(model)
+    points = hook_points(lm)
     names = check_sites(points, sites)
     store: dict[str, torch.Tensor] = {}
 
@@ -158,7 +162,7 @@ def record(model, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch
         return hook
 
     with hooks_attached(points, {n: keep(n) for n in names}), torch.no_grad():
-        forward(model, inputs)
+        forward(lm, inputs)
     return store
 
 
@@ -171,13 +175,13 @@ def check_sites(points: Mapping[str, torch.nn.Module], sites: Sequence[str]) -> 
 
 
 @contextmanager
-def patching(model, patches: Sequence[Patch], source_acts: Mapping[str, torch.Tensor],
+def patching(lm: LoadedModel | HookedRootModule, patches: Sequence[Patch], source_acts: Mapping[str, torch.Tensor],
              bases: Mapping[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """Within the block, every forward of ``model`` has ``patches`` applied, with the source activations given.
+    """Within the block, every forward of ``lm`` has ``patches`` applied, with the source activations given.
 
     ``bases`` optionally overrides a patch's basis by site (e.g. a trainable DAS basis). Hooks are removed on exit,
     also when the forward or a hook raises."""
-    points = hook_points(model)
+    points = hook_points(lm)
     check_sites(points, [p.site for p in patches])
     by_site: dict[str, list[Patch]] = {}
     for p in patches:
@@ -201,11 +205,11 @@ def patching(model, patches: Sequence[Patch], source_acts: Mapping[str, torch.Te
         yield
 
 
-def patched_logits(model, base: torch.Tensor, source: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
+def patched_logits(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
     """Run ``source`` (recording the patched sites), then ``base`` with the patches applied; returns the output."""
     if base.shape != source.shape:
         raise shape_error("patched_logits", "source", f"the base inputs' shape {tuple(base.shape)} (equal token "
                           "lengths: patching is position-aligned)", tuple(source.shape))
-    acts = record(model, source, [p.site for p in patches])
-    with patching(model, patches, acts), torch.no_grad():
-        return forward(model, base)
+    acts = record(lm, source, [p.site for p in patches])
+    with patching(lm, patches, acts), torch.no_grad():
+        return forward(lm, base)

@@ -17,12 +17,13 @@ import torch
 from workbench.capture.hooks import StopForward, hooks_attached, stoppable
 from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
+from workbench.models.loaded import LoadedModel
 from workbench.validation import check_int
 
 UNEMBED_INPUT = "unembed.hook_in"
 
 
-def final_residual(lm, tokens: torch.Tensor) -> torch.Tensor:
+def final_residual(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``[B, T, d]``: the input of the unembedding (after the final norm) for ``tokens`` ``[B, T]``; the forward stops
     there (no logits are computed)."""
     box: dict[str, torch.Tensor] = {}
@@ -41,7 +42,7 @@ def final_residual(lm, tokens: torch.Tensor) -> torch.Tensor:
     return box["x"]
 
 
-def unembed(lm, x: torch.Tensor) -> torch.Tensor:
+def unembed(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     """Logits ``[..., V]`` of final residuals ``x`` ``[..., d]`` through the model's own unembedding (float32)."""
     flat = x.reshape(-1, 1, x.shape[-1])
     with torch.no_grad():
@@ -49,7 +50,7 @@ def unembed(lm, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out.shape[-1]).float()
 
 
-def position_logits(lm, tokens: torch.Tensor, positions: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
+def position_logits(lm: LoadedModel, tokens: torch.Tensor, positions: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
     """``[B, V]`` next-token logits of example ``b`` at ``positions[b]`` (e.g. each prompt's last real token in a
     right-padded batch), computed without unembedding the other positions."""
     call = "position_logits"
@@ -72,21 +73,21 @@ def token_set_margin(logits: torch.Tensor, plus_ids: Sequence[int], minus_ids: S
     return p[:, list(plus_ids)].sum(-1) - p[:, list(minus_ids)].sum(-1)
 
 
-def texts_margin(lm, texts: Sequence[str], plus_ids: Sequence[int], minus_ids: Sequence[int], *,
+def texts_margin(lm: LoadedModel, texts: Sequence[str], plus_ids: Sequence[int], minus_ids: Sequence[int], *,
                  batch_size: int = 32) -> torch.Tensor:
     """``[B]`` :func:`token_set_margin` at the next token after each of ``texts``."""
     tokens, last = right_padded(lm, texts)
     return token_set_margin(position_logits(lm, tokens, last, batch_size=batch_size), plus_ids, minus_ids)
 
 
-def right_padded(lm, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(lm: LoadedModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, T], last [B])``: the texts tokenised as the model does (BOS policy included), right-padded, and
     the index of each text's last real token."""
     rows = [lm.model.to_tokens(t)[0].cpu() for t in texts]
     return right_pad(rows, pad_id(lm)), torch.tensor([len(r) - 1 for r in rows])
 
 
-def greedy_continuations(lm, prompts: Sequence[str], *, max_new_tokens: int,
+def greedy_continuations(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int,
                          batch_size: int = 32) -> list[torch.Tensor]:
     """Greedy continuations (new token ids, cut after the first EOS) of each prompt, generated in left-padded batches
     with the KV cache — equal to generating each prompt alone (test). Steering hooks with ``positions="last"`` steer
@@ -112,7 +113,7 @@ def cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
     return row
 
 
-def greedy_from_ids(lm, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tensor:
+def greedy_from_ids(lm: LoadedModel, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tensor:
     """The greedy continuation (new token ids, cut after the first EOS) of one prompt given as ids ``[T]`` — for
     prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``)."""
     call = "greedy_from_ids"
@@ -126,7 +127,7 @@ def greedy_from_ids(lm, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tens
     return cut_at_eos(tokens[0, len(ids):].cpu(), eos)
 
 
-def continuation_nll(lm, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,
+def continuation_nll(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,
                      steers: Callable[[torch.Tensor], Sequence] | None = None, batch_size: int = 32) -> torch.Tensor:
     """``[B]`` mean negative log-likelihood (nats per token) of each continuation's tokens given its prompt (NaN for
     an empty continuation).

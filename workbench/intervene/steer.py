@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,7 +22,11 @@ from workbench.capture import capture
 from workbench.capture.hooks import hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import check_sites, hook_points
+from workbench.models.loaded import LoadedModel
 from workbench.validation import check_number, is_int
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedRootModule
 
 Shift = Callable[[torch.Tensor], torch.Tensor]  # [..., d] activations -> [..., d] shift
 
@@ -89,9 +94,9 @@ def _delta(part: torch.Tensor, steer: Steer, x: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def steering(model, steers: Sequence[Steer]) -> Iterator[None]:
-    """Within the block every forward (and ``generate``) of ``model`` is steered; hooks removed on exit."""
-    points = hook_points(model)
+def steering(lm: LoadedModel | HookedRootModule, steers: Sequence[Steer]) -> Iterator[None]:
+    """Within the block every forward (and ``generate``) of ``lm`` is steered; hooks removed on exit."""
+    points = hook_points(lm)
     for s in steers:
         check_number("steering", "scale", s.scale)
         if not (isinstance(s.vector, torch.Tensor) or callable(s.vector)):
@@ -136,7 +141,7 @@ SPANS = ("all", "last")
 AVERAGES = ("texts", "tokens")
 
 
-def contrast_vectors(lm, positive: Sequence[str], negative: Sequence[str], *, layers: Sequence[int],
+def contrast_vectors(lm: LoadedModel, positive: Sequence[str], negative: Sequence[str], *, layers: Sequence[int],
                      span: str = "all", average: str = "texts", batch_size: int = 8,
                      progress: bool = False) -> dict[int, ContrastVectors]:
     """:class:`ContrastVectors` per layer from one streamed capture of each set. ``span``: average over ``"all"``

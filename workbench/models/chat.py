@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from workbench.models.loaded import LoadedModel
 
-def prompt_ids(lm, prompt: str, *, chat_template: bool = True) -> torch.Tensor:
+
+def prompt_ids(lm: LoadedModel, prompt: str, *, chat_template: bool = True) -> torch.Tensor:
     """``[1, n]`` ids of ``prompt``: wrapped as a user turn with the generation prompt when ``chat_template`` and the
     tokenizer has a template (as the model saw in instruction tuning), else the bridge's ``to_tokens`` (BOS as the
     model expects). Never truncated silently."""
@@ -18,13 +20,13 @@ def prompt_ids(lm, prompt: str, *, chat_template: bool = True) -> torch.Tensor:
     return lm.model.to_tokens(prompt, truncate=False).to(lm.device)
 
 
-def response_ids(lm, response: str) -> torch.Tensor:
+def response_ids(lm: LoadedModel, response: str) -> torch.Tensor:
     """``[1, m]`` ids of ``response`` as a continuation (no special tokens added)."""
     ids = lm.tokenizer(response, add_special_tokens=False)["input_ids"]
     return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
 
-def user_turn(lm, prompt: str) -> tuple[torch.Tensor, int, int]:
+def user_turn(lm: LoadedModel, prompt: str) -> tuple[torch.Tensor, int, int]:
     """``(ids [n], start, end)``: ``prompt`` as a chat user turn with the generation prompt (the layout of
     :func:`prompt_ids`) and the span ``ids[start:end]`` of the user's own text in it — no role words, special tokens
     or template newlines — found from the tokenizer's character offsets. Tokens that straddle the text's edges are
@@ -53,7 +55,7 @@ def user_turn(lm, prompt: str) -> tuple[torch.Tensor, int, int]:
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
-def sft_text(lm, prompt: str, response: str, *, chat_template: bool = True,
+def sft_text(lm: LoadedModel, prompt: str, response: str, *, chat_template: bool = True,
              system_prompt: str | None = DEFAULT_SYSTEM) -> str:
     """One (prompt, response) sample as MingLiiii/Gradient_Unified lays it out (``get_grad_vector_initial_try.py``,
     ``main``): with ``chat_template`` and a tokenizer that has one (the reference's ``--run_instruct_version``), the
@@ -68,7 +70,7 @@ def sft_text(lm, prompt: str, response: str, *, chat_template: bool = True,
     return prompt + "\n" + response
 
 
-def sft_ids(lm, prompt: str, response: str, *, max_length: int, chat_template: bool = True,
+def sft_ids(lm: LoadedModel, prompt: str, response: str, *, max_length: int, chat_template: bool = True,
             system_prompt: str | None = DEFAULT_SYSTEM) -> tuple[torch.Tensor, int]:
     """``([1, T] ids, n_prompt)`` of :func:`sft_text`, as the reference tokenises it (``cal_svd_vector_part_text``):
     the whole text at once with the tokenizer's own special tokens, cut to ``max_length`` (``tokenizer.encode(text,

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.errors import ModelLoadError, config_error
 from workbench.models.adapters import GLOBAL_KINDS, LAYER_KINDS, ModelAdapter, ModelFacts, as_matrix
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedRootModule
 
 
 @dataclass(frozen=True)
@@ -99,22 +103,26 @@ class LoadedModel:
                 f"d_model={f.d_model}, n_heads={f.n_heads}, device={self.device})")
 
 
-def as_hooked(model: LoadedModel | torch.nn.Module, *, call: str = "as_hooked") -> torch.nn.Module:
-    """The TransformerLens-hookable module of ``model``: a :class:`LoadedModel`'s ``model``, or ``model`` itself
-    when it is already a TransformerLens ``HookedRootModule`` (``HookedTransformer``, ``TransformerBridge``)."""
-    if isinstance(model, LoadedModel):
-        return model.model
-    if isinstance(model, torch.nn.Module) and hasattr(model, "hook_dict"):
-        return model
+def as_hooked(lm: LoadedModel | HookedRootModule, *, call: str = "as_hooked") -> torch.nn.Module:
+    """The TransformerLens-hookable module of ``lm``: a :class:`LoadedModel`'s ``model``, or ``lm`` itself when it
+    is already a TransformerLens ``HookedRootModule`` (``HookedTransformer``) or a ``TransformerBridge`` (which has
+    the same hook interface without subclassing it). Anything else is a ConfigError naming ``call``."""
+    if isinstance(lm, LoadedModel):
+        return lm.model
+    from transformer_lens import HookedRootModule
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(lm, (HookedRootModule, TransformerBridge)):
+        return lm
     raise config_error(call, "lm", "a LoadedModel (workbench.load_model) or a TransformerLens HookedRootModule",
-                       type(model).__name__)
+                       type(lm).__name__)
 
 
-def hook_points(model: LoadedModel | torch.nn.Module, *, call: str = "hook_points") -> dict[str, torch.nn.Module]:
-    """Every hook name of ``model`` (a :class:`LoadedModel` or a ``HookedRootModule``) mapped to its HookPoint."""
-    if isinstance(model, LoadedModel):
-        return model.hook_points()
-    return dict(as_hooked(model, call=call).hook_dict)
+def hook_points(lm: LoadedModel | HookedRootModule, *, call: str = "hook_points") -> dict[str, torch.nn.Module]:
+    """Every hook name of ``lm`` (a :class:`LoadedModel` or a ``HookedRootModule``) mapped to its HookPoint."""
+    if isinstance(lm, LoadedModel):
+        return lm.hook_points()
+    return dict(as_hooked(lm, call=call).hook_dict)
 
 
 def _layout(kind: str, weight: torch.Tensor, param: torch.nn.Parameter | None) -> str:

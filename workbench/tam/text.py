@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
+from workbench.models.loaded import LoadedModel
 from workbench.tam.core import (
     check_eci_weights,
     check_kernel_size,
@@ -112,7 +113,7 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
     return torch.stack(raws), torch.stack(ecis), torch.stack(filtered)
 
 
-def sequence_logits(lm, ids: torch.Tensor) -> torch.Tensor:
+def sequence_logits(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """``[T, V]`` logits of every position of ``ids`` ``[T]`` (one forward; causal, so equal to the logits seen
     while generating them)."""
     from workbench.intervene.readout import final_residual, unembed
@@ -120,13 +121,13 @@ def sequence_logits(lm, ids: torch.Tensor) -> torch.Tensor:
     return unembed(lm, final_residual(lm, ids[None])[0]).double().cpu()
 
 
-def first_prompt_position(lm, prompt_ids: torch.Tensor) -> int:
+def first_prompt_position(lm: LoadedModel, prompt_ids: torch.Tensor) -> int:
     """1 when the tokenizer's BOS leads ``prompt_ids`` (BOS gets no score), else 0."""
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     return 1 if bos is not None and int(prompt_ids[0]) == bos else 0
 
 
-def prompt_layout(lm, prompt: str, chat_template: bool) -> tuple[torch.Tensor, int, int]:
+def prompt_layout(lm: LoadedModel, prompt: str, chat_template: bool) -> tuple[torch.Tensor, int, int]:
     """``(ids [n], first, last)``: the prompt's ids and the span of its text tokens. ``chat_template``: a user turn
     of the model's chat template with the generation prompt (the reference's layout: its text scores cover only the
     user's text, and the first answer token is generated at a template position), else the bridge's ``to_tokens``
@@ -139,7 +140,7 @@ def prompt_layout(lm, prompt: str, chat_template: bool) -> tuple[torch.Tensor, i
     return ids, first_prompt_position(lm, ids), len(ids)
 
 
-def text_token_maps(lm, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3, chat_template: bool = False,
+def text_token_maps(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3, chat_template: bool = False,
                     eci_weights: str = "reference") -> TextTokenMaps:
     """TAM on a text model: greedy-generate up to ``max_new_tokens`` after ``prompt`` (laid out by
     :func:`prompt_layout`), then one forward over prompt + continuation gives every position's logits and
