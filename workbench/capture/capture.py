@@ -21,6 +21,28 @@ from workbench.validation import check_int
 KEEP_OPTIONS = ("stats", "reservoir", "per_prompt", "full")
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """One batch's masks as the hooks use them, moved to the activations' device once per batch (not once per site):
+    ``keep`` holds the flat indices of the kept rows of ``[B·T, d]``, so the hooks gather with ``index_select``,
+    which needs no device-to-host read (a boolean mask does, to size its result); ``counts`` (kept rows per text)
+    and ``texts`` (the batch's text indices) stay host ints for splitting and offsets."""
+
+    keep: torch.Tensor  # [n_kept] long
+    counts: list[int]
+    texts: list[int]
+    text_index: torch.Tensor  # [B] long: texts on the device
+    ends: torch.Tensor  # [B] long: each text's last position
+    pooled: torch.Tensor  # [B, T] bool
+    tokens: torch.Tensor  # [B, T]
+
+
+def _place(batch: tok.Batch, device: torch.device) -> _Placed:
+    return _Placed(keep=batch.rows.flatten().nonzero().flatten().to(device), counts=batch.rows.sum(1).tolist(),
+                   texts=list(batch.text_index), text_index=torch.tensor(batch.text_index, device=device), ends=(batch.lengths - 1).to(device),
+                   pooled=batch.pooled.to(device), tokens=batch.tokens.to(device))
+
+
 @dataclass
 class _Site:
     """Accumulators of one site, fed by its hook."""
@@ -33,22 +55,23 @@ class _Site:
     full: RowStore | None = None
     offsets: list[int] = field(default_factory=list)
 
-    def feed(self, x: torch.Tensor, batch: tok.Batch) -> None:
-        rows = x[batch.rows.to(x.device)]
+    def feed(self, x: torch.Tensor, batch: _Placed) -> None:
+        """``x`` [B, T, d] on the device ``batch`` was placed on: no device-to-host transfer happens here."""
+        rows = x.reshape(-1, x.shape[-1]).index_select(0, batch.keep.to(x.device))
         self.moments.update(rows)
         if self.reservoir is not None:
             self.reservoir.update(rows)
         if self.full is not None:
-            counts = batch.rows.sum(1).tolist()
-            for part, i in zip(rows.split(counts), batch.text_index, strict=True):
+            for part, i in zip(rows.split(batch.counts), batch.texts, strict=True):
                 self.full.put(self.offsets[i], part)
         if self.last is not None:
-            ends = (batch.lengths - 1).to(x.device)
-            self.last.rows[batch.text_index] = x[torch.arange(x.shape[0], device=x.device), ends].to(
+            index = batch.text_index.to(self.last.rows.device)
+            ends = batch.ends.to(x.device)
+            self.last.rows[index] = x[torch.arange(x.shape[0], device=x.device), ends].to(
                 self.last.rows.device, self.last.rows.dtype)
             weights = batch.pooled.to(x.device, x.dtype)
             means = (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
-            self.pooled.rows[batch.text_index] = means.to(self.pooled.rows.device, self.pooled.rows.dtype)
+            self.pooled.rows[index] = means.to(self.pooled.rows.device, self.pooled.rows.dtype)
 
     def result(self) -> SiteStats:
         m = self.moments
@@ -183,7 +206,7 @@ def _allocate(names, shapes, batches, tokenized, keep, reservoir_size, budget, s
 
 def _run(lm: LoadedModel, points: dict, state: dict[str, _Site], batches: list[tok.Batch], n_tokens: int,
          progress: bool) -> None:
-    current: list[tok.Batch] = []
+    current: list[_Placed] = []
     fired: set[str] = set()
 
     def make_hook(site: _Site):
@@ -199,10 +222,10 @@ def _run(lm: LoadedModel, points: dict, state: dict[str, _Site], batches: list[t
     try:
         with hooks_attached(points, {name: make_hook(site) for name, site in state.items()}), torch.inference_mode():
             for batch in batches:
-                current[:] = [batch]
+                current[:] = [_place(batch, lm.device)]
                 fired.clear()
                 with stoppable():
-                    lm.model(batch.tokens.to(lm.device))
+                    lm.model(current[0].tokens)
                 bar.update(int(batch.lengths.sum()))
     finally:
         bar.close()

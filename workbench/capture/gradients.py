@@ -43,14 +43,15 @@ COMPONENT = LINEAR_COMPONENTS
 
 class _Running:
     """Float64 running sums of a tensor-valued statistic, element by element over the samples it was kept for: mean
-    (0 where never kept, as the reference's plot) and sample standard deviation (ddof 1; 0 below two samples)."""
+    (0 where never kept, as the reference's plot) and sample standard deviation (ddof 1; 0 below two samples). The
+    sums stay on the statistic's device: adding a sample reads nothing back to the host."""
 
     def __init__(self) -> None:
         self.n = self.total = self.squares = None
 
     def add(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        x = x.detach().to("cpu", torch.float64)
-        w = torch.ones_like(x) if keep is None else keep.to("cpu", torch.float64)
+        x = x.detach().to(torch.float64)
+        w = torch.ones_like(x) if keep is None else keep.to(x.device, torch.float64)
         x = x * w
         if self.n is None:
             self.n, self.total, self.squares = w.clone(), x.clone(), x * x
@@ -149,7 +150,7 @@ def dataset_gradients(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, proj
                 stats[m].add(sample[m], keep if m == "erank" else None)
             top.add(sample["top"])
             cosine.add(sample["cosine"])
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach().double())  # read back once, after the loop
             n_prompt_total += n_prompt
             n_resp_total += ids.shape[1] - n_prompt
             del mats, factors
@@ -157,13 +158,14 @@ def dataset_gradients(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, proj
         for p, flag in saved:
             p.requires_grad_(flag)
     n = len(encoded)
+    losses = torch.stack(losses).tolist()
     mean_loss = sum(losses) / n
     sd_loss = math.sqrt(sum((x - mean_loss) ** 2 for x in losses) / (n - 1)) if n > 1 else 0.0
-    return DatasetGradients(
-        projections=list(projections), n_samples=n, mean={m: s.mean() for m, s in stats.items()},
-        std={m: s.std() for m, s in stats.items()}, top=top.mean(), cosine=cosine.mean(), loss=(mean_loss, sd_loss),
-        prompt_tokens=n_prompt_total / n, response_tokens=n_resp_total / n, seconds=time.perf_counter() - started,
-        erank_n=stats["erank"].n.round().long(), route=route)
+    return DatasetGradients(  # the averages are results: they come back to the CPU once, here
+        projections=list(projections), n_samples=n, mean={m: s.mean().cpu() for m, s in stats.items()},
+        std={m: s.std().cpu() for m, s in stats.items()}, top=top.mean().cpu(), cosine=cosine.mean().cpu(),
+        loss=(mean_loss, sd_loss), prompt_tokens=n_prompt_total / n, response_tokens=n_resp_total / n,
+        seconds=time.perf_counter() - started, erank_n=stats["erank"].n.round().long().cpu(), route=route)
 
 
 def _sample_gradients(lm: LoadedModel, params, sites, ids, n_prompt):
@@ -194,17 +196,17 @@ def _sample_spectra(mats: list[torch.Tensor], factors: list | None, n_proj: int,
                     n_top: int) -> dict[str, torch.Tensor]:
     """Spectra of one sample's gradients (layer-major lists) → ``[P, L]`` metrics, ``[P, L, k]`` top σ, ``[P, L, L]``
     cosines. Factor route: one batched QR + core SVD per projection (all layers at once); dense: one batched SVD per
-    matrix shape."""
-    out = {m: torch.zeros(n_proj, n_layers, dtype=torch.float64) for m in METRICS}
-    out["top"] = torch.zeros(n_proj, n_layers, n_top, dtype=torch.float64)
+    matrix shape. Everything stays on the gradients' device."""
+    device = mats[0].device
+    out = {m: torch.zeros(n_proj, n_layers, dtype=torch.float64, device=device) for m in METRICS}
+    out["top"] = torch.zeros(n_proj, n_layers, n_top, dtype=torch.float64, device=device)
     if factors is not None:
         for p in range(n_proj):
             pick = [factors[layer * n_proj + p] for layer in range(n_layers)]
             spec = gradient_spectrum(torch.stack([d for d, _ in pick]), torch.stack([x for _, x in pick]))
-            out["nuclear"][p], out["erank"][p] = spec.nuclear.cpu(), spec.erank.cpu()
-            out["frobenius"][p] = spec.frobenius.cpu()
+            out["nuclear"][p], out["erank"][p], out["frobenius"][p] = spec.nuclear, spec.erank, spec.frobenius
             k = min(n_top, spec.singular_values.shape[-1])
-            out["top"][p, :, :k] = spec.singular_values[:, :k].cpu()
+            out["top"][p, :, :k] = spec.singular_values[:, :k]
     else:
         for i, (g, s) in enumerate(zip(mats, batched_singular_values(mats), strict=True)):
             layer, p = divmod(i, n_proj)

@@ -46,8 +46,13 @@ class Patch:
 
 
 def forward(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor) -> torch.Tensor:
-    """The model's output (logits) for ``inputs``."""
-    return as_hooked(lm, call="patch")(inputs)
+    """The model's output (logits) for ``inputs``, moved to the model's device first (callers build token ids on
+    the CPU; the bridge's forward does not move them, and an embedding lookup across devices fails)."""
+    model = as_hooked(lm, call="patch")
+    param = next(model.parameters(), None)
+    if isinstance(inputs, torch.Tensor) and param is not None and inputs.device != param.device:
+        inputs = inputs.to(param.device)
+    return model(inputs)
 
 
 def orthonormal(basis: torch.Tensor, d: int, call: str = "subspace_patch") -> torch.Tensor:

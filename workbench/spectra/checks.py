@@ -10,7 +10,7 @@ import torch
 
 from workbench.errors import shape_error
 
-__all__ = ["as_tensor", "check_finite"]
+__all__ = ["as_tensor", "check_finite", "has_values"]
 
 
 def as_tensor(call: str, name: str, x: object) -> torch.Tensor:
@@ -23,8 +23,15 @@ def as_tensor(call: str, name: str, x: object) -> torch.Tensor:
         raise shape_error(call, name, "a torch tensor or numpy array of real numbers", type(x).__name__) from exc
 
 
+def has_values(x: torch.Tensor) -> bool:
+    """False for a ``meta`` tensor (shape and dtype without data): value checks are skipped there, so every spectra
+    function also runs on ``meta`` to propagate shapes, dtypes and devices (tests/workbench/test_device.py)."""
+    return x.device.type != "meta"
+
+
 def check_finite(call: str, name: str, x: torch.Tensor) -> None:
-    """Reject NaN/Inf: LAPACK/cuSOLVER either fail obscurely or return garbage on them."""
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+    """Reject NaN/Inf: LAPACK/cuSOLVER either fail obscurely or return garbage on them. One device-to-host read of a
+    flag per call (none on ``meta``)."""
+    if x.dtype.is_floating_point and has_values(x) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise shape_error(call, name, "finite (no NaN or Inf)", f"{bad} non-finite entries in shape {tuple(x.shape)}")

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import torch
 
 from workbench.errors import shape_error
-from workbench.spectra.checks import as_tensor, check_finite
+from workbench.spectra.checks import as_tensor, check_finite, has_values
 from workbench.validation import Int, check_list, check_number
 
 __all__ = ["EVALS_THRESH", "MPFit", "PowerLawFit", "alpha_weighted", "esd_eigenvalues", "log_norm",
@@ -92,7 +92,7 @@ def _evals(call: str, evals: object, min_k: int = 1) -> torch.Tensor:
                           f"shape {tuple(evals.shape)}")
     evals = evals.to(torch.float64)
     check_finite(call, "evals", evals)
-    if bool((evals < 0).any()):
+    if has_values(evals) and bool((evals < 0).any()):
         raise shape_error(call, "evals", "non-negative (eigenvalues of WᵀW)", f"min {float(evals.min()):.6g}")
     return evals
 
@@ -179,7 +179,7 @@ def _fit_rows(x: torch.Tensor, thresh: float) -> tuple[torch.Tensor, ...]:
     best = torch.where(cand, d, torch.full_like(d, math.inf)).argmin(dim=-1)
     a, dd = alpha.gather(1, best[:, None])[:, 0], d.gather(1, best[:, None])[:, 0]
     small = (m < _SMALL_N) & (m >= 2)
-    if bool(small.any()):
+    if not has_values(small) or bool(small.any()):  # on meta: both paths, for their shapes
         best, a, dd = _small_n(x, logx, s, n, cand, small, best, a, dd, k - m)
     xmin = x.gather(1, best[:, None])[:, 0]
     sigma = (a - 1) / n[best].sqrt()
@@ -286,16 +286,19 @@ def _mp_sigma(x: torch.Tensor, q: float, polish: bool = True) -> torch.Tensor:
     sigma = s0[:, None] * steps[None, :]  # [B, G]
     k = _kde(x, q)
     best = sigma.gather(1, _mp_ss(k, q, sigma).argmin(dim=-1, keepdim=True))[:, 0]
-    if not polish:
+    if not polish or not has_values(x):
         return best
     from scipy.optimize import fmin
 
-    out = best.clone()
+    # Nelder–Mead is a sequential scalar search: it runs on a CPU copy of the KDE rows (one transfer of [B, 1000]
+    # values), not on x's device, where each of its ~100 evaluations per row would wait for a device-to-host read.
+    host, start = _KDE(*(t.cpu() for t in k)), best.cpu()
+    out = torch.empty_like(start)
     for i in range(x.shape[0]):
-        row = _KDE(*(t[i:i + 1] for t in k))
+        row = _KDE(*(t[i:i + 1] for t in host))
 
         def f(p, row=row):
-            return float(_mp_ss(row, q, torch.tensor([[float(p[0])]], dtype=x.dtype, device=x.device)))
+            return float(_mp_ss(row, q, torch.tensor([[float(p[0])]], dtype=x.dtype)))
 
-        out[i] = float(fmin(f, [float(best[i])], disp=False)[0])
-    return out
+        out[i] = float(fmin(f, [float(start[i])], disp=False)[0])
+    return out.to(x.device)

@@ -33,7 +33,7 @@ import math
 import torch
 
 from workbench.errors import shape_error
-from workbench.spectra.checks import as_tensor, check_finite
+from workbench.spectra.checks import as_tensor, check_finite, has_values
 from workbench.validation import Int, check_number, check_optional
 
 __all__ = [
@@ -59,7 +59,7 @@ def _spectrum(call: str, s: object) -> torch.Tensor:
         raise shape_error(call, "s", "a real (floating, integer or bool) tensor", s.dtype)
     s = s if s.dtype.is_floating_point else s.to(torch.float64)
     check_finite(call, "s", s)
-    if bool((s < 0).any()):
+    if has_values(s) and bool((s < 0).any()):
         raise shape_error(call, "s", "non-negative (singular values)", f"min {float(s.min()):.6g}")
     return s
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.spectra.checks import as_tensor, check_finite
+from workbench.spectra.checks import as_tensor, check_finite, has_values
 from workbench.validation import Int, check_int, check_optional
 
 __all__ = ["PrecisionWarning", "batched_singular_values", "singular_values", "singular_values_from_gram"]
@@ -158,7 +158,7 @@ def _stacked_svdvals(call: str, group: list[torch.Tensor], indices: list[int], c
                      method: str) -> torch.Tensor:
     """One batched decomposition of a stacked chunk; a NaN/Inf is reported with the index of its matrix."""
     stacked = torch.stack(group)
-    if not bool(torch.isfinite(stacked).all()):
+    if has_values(stacked) and not bool(torch.isfinite(stacked).all()):  # one host read per chunk
         row = int((~torch.isfinite(stacked)).flatten(1).any(dim=1).nonzero()[0])
         check_finite(call, f"matrices[{indices[row]}]", group[row])
     if method == "svd" or (method == "auto" and stacked.dtype == torch.float64):
@@ -205,7 +205,7 @@ def singular_values_from_gram(
     lam_max = lam[..., :1].clamp(min=0.0) + shift  # λ_max(Gc) + n‖μ‖² bounds λ_max(XᵀX) within a factor 2
     floor = gram.shape[-1] * torch.finfo(torch.float64).eps * lam_max
     s = torch.where(lam > floor, lam, torch.zeros_like(lam)).sqrt()
-    if center:
+    if center and has_values(lam):
         _warn_cancellation(floor, lam[..., :1])
     return s if n is None else s[..., : min(n, gram.shape[-1])]
 
