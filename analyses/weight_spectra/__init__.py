@@ -175,12 +175,27 @@ def _rows(inputs: Inputs, config: WeightSpectraConfig) -> list[tuple[str, int | 
     return rows
 
 
-def _value(x: torch.Tensor) -> float | int | None:
-    """A JSON value: int for integer tensors, None for NaN/Inf (so results round-trip and compare equal)."""
-    if not x.dtype.is_floating_point:
-        return int(x)
-    v = float(x)
-    return v if math.isfinite(v) else None
+def _value(v: float | int) -> float | int | None:
+    """A JSON value: ints kept, None for NaN/Inf (so results round-trip and compare equal)."""
+    return v if isinstance(v, int) or math.isfinite(v) else None
+
+
+def _spectrum_columns(values: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Effective rank, stable rank, nuclear norm and σ_max of every spectrum, batched over the spectra of one length
+    and read back to the host once per column and length (not once per matrix)."""
+    out: dict[str, list] = {name: [None] * len(values) for name in ("erank", "stable_rank", "nuclear_norm",
+                                                                    "sigma_max")}
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(values):
+        groups.setdefault((s.shape[0], s.dtype, s.device), []).append(i)
+    for idx in groups.values():
+        s = torch.stack([values[i] for i in idx])
+        cols = {"erank": effective_rank(s), "stable_rank": stable_rank(s), "nuclear_norm": nuclear_norm(s),
+                "sigma_max": s[:, 0]}  # batched_singular_values returns descending values
+        for name, tensor in cols.items():
+            for i, v in zip(idx, tensor.tolist(), strict=True):
+                out[name][i] = v
+    return out
 
 
 def _ww_columns(mats: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[dict[str, list], list]:
@@ -198,8 +213,9 @@ def _ww_columns(mats: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[d
                 "num_pl_spikes": fit.num_pl_spikes, "num_spikes": mp.num_spikes, "mp_softrank": mp.mp_softrank}
         for row, i in enumerate(idx):
             evals[i] = lam[row]
-            for name, tensor in cols.items():
-                out[name][i] = _value(tensor[row])
+        for name, tensor in cols.items():  # one device-to-host read per column and shape
+            for i, v in zip(idx, tensor.tolist(), strict=True):
+                out[name][i] = _value(v)
     return out, evals
 
 
@@ -229,11 +245,9 @@ def compute(inputs: Inputs, config: WeightSpectraConfig) -> WeightSpectraResult:
     kind, layer, _, _ = rows[e]
     return WeightSpectraResult(
         model=inputs.model_name, matrix=[k for k, _, _, _ in rows], layer=[layer for _, layer, _, _ in rows],
-        shape=[list(w.shape) for w in mats], erank=[float(effective_rank(s)) for s in values],
-        stable_rank=[float(stable_rank(s)) for s in values], nuclear_norm=[float(nuclear_norm(s)) for s in values],
-        sigma_max=[float(s[0]) for s in values], head=[h for _, _, h, _ in rows], **ww,
+        shape=[list(w.shape) for w in mats], **_spectrum_columns(values), head=[h for _, _, h, _ in rows], **ww,
         esd_label=kind if layer is None else f"{kind} layer {layer}",
-        esd_eigenvalues=[float(v) for v in evals[e].sort().values],
+        esd_eigenvalues=evals[e].sort().values.tolist(),
         esd_fit={"alpha": ww["alpha"][e], "xmin": ww["xmin"][e]},
     )
 

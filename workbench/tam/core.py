@@ -6,8 +6,8 @@ github.com/xmed-lab/TAM, ``tam.py``). For a generated token y_t the map over ear
 position's final hidden state, clipped at 0 (:func:`class_activation`). Earlier tokens' maps interfere with it; the
 interference is estimated as their score-weighted sum and removed with the least-squares scale
 (:func:`estimated_causal_inference`). A rank Gaussian filter denoises the map (:func:`rank_gaussian_filter`, 2-D on
-image grids, 1-D on token sequences). Pure tensor functions (float64 internally); :mod:`workbench.tam.text` and
-:mod:`workbench.tam.vlm` run them on text and vision-language models.
+image grids, 1-D on token sequences). Pure tensor functions (float64 internally, on their inputs' device);
+:mod:`workbench.tam.text` and :mod:`workbench.tam.vlm` run them on text and vision-language models.
 """
 
 from __future__ import annotations
@@ -61,18 +61,19 @@ def estimated_causal_inference(activation: torch.Tensor, earlier_maps: torch.Ten
     return (activation.double() - scale * inter).clamp_min(0)
 
 
-def _filter_window(window: torch.Tensor) -> torch.Tensor:
-    """The rank Gaussian value of one window (sorted values, Gaussian weights over rank offsets, σ = std/mean)."""
-    values = torch.sort(window.flatten()).values
-    mean = values.mean()
-    if float(mean) <= 0:
-        return torch.zeros((), dtype=values.dtype)
-    if float(values[-1]) == float(values[0]):  # constant and positive: the reference divides by σ = 0 (NaN)
-        return values[0]
-    sigma = values.std(correction=0) / mean
-    offsets = torch.arange(values.numel(), dtype=values.dtype) - values.numel() // 2
-    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
-    return (values * kernel / kernel.sum()).sum()
+def _filter_windows(windows: torch.Tensor) -> torch.Tensor:
+    """The rank Gaussian value of every window ``[..., K]`` at once (sorted values, Gaussian weights over rank
+    offsets, σ = std/mean): 0 where the mean is ≤ 0, the value itself where the window is constant and positive (the
+    reference divides by σ = 0 there). Vectorised, so a map on a GPU costs a few kernels and no host reads."""
+    values = torch.sort(windows, dim=-1).values
+    n = values.shape[-1]
+    mean = values.mean(dim=-1)
+    sigma = values.std(dim=-1, correction=0) / mean
+    offsets = torch.arange(n, dtype=values.dtype, device=values.device) - n // 2
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma[..., None] ** 2))
+    smoothed = (values * kernel / kernel.sum(dim=-1, keepdim=True)).sum(dim=-1)
+    out = torch.where(values[..., -1] == values[..., 0], values[..., 0], smoothed)
+    return torch.where(mean <= 0, torch.zeros_like(out), out)
 
 
 # The filter's window (also the token-maps analysis' config constraint).
@@ -108,11 +109,11 @@ def interfering_tokens(prompt_positions: torch.Tensor, n_prompt: int, p: int,
     ``"own_position"`` (this project's earlier reading, a deviation kept as an option): every earlier token is
     weighted at its own position, so the last entry is ``p − 1`` — the explained token's top logit."""
     check_eci_weights("interfering_tokens", eci_weights)
-    generated = torch.arange(n_prompt, p)
-    earlier = torch.cat([prompt_positions.long().cpu(), generated])
+    generated = torch.arange(n_prompt, p, device=prompt_positions.device)  # on prompt_positions' device
+    earlier = torch.cat([prompt_positions.long(), generated])
     if eci_weights == "own_position":
         return earlier, earlier
-    weight_at = torch.cat([prompt_positions.long().cpu(), generated - 1])
+    weight_at = torch.cat([prompt_positions.long(), generated - 1])
     keep = weight_at != p - 1
     return earlier[keep], weight_at[keep]
 
@@ -147,10 +148,10 @@ def rank_gaussian_filter(x: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
     x = x.double()
     if x.ndim == 1:
         padded = torch.nn.functional.pad(x[None, None], (pad, pad), mode="reflect")[0, 0]
-        return torch.stack([_filter_window(padded[i:i + kernel_size]) for i in range(x.shape[0])])
+        return _filter_windows(padded.unfold(0, kernel_size, 1))  # [n, K]
     padded = torch.nn.functional.pad(x[None, None], (pad, pad, pad, pad), mode="reflect")[0, 0]
-    return torch.stack([torch.stack([_filter_window(padded[i:i + kernel_size, j:j + kernel_size])
-                                     for j in range(x.shape[1])]) for i in range(x.shape[0])])
+    windows = padded.unfold(0, kernel_size, 1).unfold(1, kernel_size, 1)  # [H, W, K, K]
+    return _filter_windows(windows.reshape(*x.shape, kernel_size * kernel_size))
 
 
 def min_max(*maps: torch.Tensor, joint: bool = True) -> list[torch.Tensor]:

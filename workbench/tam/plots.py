@@ -29,7 +29,7 @@ def text_maps_figure(maps, title: str = "") -> go.Figure:
     ticks = [shown(t) for t in maps.prompt_tokens]
     outputs = [f"{i}: {shown(t)}" for i, t in enumerate(maps.generated_tokens)]
     for col, stage in enumerate(stages, start=1):
-        values = getattr(maps, stage).double()
+        values = getattr(maps, stage).double().cpu()  # figures are host data
         z = torch.stack([min_max(row)[0] for row in values]).numpy()
         text = [[f"{ticks[j]} → {outputs[i]}" for j in range(p)] for i in range(g)]
         fig.add_trace(go.Heatmap(z=z, x=list(range(p)), y=list(range(g)), customdata=values.numpy(), text=text,
@@ -45,7 +45,7 @@ def text_maps_figure(maps, title: str = "") -> go.Figure:
 
 def upsample(grid_map: torch.Tensor, height: int, width: int) -> np.ndarray:
     """A ``[h, w]`` map resized to ``height × width`` (bilinear, as the reference's ``cv2.resize``)."""
-    x = grid_map.double()[None, None]
+    x = grid_map.double().cpu()[None, None]
     return torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 

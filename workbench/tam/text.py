@@ -100,13 +100,15 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
     if n_prompt == len(ids):
         raise config_error(call, "ids", "at least one generated token after the prompt", len(ids))
     check_eci_weights(call, eci_weights)
-    logits, ids = logits.double().cpu(), ids.long().cpu()
-    text_pos = torch.arange(first, last)
+    logits = logits.double()  # computed on the logits' device; the maps come back there
+    ids = ids.long().to(logits.device)
+    explained = ids.tolist()  # the token ids as host ints, read once
+    text_pos = torch.arange(first, last, device=logits.device)
     at_text = logits[text_pos]  # [P, V]
     raws, ecis, filtered = [], [], []
     for p in range(n_prompt, len(ids)):
         earlier, weight_at = interfering_tokens(text_pos, n_prompt, p, eci_weights)
-        a, cleaned = explained_token_maps(at_text, logits, ids, earlier, int(ids[p]), weight_at)
+        a, cleaned = explained_token_maps(at_text, logits, ids, earlier, explained[p], weight_at)
         raws.append(a)
         ecis.append(cleaned)
         filtered.append(rank_gaussian_filter(cleaned, kernel_size) if len(cleaned) > kernel_size // 2 else cleaned)
@@ -114,11 +116,11 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
 
 
 def sequence_logits(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
-    """``[T, V]`` logits of every position of ``ids`` ``[T]`` (one forward; causal, so equal to the logits seen
-    while generating them)."""
+    """``[T, V]`` float64 logits of every position of ``ids`` ``[T]`` (one forward; causal, so equal to the logits
+    seen while generating them), on the model's device."""
     from workbench.intervene.readout import final_residual, unembed
 
-    return unembed(lm, final_residual(lm, ids[None])[0]).double().cpu()
+    return unembed(lm, final_residual(lm, ids[None])[0]).double()
 
 
 def first_prompt_position(lm: LoadedModel, prompt_ids: torch.Tensor) -> int:
