@@ -8,7 +8,23 @@ import pytest
 import torch
 
 import workbench
-from tests.helpers import en_es_words, ioi_words, recall_words, sentiment_words, tiny_llama, word_model, word_tokenizer
+from tests.helpers import (
+    device_under_test,
+    en_es_words,
+    ioi_words,
+    recall_words,
+    sentiment_words,
+    tiny_llama,
+    word_model,
+    word_tokenizer,
+)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device under test: ``$WORKBENCH_TEST_DEVICE`` (``cuda`` in benchmarks/gpu/run.py), else the CPU. The
+    tiny-model fixtures load there; tests that build tensors put them there with ``device=device``."""
+    return device_under_test()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import workbench
 
 TINY_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]  # ids 0..3
+DEVICE_ENV = "WORKBENCH_TEST_DEVICE"  # benchmarks/gpu/run.py sets it to cuda on a lent GPU machine
 PLUGIN = Path(__file__).resolve().parent / "plugin" / "wb_weight_norms.py"
 
 
@@ -53,9 +55,14 @@ def word_tokenizer(words):
                                    unk_token="<unk>")
 
 
-def tiny_llama(folder, tokenizer=None, **overrides):
+def device_under_test() -> torch.device:
+    """Where the tests put models and tensors: ``$WORKBENCH_TEST_DEVICE`` (``cuda`` in the GPU check), else the CPU."""
+    return torch.device(os.environ.get(DEVICE_ENV) or "cpu")
+
+
+def tiny_llama(folder, tokenizer=None, *, device=None, **overrides):
     """Save a random tiny Llama (seed 0; ``overrides`` change the LlamaConfig) and a tokenizer (default: the char
-    tokenizer); load it."""
+    tokenizer); load it on ``device`` (default :func:`device_under_test`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -63,7 +70,7 @@ def tiny_llama(folder, tokenizer=None, **overrides):
                   num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(LlamaConfig(**(config | overrides))).save_pretrained(folder)
     (tokenizer or char_tokenizer()).save_pretrained(folder)
-    return workbench.load_model(folder)
+    return workbench.load_model(folder, device=device_under_test() if device is None else device)
 
 
 def word_model(folder, words: list[str], n_layers: int):

@@ -25,7 +25,7 @@ def test_values_match_dense_numpy_on_the_captured_rows(tiny_model):
     for text in TEXTS:
         tokens = tiny_model.model.to_tokens(text)
         _, cache = tiny_model.model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
-        rows.append(cache["blocks.1.hook_resid_post"][0, 1:].double().numpy())  # BOS excluded
+        rows.append(cache["blocks.1.hook_resid_post"][0, 1:].double().cpu().numpy())  # BOS excluded
     x = np.concatenate(rows)
     centred = np.linalg.svd(x - x.mean(0), compute_uv=False)
     raw = np.linalg.svd(x, compute_uv=False)

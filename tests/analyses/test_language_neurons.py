@@ -91,7 +91,7 @@ def test_stage2_equals_an_independent_recomputation(tiny_lang_model, small_resul
         x = x / (x.norm(dim=-1, keepdim=True) + 1e-6)
         sae = SAE.load_from_disk(st1["sae_path"], device="cpu")
         with torch.no_grad():
-            z = sae.encode(x).double().numpy()
+            z = sae.encode(x).double().cpu().numpy()
         delta = np.zeros_like(z[len(train):])
         delta[:, neurons] = (z[len(train):] - z[:len(train)])[:, neurons]
         s = np.linalg.svd(delta, compute_uv=False)
@@ -121,13 +121,13 @@ def test_hook_adds_the_decoders_linear_part_to_the_raw_residual():
     h = 30 * torch.randn(2, 1, 6, generator=g)  # raw scale, far from unit norm
     got = _shift(st, st.neurons, v_r, 2.0, 1.0)(h)
     mu_tgt, mu_en, proj = prototypes(z_en, z_es, z_en, st.neurons, v_r)
-    z = encode(sae, h.reshape(2, 6)).double().numpy()
+    z = encode(sae, h.reshape(2, 6)).double().cpu().numpy()
     mask = np.zeros(10)
     mask[st.neurons] = 1
-    p, t, e = proj.numpy(), mu_tgt.numpy(), mu_en.numpy()
+    p, t, e = proj.cpu().numpy(), mu_tgt.cpu().numpy(), mu_en.cpu().numpy()
     want = np.stack([(2.0 * t - 1.0 * (p @ (np.dot(row, e) * e))) * mask for row in z])
-    want = want @ decoder_directions(sae).double().numpy()
-    assert np.allclose(got.reshape(2, 6).double().numpy(), want, atol=1e-5)
+    want = want @ decoder_directions(sae).double().cpu().numpy()
+    assert np.allclose(got.reshape(2, 6).double().cpu().numpy(), want, atol=1e-5)
 
 
 def test_zero_strength_steering_is_identical_to_no_steering(tiny_lang_model):

@@ -41,8 +41,8 @@ def test_last_token_and_mean_pooled_match_per_prompt_forwards(tiny_model):
             mean.append(h[1:].mean(0))  # BOS excluded from the pooled mean, as capture does
         i_last = [i for i in range(len(result.source)) if result.pooling[i] == "last" and result.layer[i] == layer][0]
         i_mean = [i for i in range(len(result.source)) if result.pooling[i] == "mean" and result.layer[i] == layer][0]
-        assert result.rankme[i_last] == pytest.approx(numpy_rankme(torch.stack(last).numpy()), rel=1e-4)
-        assert result.rankme[i_mean] == pytest.approx(numpy_rankme(torch.stack(mean).numpy()), rel=1e-4)
+        assert result.rankme[i_last] == pytest.approx(numpy_rankme(torch.stack(last).cpu().numpy()), rel=1e-4)
+        assert result.rankme[i_mean] == pytest.approx(numpy_rankme(torch.stack(mean).cpu().numpy()), rel=1e-4)
         assert result.bound[i_last] == min(len(TEXTS), tiny_model.d_model)
 
 

@@ -13,7 +13,7 @@ def test_every_matrix_matches_numpy(tiny_model):
     facts = tiny_model.facts
     assert len(result.matrix) == facts.n_layers * (7 if facts.gated_mlp else 6) + 2
     hf = tiny_model.model.original_model.model
-    q = hf.layers[1].self_attn.q_proj.weight.detach().double().numpy()  # [h*d_head, d_model] = W_Q^T
+    q = hf.layers[1].self_attn.q_proj.weight.detach().double().cpu().numpy()  # [h*d_head, d_model] = W_Q^T
     i = next(k for k, (m, layer) in enumerate(zip(result.matrix, result.layer)) if m == "W_Q" and layer == 1)
     s = np.linalg.svd(q, compute_uv=False)
     assert result.shape[i] == [facts.d_model, facts.n_heads * facts.d_head]
@@ -40,7 +40,7 @@ def test_weightwatcher_columns_match_esd_functions(tiny_model):
     hf = tiny_model.model.original_model.model
     w = hf.layers[1].mlp.down_proj.weight.detach().double()
     i = next(k for k, (m, layer) in enumerate(zip(result.matrix, result.layer)) if m == "W_out" and layer == 1)
-    s = np.linalg.svd(w.numpy(), compute_uv=False)
+    s = np.linalg.svd(w.cpu().numpy(), compute_uv=False)
     lam = s**2
     assert result.log_norm[i] == pytest.approx(np.log10(lam.sum()), rel=1e-5)
     assert result.log_spectral_norm[i] == pytest.approx(np.log10(lam.max()), rel=1e-5)

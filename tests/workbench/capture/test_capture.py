@@ -57,10 +57,11 @@ def two_head_model(tiny_model, tmp_path_factory):
 
 
 def _close(actual, expected, rtol=1e-6):
-    """assert_close with an absolute floor scaled to the tensor (entries near zero carry float32 forward noise)."""
-    expected = torch.as_tensor(expected, dtype=torch.float64)
+    """assert_close with an absolute floor scaled to the tensor (entries near zero carry float32 forward noise),
+    compared on the CPU (either side may live on the device under test)."""
+    expected = torch.as_tensor(expected, dtype=torch.float64).cpu()
     atol = rtol * float(expected.abs().max())
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=atol)
+    torch.testing.assert_close(actual.double().cpu(), expected, rtol=rtol, atol=atol)
 
 
 def _no_hooks(lm) -> bool:
@@ -135,7 +136,7 @@ def test_stats_match_unpadded_reference(tiny_model, reference):
         _close(stats.mean, mean)
         _close(stats.comoment, centred.T @ centred)
         _close(stats.gram, rows.T @ rows)
-        _close(stats.covariance(), torch.from_numpy(np.cov(rows.numpy(), rowvar=False)))
+        _close(stats.covariance(), torch.from_numpy(np.cov(rows.cpu().numpy(), rowvar=False)))
 
 
 def test_results_agree_across_batch_sizes(tiny_model):
@@ -295,9 +296,9 @@ def test_reservoir_rows_are_rows_of_the_full_matrix_and_seeded(tiny_model):
     assert not all(torch.equal(other[n].reservoir, cap[n].reservoir) for n in NAMES)
 
 
-def test_reservoir_larger_than_stream_keeps_every_row_in_order():
-    reservoir = Reservoir(10, 2, torch.device("cpu"), torch.float32, seed=0)
-    rows = torch.arange(14, dtype=torch.float32).reshape(7, 2)
+def test_reservoir_larger_than_stream_keeps_every_row_in_order(device):
+    reservoir = Reservoir(10, 2, device, torch.float32, seed=0)
+    rows = torch.arange(14, dtype=torch.float32, device=device).reshape(7, 2)
     reservoir.update(rows[:3])
     reservoir.update(rows[3:])
     assert torch.equal(reservoir.sample(), rows)
@@ -321,7 +322,7 @@ def test_reservoir_sampling_is_uniform():
             step = int(rng.integers(1, 13))
             reservoir.update(stream[start:start + step])
             start += step
-        kept = reservoir.sample()[:, 0].long().numpy()
+        kept = reservoir.sample()[:, 0].long().cpu().numpy()
         assert len(set(kept.tolist())) == size
         counts[kept] += 1
     expected = trials * size / n_items
@@ -337,23 +338,23 @@ def _feed_in_chunks(moments: Moments, x: np.ndarray, rng) -> None:
     start = 0
     while start < len(x):
         step = int(rng.integers(0, 97))  # includes empty chunks
-        moments.update(torch.from_numpy(x[start:start + step]))
+        moments.update(torch.from_numpy(x[start:start + step]).to(moments.mean.device))
         start += step
 
 
-def test_moments_in_random_chunks_equal_numpy():
+def test_moments_in_random_chunks_equal_numpy(device):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((700, 6)) @ rng.standard_normal((6, 6)) + rng.standard_normal(6)
-    moments = Moments(6, torch.device("cpu"))
+    moments = Moments(6, device)
     _feed_in_chunks(moments, x.astype(np.float32), rng)
     x32 = x.astype(np.float32).astype(np.float64)
     centred = x32 - x32.mean(0)
     assert moments.n == 700
-    np.testing.assert_allclose(moments.mean.numpy(), x32.mean(0), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(moments.comoment.numpy(), centred.T @ centred, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(moments.mean.cpu().numpy(), x32.mean(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(moments.comoment.cpu().numpy(), centred.T @ centred, rtol=1e-10, atol=1e-9)
 
 
-def test_moments_survive_a_large_mean():
+def test_moments_survive_a_large_mean(device):
     """Mean 1e4, spread 1: XᵀX − nμμᵀ cancels ~8 digits in float64, the pairwise centred update does not."""
     rng = np.random.default_rng(2)
     x = 1e4 + rng.standard_normal((2000, 8))
@@ -362,10 +363,10 @@ def test_moments_survive_a_large_mean():
     naive = x.T @ x - len(x) * np.outer(mean, mean)
     scale = np.abs(two_pass).max()
     assert np.abs(naive - two_pass).max() / scale > 1e-8, "the case is not hard enough to tell the methods apart"
-    moments = Moments(8, torch.device("cpu"))
+    moments = Moments(8, device)
     _feed_in_chunks(moments, x, rng)
-    np.testing.assert_allclose(moments.mean.numpy(), mean, rtol=1e-12)
-    np.testing.assert_allclose(moments.comoment.numpy(), two_pass, rtol=1e-8, atol=1e-8 * scale)
+    np.testing.assert_allclose(moments.mean.cpu().numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(moments.comoment.cpu().numpy(), two_pass, rtol=1e-8, atol=1e-8 * scale)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_edit_changes_exactly_the_rows_and_reverts_bit_for_bit(tiny_model):
 
 
 def test_head_edit_formula_in_tl_orientation(tiny_model):
-    v = torch.randn(tiny_model.facts.d_model, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(tiny_model.facts.d_model, generator=torch.Generator().manual_seed(1)).to(tiny_model.device)
     w_o = tiny_model.weight("W_O", 0).detach().clone()
     edit = head_edit(0, 1, 2.0, 0.5, v, w_o[1])
     v_hat = v.double() / v.double().norm()

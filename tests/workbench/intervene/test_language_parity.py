@@ -203,7 +203,7 @@ def test_selectivity_matches_compute_selectivity():
     z_en[:, 4] = z_tgt[:, 4] = 0.0
     z_tgt[:, 6] = z_tgt[:, 5]
     z_en[:, 6] = z_en[:, 5]
-    ours = selectivity(torch.from_numpy(z_tgt), torch.from_numpy(z_en)).numpy()
+    ours = selectivity(torch.from_numpy(z_tgt), torch.from_numpy(z_en)).cpu().numpy()
     assert np.allclose(ours, ref_compute_selectivity(z_en, z_tgt), rtol=0, atol=TOL)
 
 
@@ -255,9 +255,9 @@ def test_steering_directions_match_the_full_width_svd(neurons):
     delta_ref = ref_compute_language_shift_matrix(z_en, z_tgt, neurons)
     s_ref, v_ref, r_ref = ref_compute_steering_directions(delta_ref)
     s, v_r, r = steering_directions(torch.from_numpy(z_tgt - z_en), neurons)
-    assert r == r_ref and np.allclose(s.numpy(), s_ref, rtol=0, atol=TOL)
+    assert r == r_ref and np.allclose(s.cpu().numpy(), s_ref, rtol=0, atol=TOL)
     p_ref = v_ref[:, :r_ref] @ v_ref[:, :r_ref].T
-    assert np.allclose(v_r.numpy() @ v_r.numpy().T, p_ref, rtol=0, atol=TOL)
+    assert np.allclose(v_r.cpu().numpy() @ v_r.cpu().numpy().T, p_ref, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("neurons", NEURON_SETS)
@@ -298,8 +298,8 @@ def test_prototypes_match_run_stage3(neurons):
     mu_tgt, mu_en, proj = prototypes(torch.from_numpy(z_en), torch.from_numpy(z_tgt), torch.from_numpy(z_weak),
                                      neurons, v_r)
     # the sign of each singular vector is arbitrary, P (and so μ) is not
-    assert np.allclose(proj.numpy(), p_ref, rtol=0, atol=TOL)
-    assert np.allclose(mu_tgt.numpy(), t_ref, rtol=0, atol=TOL) and np.allclose(mu_en.numpy(), e_ref, rtol=0, atol=TOL)
+    assert np.allclose(proj.cpu().numpy(), p_ref, rtol=0, atol=TOL)
+    assert np.allclose(mu_tgt.cpu().numpy(), t_ref, rtol=0, atol=TOL) and np.allclose(mu_en.cpu().numpy(), e_ref, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("lam, beta", [(0.5, 0.0), (1.0, 0.5), (4.0, 4.0), (0.0, 0.0)])
@@ -313,7 +313,7 @@ def test_hook_delta_matches_stage3_intervention_hook(lam, beta):
     rows = np.maximum(np.random.default_rng(9).normal(size=(3, z_en.shape[1])), 0) * 40  # raw-scale codes
     rows[2] = rows[1]
     ours = reference_shift(torch.from_numpy(rows), torch.from_numpy(t_ref), torch.from_numpy(e_ref),
-                           torch.from_numpy(p_ref), neurons, lam=lam, beta=beta).numpy()
+                           torch.from_numpy(p_ref), neurons, lam=lam, beta=beta).cpu().numpy()
     w = np.random.default_rng(10).normal(size=(6, z_en.shape[1]))  # the reference's W [d, F]
     for row, got in zip(rows, ours):
         want = ref_hook_delta(row, t_ref, e_ref, p_ref, neurons, lam, beta)

@@ -112,9 +112,9 @@ def test_subspace_patch_equals_direction_patch_for_any_nonzero_v(scale):
     r = _rng(1)
     base, source, v = r.normal(size=(6, 9)), r.normal(size=(6, 9)), scale * r.normal(size=9)
     expected = ref_direction_patch(base.copy(), source, v)
-    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(v)).numpy()
+    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(v)).cpu().numpy()
     assert np.abs(got - expected).max() < TOL
-    both = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(v)[:, None]).numpy()
+    both = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(v)[:, None]).cpu().numpy()
     assert np.abs(both - expected).max() < TOL
 
 
@@ -126,11 +126,11 @@ def test_subspace_patch_equals_the_das_rotation_patch(dim):
     weight, _ = np.linalg.qr(r.normal(size=(8, 8)))
     base, source = r.normal(size=(5, 8)), r.normal(size=(5, 8))
     expected = ref_rotation_patch(base, source, weight, dim)
-    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(weight[:, :dim])).numpy()
+    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(weight[:, :dim])).cpu().numpy()
     assert np.abs(got - expected).max() < TOL
     # a non-orthonormal basis of the same span gives the same patch
     mixed = weight[:, :dim] @ (r.normal(size=(dim, dim)) + 3 * np.eye(dim))
-    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(mixed)).numpy()
+    got = subspace_patch(torch.from_numpy(base), torch.from_numpy(source), torch.from_numpy(mixed)).cpu().numpy()
     assert np.abs(got - expected).max() < 1e-7 * max(1.0, np.abs(expected).max())
 
 
@@ -185,7 +185,7 @@ def test_row_null_split_equals_the_qr_decomposition():
     W, v = r.normal(size=(30, 12)), r.normal(size=30)
     row, null = ref_decompose(v, W)
     s = split_direction(torch.from_numpy(v), torch.from_numpy(W))
-    assert np.abs(s.v_row.numpy() - row).max() < TOL and np.abs(s.v_null.numpy() - null).max() < TOL
+    assert np.abs(s.v_row.cpu().numpy() - row).max() < TOL and np.abs(s.v_null.cpu().numpy() - null).max() < TOL
     assert np.abs(null @ W).max() < 1e-5  # the reference's own check
 
 

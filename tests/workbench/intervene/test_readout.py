@@ -25,7 +25,7 @@ def test_position_logits_equal_the_full_forward(tiny_model):
     tokens, last = right_padded(tiny_model, TEXTS)
     assert last.tolist() == [len(tiny_model.model.to_tokens(t)[0]) - 1 for t in TEXTS]
     with torch.no_grad():
-        full = tiny_model.model(tokens)
+        full = tiny_model.model(tokens.to(tiny_model.device))
     got = position_logits(tiny_model, tokens, last, batch_size=2)
     assert torch.allclose(got, full[torch.arange(3), last].float(), atol=1e-5)
     assert final_residual(tiny_model, tokens).shape == (*tokens.shape, 32)
@@ -38,7 +38,7 @@ def test_position_logits_see_steering(tiny_model):
     tokens, last = right_padded(tiny_model, TEXTS)
     v = torch.randn(32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad(), steering(tiny_model, [Steer(SITE, v, scale=4.0, positions=last)]):
-        full = tiny_model.model(tokens)
+        full = tiny_model.model(tokens.to(tiny_model.device))
         got = position_logits(tiny_model, tokens, last, batch_size=3)
     assert torch.allclose(got, full[torch.arange(3), last].float(), atol=1e-5)
     assert not torch.allclose(got, position_logits(tiny_model, tokens, last), atol=1e-3)
@@ -72,7 +72,7 @@ def test_continuation_nll_equals_a_direct_computation(tiny_model):
         got = continuation_nll(tiny_model, TEXTS, conts, steers=steers, batch_size=2)
         for i, (text, cont) in enumerate(zip(TEXTS, conts)):
             prompt = tiny_model.model.to_tokens(text)[0]
-            ids = torch.cat([prompt, cont])[None]
+            ids = torch.cat([prompt, cont.to(prompt.device)])[None]
             start = len(prompt)
             hooks = [Steer(SITE, v, scale=2.0, positions=list(range(start - 1, ids.shape[1])))] if steers else []
             with torch.no_grad(), steering(tiny_model, hooks):

@@ -95,7 +95,7 @@ def ref_directions(pos_acts, neg_acts):
 def test_elastic_net_lambda_equals_the_reference(rho, alpha):
     g = np.random.default_rng(0).uniform(-1, 1, 64)
     expected = ref_elastic_net_lambda(g, rho, alpha)
-    got = elastic_net_lambda(torch.from_numpy(g), rho=rho, alpha=alpha).numpy()
+    got = elastic_net_lambda(torch.from_numpy(g), rho=rho, alpha=alpha).cpu().numpy()
     assert np.abs(got - expected).max() < TOL
     if rho <= 0:
         assert not got.any()  # ρ ≤ 0: this component type is not edited
@@ -128,10 +128,10 @@ def test_steer2edit_equals_compute_edits_and_the_applied_weights(tiny_model, rho
     vec = _synthetic(lm, layer)
     w_o = lm.weight("W_O", layer).detach().double()  # [A, D, H_model]
     w_out = lm.weight("W_out", layer).detach().double()  # [I, H_model]
-    Wo = w_o.reshape(H * D, -1).T.numpy()  # o_proj.weight [d_model, A·D]
-    Wd = w_out.T.numpy()  # down_proj.weight [d_model, I]
+    Wo = w_o.reshape(H * D, -1).T.cpu().numpy()  # o_proj.weight [d_model, A·D]
+    Wd = w_out.T.cpu().numpy()  # down_proj.weight [d_model, I]
     attn, mlp, vhat_attn, vhat_mlp = ref_compute_edits(
-        Wo, Wd, vec.v_attn.numpy(), vec.v_mlp.numpy(), vec.z_mean.reshape(-1).numpy(), vec.post_mean.numpy(), H, D,
+        Wo, Wd, vec.v_attn.cpu().numpy(), vec.v_mlp.cpu().numpy(), vec.z_mean.reshape(-1).cpu().numpy(), vec.post_mean.cpu().numpy(), H, D,
         rho_attn, rho_mlp, 0.95)
     assert (len(attn) > 0) == (rho_attn > 0) and (len(mlp) > 0) == (rho_mlp > 0)
     edits = steer2edit(lm, {layer: vec}, rho=rho_attn, rho_mlp=rho_mlp, alpha=0.95)
@@ -140,16 +140,16 @@ def test_steer2edit_equals_compute_edits_and_the_applied_weights(tiny_model, rho
     assert set(heads) == set(attn) and set(neurons) == set(mlp)
     for j, ref in attn.items():
         assert abs(heads[j].lam - ref["lambda"]) < TOL
-        assert np.abs(heads[j].k.numpy() - ref["k_hat"]).max() < TOL
-        assert np.abs(heads[j].v.numpy() - vhat_attn).max() < TOL
+        assert np.abs(heads[j].k.cpu().numpy() - ref["k_hat"]).max() < TOL
+        assert np.abs(heads[j].v.cpu().numpy() - vhat_attn).max() < TOL
     for i, ref in mlp.items():
         assert abs(neurons[i].lam - ref["lambda"]) < TOL
-        assert np.abs(neurons[i].v.numpy() - vhat_mlp).max() < TOL
+        assert np.abs(neurons[i].v.cpu().numpy() - vhat_mlp).max() < TOL
     Wo_ref, Wd_ref = ref_apply_rank1_edits(Wo, Wd, attn, mlp, vhat_attn, vhat_mlp, D)
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     with edited(lm, edits):
-        Wo_new = lm.weight("W_O", layer).detach().double().reshape(H * D, -1).T.numpy()
-        Wd_new = lm.weight("W_out", layer).detach().double().T.numpy()
+        Wo_new = lm.weight("W_O", layer).detach().double().reshape(H * D, -1).T.cpu().numpy()
+        Wd_new = lm.weight("W_out", layer).detach().double().T.cpu().numpy()
     for new, ref in ((Wo_new, Wo_ref), (Wd_new, Wd_ref)):  # float32 weights (λ up to ~200): relative 1e-6
         assert np.abs(new - ref).max() < 1e-6 * max(1.0, np.abs(ref).max())
     assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())  # reverted bit for bit
@@ -166,10 +166,10 @@ def test_raw_vector_steering_equals_the_linear_intervention_hook():
     steers = vector_steers({0: vec}, 0.7)
     assert [s.site for s in steers] == ["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"]
     for s, v in zip(steers, (vec.v_attn, vec.v_mlp)):
-        expected = ref_linear_intervention_hook(x.numpy(), v.numpy(), 0.7)
-        assert np.abs(apply_steer(x, s).numpy() - expected).max() < TOL
+        expected = ref_linear_intervention_hook(x.cpu().numpy(), v.cpu().numpy(), 0.7)
+        assert np.abs(apply_steer(x, s).cpu().numpy() - expected).max() < TOL
     unit = vector_steers({0: vec}, 0.7, unit=True)[0]
-    assert np.abs(apply_steer(x, unit).numpy() - (x.numpy() + 0.7 * vec.v_attn.numpy() / vec.v_attn.norm().item())
+    assert np.abs(apply_steer(x, unit).cpu().numpy() - (x.cpu().numpy() + 0.7 * vec.v_attn.cpu().numpy() / vec.v_attn.norm().item())
                   ).max() < TOL
 
 
@@ -187,16 +187,16 @@ def test_contrast_vectors_average_per_text_then_over_texts(tiny_sentiment_model)
         for t in texts:
             _, cache = lm.model.run_with_cache(lm.model.to_tokens(t), names_filter=[name])
             a = cache[name][0, 1:]  # BOS excluded
-            out.append(a.reshape(a.shape[0], -1).double().numpy())
+            out.append(a.reshape(a.shape[0], -1).double().cpu().numpy())
         return out
 
     for attr, name in (("v_attn", "blocks.1.hook_attn_out"), ("v_mlp", "blocks.1.hook_mlp_out")):
         direction, _ = ref_directions(acts(pos, name), acts(neg, name))
-        assert np.abs(getattr(vec, attr).double().numpy() - direction).max() < 1e-5
+        assert np.abs(getattr(vec, attr).double().cpu().numpy() - direction).max() < 1e-5
     _, z_mean = ref_directions(acts(pos, "blocks.1.attn.hook_z"), acts(neg, "blocks.1.attn.hook_z"))
-    assert np.abs(vec.z_mean.double().reshape(-1).numpy() - z_mean).max() < 1e-5
+    assert np.abs(vec.z_mean.double().reshape(-1).cpu().numpy() - z_mean).max() < 1e-5
     _, post = ref_directions(acts(pos, "blocks.1.mlp.hook_post"), acts(neg, "blocks.1.mlp.hook_post"))
-    assert np.abs(vec.post_mean.double().numpy() - post).max() < 1e-5
+    assert np.abs(vec.post_mean.double().cpu().numpy() - post).max() < 1e-5
     pooled = contrast_vectors(lm, pos, neg, layers=[1], average="tokens")[1]
     assert not torch.allclose(pooled.v_attn, vec.v_attn, atol=1e-5)  # the option really pools tokens
     with pytest.raises(ConfigError, match="'average'"):

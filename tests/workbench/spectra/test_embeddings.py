@@ -27,19 +27,20 @@ def test_identity_and_rank_one_closed_forms():
     assert 1.0 < rankme_of([u @ v])[0] < 1.0001
 
 
-def test_matches_numpy_and_is_scale_and_rotation_invariant():
+def test_matches_numpy_and_is_scale_and_rotation_invariant(device):
     g = torch.Generator().manual_seed(0)
     z = torch.randn(80, 40, generator=g, dtype=torch.float64) * torch.linspace(0.01, 1, 40, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
+    z, q = z.to(device), q.to(device)
     a, b, c = rankme_of([z, 3.5 * z @ q, z[:, :20]])  # two shapes: one batched call per shape
-    assert a == pytest.approx(numpy_rankme(z.numpy()), rel=1e-10)
+    assert a == pytest.approx(numpy_rankme(z.cpu().numpy()), rel=1e-10)
     assert b == pytest.approx(a, rel=1e-10)
-    assert c == pytest.approx(numpy_rankme(z[:, :20].numpy()), rel=1e-10)
+    assert c == pytest.approx(numpy_rankme(z[:, :20].cpu().numpy()), rel=1e-10)
 
 
 def test_centring_equals_rankme_of_centred_rows():
     z = torch.randn(60, 16, dtype=torch.float64) + 10.0
-    assert rankme_of([z], center=True)[0] == pytest.approx(numpy_rankme((z - z.mean(0)).numpy()), rel=1e-9)
+    assert rankme_of([z], center=True)[0] == pytest.approx(numpy_rankme((z - z.mean(0)).cpu().numpy()), rel=1e-9)
     assert rankme_of([z])[0] < rankme_of([z], center=True)[0]  # the mean direction dominates the uncentred spectrum
 
 
@@ -61,11 +62,11 @@ def test_embedding_files_in_three_formats(tmp_path):
 
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(30, 12, generator=g), torch.randn(30, 12, generator=g) @ torch.diag(torch.logspace(0, -3, 12))
-    np.save(tmp_path / "one.npy", a.numpy())
-    np.save(tmp_path / "stack.npy", torch.stack([a, b]).numpy())
+    np.save(tmp_path / "one.npy", a.cpu().numpy())
+    np.save(tmp_path / "stack.npy", torch.stack([a, b]).cpu().numpy())
     torch.save({"layer10": b, "layer2": a}, tmp_path / "named.pt")
     save_file({"x": a.contiguous(), "y": b.contiguous()}, tmp_path / "st.safetensors")
-    ra, rb = numpy_rankme(a.numpy()), numpy_rankme(b.numpy())
+    ra, rb = numpy_rankme(a.cpu().numpy()), numpy_rankme(b.cpu().numpy())
     assert rankme_of_file(tmp_path / "one.npy") == {"one": pytest.approx(ra, rel=1e-5)}
     assert rankme_of_file(tmp_path / "stack.npy") == {"0": pytest.approx(ra, rel=1e-5), "1": pytest.approx(rb, rel=1e-4)}
     assert list(rankme_of_file(tmp_path / "named.pt")) == ["layer2", "layer10"]  # natural order

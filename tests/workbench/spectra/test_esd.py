@@ -54,12 +54,13 @@ def test_pure_power_law_alpha_is_recovered():
 
 
 @pytest.mark.parametrize("shape", [(120, 40), (64, 64), (50, 12), (30, 16)])
-def test_alpha_matches_independent_numpy_wwfit(shape):
+def test_alpha_matches_independent_numpy_wwfit(shape, device):
     rng = np.random.default_rng(sum(shape))
     w = rng.standard_normal(shape) * (rng.pareto(1.5, shape[1]) + 1)  # heavy-tailed column scales
     s = np.linalg.svd(w, compute_uv=False)
     ref_alpha, ref_xmin, ref_d = ww_alpha_reference(s**2)
-    fit = powerlaw_fit(esd_eigenvalues(torch.tensor(s)))
+    fit = powerlaw_fit(esd_eigenvalues(torch.tensor(s, device=device)))
+    assert all(t.device == device for t in fit)
     assert float(fit.alpha) == pytest.approx(ref_alpha, rel=1e-9)
     assert float(fit.xmin) == pytest.approx(ref_xmin, rel=1e-12)
     assert float(fit.D) == pytest.approx(ref_d, rel=1e-9, abs=1e-12)
@@ -72,7 +73,7 @@ def test_batched_fit_equals_row_by_row_and_keeps_batch_shape():
     fit = powerlaw_fit(lam)
     assert fit.alpha.shape == (2, 3) and fit.num_pl_spikes.dtype == torch.int64
     for idx in np.ndindex(2, 3):
-        assert float(fit.alpha[idx]) == pytest.approx(ww_alpha_reference(lam[idx].numpy())[0], rel=1e-9)
+        assert float(fit.alpha[idx]) == pytest.approx(ww_alpha_reference(lam[idx].cpu().numpy())[0], rel=1e-9)
 
 
 def test_norm_metrics_by_hand():
@@ -97,12 +98,13 @@ def test_gaussian_matrix_is_all_bulk():
     assert float(mp.bulk_max) == pytest.approx((1 + 1 / math.sqrt(q)) ** 2, rel=0.1)
 
 
-def test_gaussian_plus_rank_one_spike_has_exactly_one_spike():
+def test_gaussian_plus_rank_one_spike_has_exactly_one_spike(device):
     torch.manual_seed(0)
     w = torch.randn(1000, 250, dtype=torch.float64)
     u, v = torch.randn(1000, 1, dtype=torch.float64), torch.randn(1, 250, dtype=torch.float64)
     w = w + 3.0 * u @ v / (u.norm() * v.norm()) * math.sqrt(1000) * 2
-    mp = mp_fit(esd_eigenvalues(torch.linalg.svdvals(w)), (1000, 250))
+    mp = mp_fit(esd_eigenvalues(torch.linalg.svdvals(w.to(device))), (1000, 250))
+    assert all(t.device == device for t in mp)
     assert int(mp.num_spikes) == 1
     assert float(mp.mp_softrank) < 0.5
 

@@ -19,11 +19,12 @@ def _factors(t, m, n, batch=(), seed=0):
 
 
 @pytest.mark.parametrize("t,m,n", [(5, 32, 48), (40, 24, 16), (7, 7, 7), (1, 10, 3), (12, 192, 576)])
-def test_equals_dense_svd(t, m, n):
-    delta, x = _factors(t, m, n)
+def test_equals_dense_svd(t, m, n, device):
+    delta, x = (f.to(device) for f in _factors(t, m, n))
     dense = delta.T @ x
     s_dense = torch.linalg.svdvals(dense)
     spec = gradient_spectrum(delta, x)
+    assert all(v.device == device for v in (spec.singular_values, spec.nuclear, spec.frobenius, spec.erank))
     r = min(t, m, n)
     assert spec.singular_values.shape == (r,)
     assert torch.allclose(spec.singular_values, s_dense[:r], rtol=1e-10, atol=1e-12 * float(s_dense[0]))

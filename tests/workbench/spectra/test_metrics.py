@@ -86,13 +86,14 @@ def _verl_numpy(s: np.ndarray, eps: float) -> float:
     return float(np.exp(-np.sum(p * np.log(p + eps))))
 
 
-def test_effective_rank_verl_eps_matches_numpy():
-    s = singular_values(torch.randn(30, 12, dtype=torch.float64, generator=_gen(9)), center=True)
+def test_effective_rank_verl_eps_matches_numpy(device):
+    s = singular_values(torch.randn(30, 12, dtype=torch.float64, generator=_gen(9)).to(device), center=True)
+    assert effective_rank(s, eps=1e-8).device == device
     got = effective_rank(s, eps=1e-8).item()
-    assert got == pytest.approx(_verl_numpy(s.numpy(), 1e-8), rel=1e-13)
+    assert got == pytest.approx(_verl_numpy(s.cpu().numpy(), 1e-8), rel=1e-13)
     s_tiny = torch.tensor([1e-7, 3e-8, 1e-9], dtype=torch.float64)  # where eps visibly matters
     got_tiny = effective_rank(s_tiny, eps=1e-8).item()
-    assert got_tiny == pytest.approx(_verl_numpy(s_tiny.numpy(), 1e-8), rel=1e-13)
+    assert got_tiny == pytest.approx(_verl_numpy(s_tiny.cpu().numpy(), 1e-8), rel=1e-13)
     assert not math.isclose(got_tiny, effective_rank(s_tiny).item(), rel_tol=1e-3)
 
 
@@ -106,8 +107,8 @@ def test_rankme_closed_form_and_differs_from_effective_rank():
     assert rankme(s, eps=0.0).item() == pytest.approx(100.0, abs=1e-10)
 
 
-def test_small_vector_closed_forms():
-    s = torch.tensor([3.0, 4.0], dtype=torch.float64)
+def test_small_vector_closed_forms(device):
+    s = torch.tensor([3.0, 4.0], dtype=torch.float64, device=device)
     assert stable_rank(s).item() == pytest.approx(25.0 / 16.0)
     assert nuclear_norm(s).item() == 7.0
     assert participation_ratio(s).item() == pytest.approx(25.0**2 / (81.0 + 256.0))
@@ -115,15 +116,15 @@ def test_small_vector_closed_forms():
     h = -(3 / 7 * math.log(3 / 7) + 4 / 7 * math.log(4 / 7))
     assert spectral_entropy(s).item() == pytest.approx(h)
     assert effective_rank(s).item() == pytest.approx(math.exp(h))
-    s3 = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
+    s3 = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64, device=device)
     assert stable_rank(s3).item() == pytest.approx(9.0 / 4.0)
     assert participation_ratio(s3).item() == pytest.approx(81.0 / 33.0)
-    assert condition_number(torch.tensor([0.0, 2.0])).item() == math.inf
+    assert condition_number(torch.tensor([0.0, 2.0], device=device)).item() == math.inf
 
 
-def test_participation_ratio_is_eigenvalue_pr_of_gram():
-    x = torch.randn(60, 10, dtype=torch.float64, generator=_gen(10))
-    lam = np.linalg.eigvalsh((x.T @ x).numpy())
+def test_participation_ratio_is_eigenvalue_pr_of_gram(device):
+    x = torch.randn(60, 10, dtype=torch.float64, generator=_gen(10)).to(device)
+    lam = np.linalg.eigvalsh((x.T @ x).cpu().numpy())
     assert participation_ratio(singular_values(x)).item() == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-10)
 
 
@@ -149,7 +150,7 @@ def test_numerical_rank_matches_numpy_matrix_rank():
     s = singular_values(x)
     r = numerical_rank(s, n_rows=50)
     assert r.dtype == torch.int64 and r.ndim == 0
-    assert r.item() == 3 == np.linalg.matrix_rank(x.numpy())
+    assert r.item() == 3 == np.linalg.matrix_rank(x.cpu().numpy())
     assert numerical_rank(s).item() == 3
     assert numerical_rank(s, tol=0.0).item() == 20  # rounding noise is positive
 

@@ -32,12 +32,12 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 @pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4, 9, 6), (2, 12, 12), (1, 1)])
-def test_singular_values_match_numpy(shape, center):
+def test_singular_values_match_numpy(shape, center, device):
     x = torch.randn(*shape, dtype=torch.float64, generator=_gen(1)) + 0.5
-    s = singular_values(x, center=center)
+    s = singular_values(x.to(device), center=center)
     assert s.shape == (*shape[:-2], min(shape[-2:]))
-    assert s.dtype == torch.float64
-    np.testing.assert_allclose(s.numpy(), _np_svals(x.numpy(), center), rtol=1e-10, atol=1e-12)
+    assert s.dtype == torch.float64 and s.device == device
+    np.testing.assert_allclose(s.cpu().numpy(), _np_svals(x.numpy(), center), rtol=1e-10, atol=1e-12)
     assert bool((s[..., :-1] >= s[..., 1:]).all()), "not descending"
 
 
@@ -97,7 +97,7 @@ def test_singular_values_rejects_complex():
 
 def _assert_matches_dense(s_gram: torch.Tensor, s_dense: np.ndarray) -> None:
     """rtol 1e-6 on values above 1e-6·σ_max; the rest must be tiny (or exactly zero)."""
-    s_gram = s_gram.numpy()
+    s_gram = s_gram.cpu().numpy()
     assert s_gram.shape == s_dense.shape
     big = s_dense > 1e-6 * s_dense.max()
     np.testing.assert_allclose(s_gram[big], s_dense[big], rtol=1e-6)
@@ -105,14 +105,15 @@ def _assert_matches_dense(s_gram: torch.Tensor, s_dense: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("center", [False, True])
-def test_gram_matches_dense_svd(center):
+def test_gram_matches_dense_svd(center, device):
     x = torch.randn(1000, 64, generator=_gen(4)).float() * torch.linspace(0.01, 3, 64)
     xd = x.double()
     mean = xd.mean(dim=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a float64 Gram of zero-mean data must not warn
-        s = singular_values_from_gram(xd.T @ xd, mean=mean if center else None, n=1000, center=center)
-    assert s.dtype == torch.float64 and s.shape == (64,)
+        s = singular_values_from_gram((xd.T @ xd).to(device), mean=mean.to(device) if center else None, n=1000,
+                                      center=center)
+    assert s.dtype == torch.float64 and s.shape == (64,) and s.device == device
     _assert_matches_dense(s, _np_svals(xd.numpy(), center))
 
 
@@ -132,11 +133,11 @@ def test_gram_large_mean_offset_centred_stable_formula():
         _assert_matches_dense(singular_values_from_gram(comoment, n=n), dense)
 
 
-def test_gram_batched_matches_dense():
+def test_gram_batched_matches_dense(device):
     x = torch.randn(3, 50, 8, dtype=torch.float64, generator=_gen(6)) + 2.0
     gram = x.transpose(-1, -2) @ x
-    s = singular_values_from_gram(gram, mean=x.mean(dim=-2), n=50, center=True)
-    assert s.shape == (3, 8)
+    s = singular_values_from_gram(gram.to(device), mean=x.mean(dim=-2).to(device), n=50, center=True)
+    assert s.shape == (3, 8) and s.device == device
     _assert_matches_dense(s, _np_svals(x.numpy(), center=True))
 
 
@@ -242,14 +243,16 @@ def _mixed_list():
 
 @pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("max_batch_bytes", [1 << 30, 1])
-def test_batched_matches_per_matrix_numpy(center, max_batch_bytes):
+def test_batched_matches_per_matrix_numpy(center, max_batch_bytes, device):
     mats = _mixed_list()
-    out = batched_singular_values(mats, center=center, max_batch_bytes=max_batch_bytes)
+    out = batched_singular_values([m.to(device) if isinstance(m, torch.Tensor) else m for m in mats], center=center,
+                                  max_batch_bytes=max_batch_bytes)
     assert len(out) == len(mats)
     for m, s in zip(mats, out):
         m_np = m.numpy() if isinstance(m, torch.Tensor) else m
         assert s.ndim == 1 and s.shape[0] == min(m_np.shape)
-        np.testing.assert_allclose(s.double().numpy(), _np_svals(m_np.astype(np.float64), center), rtol=1e-5,
+        assert s.device == (device if isinstance(m, torch.Tensor) else torch.device("cpu"))  # numpy stays on the CPU
+        np.testing.assert_allclose(s.double().cpu().numpy(), _np_svals(m_np.astype(np.float64), center), rtol=1e-5,
                                    atol=1e-6)
     assert out[-2].dtype == torch.float32 and out[0].dtype == torch.float64
 

@@ -148,11 +148,11 @@ def test_image_maps_equal_the_reference(seed):
                                                       torch.arange(*span))
     assert len(ref) == eci.shape[0] == 5
     for t, (img_scores, txt, flt) in enumerate(ref):
-        assert np.allclose(eci[t].flatten().numpy(), img_scores, atol=1e-8, rtol=0)
+        assert np.allclose(eci[t].flatten().cpu().numpy(), img_scores, atol=1e-8, rtol=0)
         k = len(txt)
         assert k == span[1] - span[0] + t and torch.isnan(text[t, k:]).all()
-        assert np.allclose(text[t, :k].numpy(), txt, atol=1e-8, rtol=0)
-        assert np.allclose(filtered[t, 0].numpy(), flt, atol=1e-8, rtol=0)
+        assert np.allclose(text[t, :k].cpu().numpy(), txt, atol=1e-8, rtol=0)
+        assert np.allclose(filtered[t, 0].cpu().numpy(), flt, atol=1e-8, rtol=0)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -162,7 +162,7 @@ def test_text_maps_in_a_chat_layout_equal_the_reference(seed):
     ref = _reference_rounds(tokens, logits, n_prompt, span, list(range(*span)))
     raw, eci, _ = maps_from_logits(torch.tensor(logits), torch.tensor(tokens), n_prompt, first=span[0], last=span[1])
     for t, (img_scores, _, _) in enumerate(ref):
-        assert np.allclose(eci[t].numpy(), img_scores, atol=1e-8, rtol=0)
+        assert np.allclose(eci[t].cpu().numpy(), img_scores, atol=1e-8, rtol=0)
     assert torch.allclose(raw[2], torch.tensor(logits[span[0]:span[1], 7]).clamp_min(0))
 
 
@@ -177,7 +177,7 @@ def test_plain_layout_leaves_the_generating_position_out():
     ref = _reference_rounds(tokens, logits, n_prompt, (1, n_prompt), list(range(1, n_prompt)))
     _, eci, _ = maps_from_logits(torch.tensor(logits), torch.tensor(tokens), n_prompt)
     for t in (1, 2):  # later answer tokens: the transcription applies as it is
-        assert np.allclose(eci[t].numpy(), ref[t][0], atol=1e-8, rtol=0)
+        assert np.allclose(eci[t].cpu().numpy(), ref[t][0], atol=1e-8, rtol=0)
     # the first answer token: the transcription with the last prompt token's weight (y's top logit) set to zero
     raw = logits[1:n_prompt, 9].clip(min=0)
     keep = [i for i in range(4) if tokens[1 + i] != 9]  # prompt tokens 0..3, the last one (10) left out
@@ -185,7 +185,7 @@ def test_plain_layout_leaves_the_generating_position_out():
     w = w / (w.sum() + 1e-8)
     interf = sum(wi * logits[1:n_prompt, tokens[1 + i]].clip(min=0) for wi, i in zip(w, keep))
     expected = (raw - interf * _least_squares(raw, interf)).clip(min=0)
-    assert np.allclose(eci[0].numpy(), expected, atol=1e-8, rtol=0)
+    assert np.allclose(eci[0].cpu().numpy(), expected, atol=1e-8, rtol=0)
     assert not np.allclose(ref[0][0], expected)  # the literal transcription would weight it: the corner is real
 
 
