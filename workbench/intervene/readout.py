@@ -1,5 +1,5 @@
-"""Reading a model's output cheaply: next-token logits at chosen positions only, batched greedy generation, and the
-log-likelihood of given continuations.
+"""Reading a model's output cheaply: next-token logits at chosen positions only, batched greedy generation (through
+:mod:`workbench.intervene.generation`), and the log-likelihood of given continuations.
 
 Why: with a 262k-token vocabulary (Gemma 3) the unembedding of every position costs more than the whole transformer
 for short prompts. :func:`position_logits` stops the forward at the unembedding's input (a hook raising
@@ -17,6 +17,8 @@ import torch
 from workbench.capture.hooks import StopForward, hooks_attached, stoppable
 from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
+from workbench.intervene.generation import cut_at_eos as cut_at_eos  # re-exported: its home before generation.py
+from workbench.intervene.generation import generate
 from workbench.models.loaded import LoadedModel
 from workbench.validation import check_int
 
@@ -88,43 +90,25 @@ def right_padded(lm: LoadedModel, texts: Sequence[str]) -> tuple[torch.Tensor, t
 
 
 def greedy_continuations(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int,
-                         batch_size: int = 32) -> list[torch.Tensor]:
+                         batch_size: int = 32, progress: bool = False) -> list[torch.Tensor]:
     """Greedy continuations (new token ids, cut after the first EOS) of each prompt, generated in left-padded batches
-    with the KV cache — equal to generating each prompt alone (test). Steering hooks with ``positions="last"`` steer
-    each prompt's last token and every generated token."""
+    with the KV cache by :func:`workbench.intervene.generation.generate` — equal to generating each prompt alone and to
+    the bridge's ``generate`` (tests). Steering hooks with ``positions="last"`` steer each prompt's last token and
+    every generated token."""
     call = "greedy_continuations"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
-    eos = getattr(lm.tokenizer, "eos_token_id", None)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        width = lm.model.to_tokens(chunk, padding_side="left").shape[1]
-        with torch.no_grad():
-            tokens = lm.model.generate(chunk, max_new_tokens=max_new_tokens, do_sample=False, verbose=False,
-                                       return_type="tokens", padding_side="left", stop_at_eos=eos is not None)
-        out += [cut_at_eos(row, eos) for row in tokens[:, width:].cpu()]
-    return out
+    rows = [lm.model.to_tokens(p)[0].cpu() for p in prompts]
+    return generate(lm, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress).ids
 
 
-def cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
-    """``row`` up to and including its first EOS (all of it when there is none)."""
-    if eos is not None and bool((row == eos).any()):
-        return row[:int((row == eos).nonzero()[0]) + 1]
-    return row
-
-
-def greedy_from_ids(lm: LoadedModel, ids: torch.Tensor, *, max_new_tokens: int) -> torch.Tensor:
+def greedy_from_ids(lm: LoadedModel, ids: torch.Tensor, *, max_new_tokens: int, progress: bool = False) -> torch.Tensor:
     """The greedy continuation (new token ids, cut after the first EOS) of one prompt given as ids ``[T]`` — for
     prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``)."""
     call = "greedy_from_ids"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
     if ids.ndim != 1 or len(ids) == 0:
         raise config_error(call, "ids", "a non-empty 1-D tensor of token ids", tuple(ids.shape))
-    eos = getattr(lm.tokenizer, "eos_token_id", None)
-    with torch.no_grad():
-        tokens = lm.model.generate(ids[None].to(lm.device), max_new_tokens=max_new_tokens, do_sample=False,
-                                   verbose=False, return_type="tokens", stop_at_eos=eos is not None)
-    return cut_at_eos(tokens[0, len(ids):].cpu(), eos)
+    return generate(lm, [ids], max_new_tokens=max_new_tokens, progress=progress).ids[0]
 
 
 def continuation_nll(lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[torch.Tensor], *,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import config_error, shape_error
-from workbench.intervene.readout import cut_at_eos
+from workbench.intervene.generation import cut_at_eos
 from workbench.tam.core import (
     check_eci_weights,
     check_kernel_size,
