@@ -30,6 +30,7 @@ from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import hooks_attached, site
 from workbench.deprecation import moved
 from workbench.errors import shape_error
+from workbench.intervene.generation import generate
 from workbench.models.chat import prompt_ids, response_ids
 from workbench.models.loaded import LoadedModel
 from workbench.results import Config, Result
@@ -212,14 +213,29 @@ def _prompt_tokens(lm: LoadedModel, config: ErankDynamicsConfig) -> torch.Tensor
     return prompt_ids(lm, config.prompt, chat_template=config.chat_template)
 
 
-def _full_tokens(lm: LoadedModel, config: ErankDynamicsConfig, prompt: torch.Tensor, progress: bool) -> torch.Tensor:
-    """Prompt + response ids: the given response's ids appended, or the model's continuation."""
+def _full_tokens(lm: LoadedModel, config: ErankDynamicsConfig, prompt: torch.Tensor, progress: bool
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """``(tokens [1, n + T], states)``: prompt + response ids — the given response's ids appended, or the model's
+    continuation from the KV-cached loop (:func:`workbench.intervene.generation.generate`, seeded with
+    ``config.seed``: the same ids as the bridge's ``generate``) — and, when generated with ``alignment="generating"``,
+    the ``(final, blocks)`` states the loop recorded at the step that produced each token (what
+    :func:`response_hidden` computes from a full forward, without the extra forward); else None."""
     if config.response is not None:
-        return torch.cat([prompt, response_ids(lm, config.response).to(prompt.device)], dim=1)
+        return torch.cat([prompt, response_ids(lm, config.response).to(prompt.device)], dim=1), None
+    names = _state_sites(lm) if config.alignment == "generating" else []
     torch.manual_seed(config.seed)
-    with torch.no_grad():
-        return lm.model.generate(prompt, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                                 temperature=config.temperature, verbose=progress, return_type="tokens")
+    gen = generate(lm, [prompt[0]], max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
+                   temperature=config.temperature, record=names, progress=progress,
+                   desc="erank_dynamics: generating")
+    tokens = torch.cat([prompt, gen.ids[0][None].to(prompt.device)], dim=1)
+    if not names:
+        return tokens, None
+    return tokens, (gen.states[FINAL_SITE][0], torch.stack([gen.states[name][0] for name in names[:-1]]))
+
+
+def _state_sites(lm: LoadedModel) -> list[str]:
+    """Every block's residual stream, then the final norm's output (the last name)."""
+    return [site(SITE_KIND, layer) for layer in range(lm.facts.n_layers)] + [FINAL_SITE]
 
 
 def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, alignment: str = "generating"
@@ -227,7 +243,6 @@ def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, ali
     """``(final [T, d], blocks [L, T, d])`` for the T = len(tokens) − n_prompt response tokens, from one forward pass:
     the final-norm output and the residual stream after every block, at positions n−1 … n+T−2 (``"generating"``:
     the state that produced each response token, as VERL) or n … n+T−1 (``"own"``)."""
-    n_layers = lm.facts.n_layers
     first = n_prompt - 1 if alignment == "generating" else n_prompt
     last = tokens.shape[1] - 1 if alignment == "generating" else tokens.shape[1]
     slices: dict[str, torch.Tensor] = {}
@@ -237,7 +252,7 @@ def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, ali
             slices[name] = tensor[0, first:last].detach().float().cpu()
         return hook
 
-    names = [site(SITE_KIND, layer) for layer in range(n_layers)] + [FINAL_SITE]
+    names = _state_sites(lm)
     with hooks_attached(lm.hook_points(), {name: keep(name) for name in names}), torch.no_grad():
         lm.model(tokens)
     return slices[FINAL_SITE], torch.stack([slices[name] for name in names[:-1]])
@@ -246,14 +261,15 @@ def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, ali
 def compute(inputs: Inputs, config: ErankDynamicsConfig) -> ErankDynamicsResult:
     lm = inputs.model
     prompt = _prompt_tokens(lm, config)
-    tokens = _full_tokens(lm, config, prompt, inputs.progress)
+    tokens, states = _full_tokens(lm, config, prompt, inputs.progress)
     n_prompt = prompt.shape[1]
     n_response = tokens.shape[1] - n_prompt
     if not prefix_lengths(n_response, stride=config.stride, max_seq_len=config.max_seq_len, variant=config.variant)[2]:
         need = 2 * config.stride if config.variant == "optimized" else config.stride
         raise shape_error("erank_dynamics", "response", f"at least {need} tokens for stride={config.stride} "
                           f"(variant {config.variant!r})", f"{n_response} tokens")
-    final, blocks = response_hidden(lm, tokens, n_prompt, alignment=config.alignment)
+    final, blocks = states if states is not None else response_hidden(lm, tokens, n_prompt,
+                                                                         alignment=config.alignment)
     opts = {"stride": config.stride, "max_seq_len": config.max_seq_len, "center": config.center,
             "variant": config.variant}
     head, dyn = dynamics.erv_era(final, **opts), dynamics.erv_era(blocks, **opts)

@@ -363,3 +363,22 @@ def test_bundled_model_100_greedy_tokens(real_model):
     for layer in (0, 15, 29):
         print(f"layer {layer}: ERV {result.erv[layer]:.4f}, ERA {result.era[layer]}, ER {result.erank_t[layer]}")
     print(result.n_response_tokens, repr(result.response), result.summary())
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_generation_equals_the_bridge_generate_and_its_recorded_states_a_full_forward(tiny_model, do_sample):
+    """The KV-cached loop generates what the bridge's ``generate`` generated (greedy, and sampled with the same seed),
+    and the states it records while generating (the step that produced each token) equal response_hidden's full
+    forward over prompt + response at positions n−1 … n+T−2."""
+    config = ErankDynamicsConfig(max_new_tokens=30, stride=10, do_sample=do_sample, seed=4, temperature=0.8)
+    prompt = ed._prompt_tokens(tiny_model, config)
+    tokens, (final, blocks) = ed._full_tokens(tiny_model, config, prompt, False)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        ref = tiny_model.model.generate(prompt, max_new_tokens=30, do_sample=do_sample, temperature=0.8,
+                                        verbose=False, return_type="tokens")
+    assert torch.equal(tokens, ref)
+    want_final, want_blocks = ed.response_hidden(tiny_model, tokens, prompt.shape[1])
+    assert final.shape == want_final.shape and blocks.shape == want_blocks.shape
+    assert torch.allclose(final, want_final, atol=1e-5) and torch.allclose(blocks, want_blocks, atol=1e-5)
+    assert count_hooks(tiny_model.hook_points()) == 0

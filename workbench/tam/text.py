@@ -145,24 +145,27 @@ def prompt_layout(lm: LoadedModel, prompt: str, chat_template: bool) -> tuple[to
 def text_token_maps(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3, chat_template: bool = False,
                     eci_weights: str = "reference") -> TextTokenMaps:
     """TAM on a text model: greedy-generate up to ``max_new_tokens`` after ``prompt`` (laid out by
-    :func:`prompt_layout`), then one forward over prompt + continuation gives every position's logits and
-    :func:`maps_from_logits` the maps of each generated token over the prompt's text tokens."""
-    from workbench.intervene.readout import greedy_from_ids
+    :func:`prompt_layout`) with the KV-cached loop, which also returns every position's logits (the prefill's and each
+    step's: what one forward over prompt + continuation gives, :func:`sequence_logits`), and :func:`maps_from_logits`
+    gives the maps of each generated token over the prompt's text tokens."""
+    from workbench.intervene.generation import generate
 
     call = "text_token_maps"
     check_str(call, "prompt", prompt, nonempty=True)
+    check_int(call, "max_new_tokens", max_new_tokens, low=1)
     check_kernel_size(call, kernel_size)
     check_eci_weights(call, eci_weights)
     check_bool(call, "chat_template", chat_template)
     prompt_ids, first, last = prompt_layout(lm, prompt, chat_template)
     if last - first < 1:
         raise config_error(call, "prompt", "at least one token besides BOS", prompt)
-    generated = greedy_from_ids(lm, prompt_ids, max_new_tokens=max_new_tokens)
+    gen = generate(lm, [prompt_ids], max_new_tokens=max_new_tokens, logits="all", desc="token maps: generating")
+    generated = gen.ids[0]
     if len(generated) == 0:
         raise config_error(call, "max_new_tokens", "a generation of at least one token (the model stopped at once)",
                            max_new_tokens)
     ids = torch.cat([prompt_ids, generated.long()])
-    raw, eci, filtered = maps_from_logits(sequence_logits(lm, ids), ids, len(prompt_ids), first=first, last=last,
+    raw, eci, filtered = maps_from_logits(gen.logits[0].double(), ids, len(prompt_ids), first=first, last=last,
                                           kernel_size=kernel_size, eci_weights=eci_weights)
     decode = lambda i: lm.tokenizer.decode([int(i)])  # noqa: E731
     return TextTokenMaps(prompt_tokens=[decode(i) for i in prompt_ids[first:last]],
