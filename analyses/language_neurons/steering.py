@@ -88,7 +88,7 @@ def _evaluate(lm: LoadedModel, prompts, data, steers, method, lam, ratio, seed, 
             "margin": float(margin.mean()), "delta_margin": float(margin.mean()) - data.get("base_margin", 0.0),
             "ppl_ratio": None if nll is None else math.exp(float(torch.nanmean(nll)) - data["base_nll"]),
             "es_context_nll": float(torch.nanmean(es_nll)),
-            "distinct": sum(distinct) / max(len(distinct), 1), "texts": texts}
+            "distinct": sum(distinct) / max(len(distinct), 1), "texts": texts, "gens": gens}
 
 
 def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
@@ -102,7 +102,7 @@ def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progre
     bar = progress_bar(total=1 + len(plan) + config.n_random * len(config.lambdas), desc="stage III: steering",
                        disable=not progress, leave=False)
     base = _evaluate(lm, prompts, data, None, "none", 0.0, 0.0, None, config)
-    base_gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    base_gens = base["gens"]  # the unsteered continuations, generated once
     base_nll = continuation_nll(lm, prompts, base_gens)
     data |= {"base_gens": base_gens, "base_nll": float(torch.nanmean(base_nll)), "base_margin": base["margin"]}
     base |= {"ppl_ratio": 1.0, "delta_margin": 0.0}
@@ -128,6 +128,7 @@ def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progre
                          for p, t in zip(prompts[:3], top["texts"][:3])]
     for r in rows:
         r.pop("texts")
+        r.pop("gens")
     return rows, examples
 
 
