@@ -76,9 +76,11 @@ def model():
     return lm
 
 
-def run(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def run(label: str, fn: Callable[..., Any], *args: Any, spinner: bool = True, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with a progress bar fed by the library's bars and a Cancel button (clicking it
-    reruns the page, which stops the work at its next step; hooks and edits are released by the library)."""
+    reruns the page, which stops the work at its next step — for generation, at the next token; hooks and edits are
+    released by the library). ``spinner=False`` for work whose bar moves often (generation reports every token), so
+    the bar alone shows progress."""
     cancel = st.empty()
     cancel.button("Cancel", key=f"cancel-{label}", help="Stops the work at its next step")
     bar = st.progress(0.0, text=f"{label}…")
@@ -87,7 +89,7 @@ def run(label: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         frac = min(1.0, done / total) if total else 0.0
         bar.progress(frac, text=f"{label} — {desc}: {done}/{total if total else '?'}")
 
-    with guard(label), reporting(callback), st.spinner(f"{label}…"):
+    with guard(label), reporting(callback), (st.spinner(f"{label}…") if spinner else contextlib.nullcontext()):
         out = fn(*args, **kwargs)
     bar.empty()
     cancel.empty()

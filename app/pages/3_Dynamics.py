@@ -23,7 +23,7 @@ if st.button("Generate and analyse", key="go", type="primary"):
     with guard("Config"):
         config = ErankDynamicsConfig(prompt=prompt, max_new_tokens=max_new, stride=stride, chat_template=chat,
                                      variant=variant)
-    st.session_state["dyn_result"] = run("Generation", run_analysis, lm, "erank_dynamics", config)
+    st.session_state["dyn_result"] = run("Generation", run_analysis, lm, "erank_dynamics", config, spinner=False)
 result = st.session_state.get("dyn_result")
 if result:
     st.markdown(f"**Response** ({result.n_response_tokens} tokens)")

@@ -26,7 +26,7 @@ chat = c4.checkbox("Chat template", False, key="chat", disabled=not getattr(lm.t
                    help="lay the prompt out as a user turn (the reference's layout); maps cover the user's text")
 if st.button("Generate and map", key="go", type="primary", disabled=not prompt.strip()):
     st.session_state["tam_maps"] = run("Token maps", text_token_maps, lm, prompt, max_new_tokens=max_new,
-                                       kernel_size=kernel, chat_template=chat, eci_weights=weights)
+                                       kernel_size=kernel, chat_template=chat, eci_weights=weights, spinner=False)
 maps = st.session_state.get("tam_maps")
 if maps is not None:
     fig = maps.figure()
