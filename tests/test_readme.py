@@ -53,6 +53,7 @@ def test_skip_markers_sit_before_python_blocks():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~2.5 min quiet; the whole README session on two models, 5x under load
 def test_readme_python_examples_run(tmp_path, monkeypatch, all_threads):
     import plotly.basedatatypes
 
