@@ -188,9 +188,9 @@ def _generate_batch(lm: LoadedModel, chunk: list[torch.Tensor], *, max_new_token
             all_logits = forward(step == 0, step == 0 and logits == "all")
             if step == 0 and logits == "all":
                 prompt_logits = all_logits[:, :-1].float().cpu()
-            last = all_logits[:, -1].float()
+            last = all_logits[:, -1]  # in the model's dtype, as the bridge's generate samples from it
             if logits:
-                step_logits.append(last.cpu())
+                step_logits.append(last.float().cpu())
             nxt = sample_logits(last, temperature=temperature) if do_sample else last.argmax(-1)
             nxt = nxt.to(device)
             if eos is not None:

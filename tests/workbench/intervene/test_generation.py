@@ -226,3 +226,17 @@ def test_real_model_equals_the_bridge_generate(real_model, all_threads):
     ref = bridge_generate(real_model, prompts[0], 12, do_sample=True)
     torch.manual_seed(1)
     assert generate(real_model, prompts[:1], max_new_tokens=12, do_sample=True).ids[0].tolist() == ref[:12]
+
+
+def test_a_bfloat16_model_greedy_and_sampled_as_the_bridge(tiny_model):
+    """Logits stay in the model's dtype for the choice, as the bridge's generate takes them (sampling divides by the
+    temperature in that dtype)."""
+    import workbench
+
+    lm = workbench.load_model(tiny_model.folder, dtype=torch.bfloat16)
+    for ids in rows(lm)[:2]:
+        assert generate(lm, [ids], max_new_tokens=5).ids[0].tolist() == bridge_generate(lm, ids, 5)
+        torch.manual_seed(7)
+        ref = bridge_generate(lm, ids, 5, do_sample=True, temperature=0.7)
+        torch.manual_seed(7)
+        assert generate(lm, [ids], max_new_tokens=5, do_sample=True, temperature=0.7).ids[0].tolist() == ref
