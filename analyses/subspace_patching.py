@@ -29,10 +29,12 @@ from plotly.subplots import make_subplots
 from workbench.analysis import Analysis, Inputs
 from workbench.capture.hooks import site
 from workbench.errors import config_error
-from workbench.intervene import Patch, patching, record
+from workbench.intervene import record
 from workbench.intervene.das import train_das
+from workbench.intervene.generation import hf_causal_lm
 from workbench.intervene.illusion import diagnose
 from workbench.intervene.metrics import fldd, logit_diff
+from workbench.intervene.patch import Prefix, cached_prefix, last_logits
 from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.results import Config, Result
@@ -177,29 +179,58 @@ def _token_ids(lm: LoadedModel, pairs) -> dict[str, torch.Tensor]:
 
 def _ld(lm: LoadedModel, tokens, answer, alt, batch=32) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([logit_diff(lm.model(tokens[i]), answer[i], alt[i])
+        return torch.cat([logit_diff(last_logits(lm, tokens[i]), answer[i], alt[i])
                           for i in torch.arange(tokens.shape[0]).split(batch)])
 
 
+_HEATMAP_ROWS = 128  # patched prompts per forward of the heat map, at most
+_HEATMAP_GROUP = 4  # consecutive positions per forward: each recomputes from the group's first position on
+
+
 def _heatmap(lm: LoadedModel, data, progress) -> list[list[float]]:
+    """FLDD of patching the source's whole ``hook_resid_pre`` into the base run, per (layer, position).
+
+    A patch at ``hook_resid_pre`` of layer L, position p changes nothing before block L nor at positions before p, so
+    each patched forward (:func:`~workbench.intervene.patch.last_logits`) starts at block L from the base run's
+    recorded residual with row p taken from the source, reuses the base run's keys and values before the first
+    position of its group of positions (a :class:`~workbench.intervene.patch.Prefix`), computes the rest of the
+    rows only, and unembeds only the last position; a group of consecutive positions goes through as one batch. The
+    same numbers as patching a full forward (tested)."""
     n_layers, n_pos = lm.facts.n_layers, data["base"].shape[1]
-    ld_base = _ld(lm, data["base"], data["answer"], data["cf"])
-    differs = (data["base"] != data["source"]).any(0).nonzero()
+    base, n = data["base"], data["base"].shape[0]
+    ld_base = _ld(lm, base, data["answer"], data["cf"])
+    differs = (base != data["source"]).any(0).nonzero()
     first_diff = int(differs[0]) if differs.numel() else n_pos
+    names = [site("resid_pre", layer) for layer in range(n_layers)]
+    source_acts = record(lm, data["source"], names)  # every layer's residual from one forward each
+    base_acts = record(lm, base, names)
+    positions = list(range(first_diff, n_pos))  # identical prefix tokens: identical activations, the patch is a no-op
+    size = max(1, min(_HEATMAP_GROUP, _HEATMAP_ROWS // n))
+    groups = [positions[i:i + size] for i in range(0, len(positions), size)]
+    cached = hf_causal_lm(lm) is not None
+    prefixes = {g[0]: cached_prefix(lm, base, g[0]) if cached and g[0] > 0 else None for g in groups}
     rows = []
     for layer in progress_bar(range(n_layers), desc="patching heatmap", disable=not progress, leave=False):
-        name = site("resid_pre", layer)
-        acts = record(lm, data["source"], [name])
-        row = []
-        for pos in range(n_pos):
-            if pos < first_diff:  # identical prefix tokens: identical activations, the patch is a no-op
-                row.append(0.0)
-                continue
-            with patching(lm, [Patch(name, positions=[pos])], acts), torch.no_grad():
-                ld = logit_diff(lm.model(data["base"]), data["answer"], data["cf"])
-            row.append(fldd(ld_base, ld))
+        row = [0.0] * n_pos
+        for group in groups:
+            c, m = group[0], len(group)
+            resid = base_acts[names[layer]].repeat(m, 1, 1)  # block k of n prompts: patched at group[k]
+            for k, pos in enumerate(group):
+                resid[k * n:(k + 1) * n, pos] = source_acts[names[layer]][:, pos]
+            entries = prefixes[c]
+            start = (layer, resid) if entries is None else Prefix(
+                layer=layer, resid=resid[:, c:], entries=tuple((_repeat(k, m), _repeat(v, m)) for k, v in entries))
+            with torch.no_grad():
+                logits = last_logits(lm, base.repeat(m, 1), start=start)
+            ld = logit_diff(logits, data["answer"].repeat(m), data["cf"].repeat(m))
+            for k, pos in enumerate(group):
+                row[pos] = fldd(ld_base, ld[k * n:(k + 1) * n])
         rows.append(row)
     return rows
+
+
+def _repeat(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    return None if t is None else t.repeat(m, *([1] * (t.ndim - 1)))
 
 
 def _reader_heads(lm: LoadedModel, data, layer: int, n_heads: int) -> list[tuple[int, int]]:

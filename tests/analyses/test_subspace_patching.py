@@ -5,11 +5,23 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from workbench.capture.hooks import count_hooks
+from workbench.capture.hooks import count_hooks, site
 from workbench.errors import ConfigError
+from workbench.intervene import Patch, patching, record
+from workbench.intervene.metrics import fldd, logit_diff
+from workbench.intervene.patch import forward
 from workbench.runner import run_analysis
-from workbench_analyses.subspace_patching import EFFECTS, SubspacePatchingConfig, SubspacePatchingResult
+from workbench.tasks.ioi import ioi_pairs
+from workbench_analyses.subspace_patching import (
+    EFFECTS,
+    SubspacePatchingConfig,
+    SubspacePatchingResult,
+    _heatmap,
+    _same_length,
+    _token_ids,
+)
 
 SMALL = dict(n_pairs=24, heatmap_pairs=4, epochs=3, batch_size=8, layer=0)
 
@@ -63,6 +75,25 @@ def test_bad_layer_and_fields(tiny_ioi_model):
 def test_char_tokenizer_cannot_make_ioi_pairs(tiny_model):
     with pytest.raises(ConfigError, match="single token"):
         run_analysis(tiny_model, "subspace_patching", SubspacePatchingConfig(**SMALL))
+
+
+def test_the_heatmap_equals_full_forward_patching(tiny_ioi_model):
+    """The analysis' fast heat map against the plain definition: patch hook_resid_pre at (layer, position) in a full
+    forward of the base prompts, FLDD of the last position's logit difference."""
+    lm = tiny_ioi_model
+    pairs = _same_length(lm, ioi_pairs(lm.tokenizer, 32, seed=1, templates=[0]), 4)
+    data = _token_ids(lm, pairs)
+    got = _heatmap(lm, data, progress=False)
+    with torch.no_grad():
+        ld_base = logit_diff(forward(lm, data["base"]), data["answer"], data["cf"])
+        for layer in range(lm.facts.n_layers):
+            name = site("resid_pre", layer)
+            acts = record(lm, data["source"], [name])
+            for pos in range(data["base"].shape[1]):
+                with patching(lm, [Patch(name, positions=[pos])], acts):
+                    ld = logit_diff(forward(lm, data["base"]), data["answer"], data["cf"])
+                assert got[layer][pos] == pytest.approx(fldd(ld_base, ld), abs=1e-5)
+    assert any(v != 0 for row in got for v in row)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import orthogonal
 
 from workbench.errors import config_error, shape_error
-from workbench.intervene.patch import Patch, forward, patching, record
+from workbench.intervene.patch import Patch, Prefix, Start, last_logits, patching, prefix_state, record, resume_point
 from workbench.models.loaded import LoadedModel, as_hooked
 from workbench.progress import bar as progress_bar
 from workbench.validation import check_int, check_number
@@ -110,6 +110,15 @@ def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: to
     d = acts.shape[-1]
     if k >= d:
         raise config_error(call, "k", f"an int in [1, {d - 1}] (the site is {d}-wide)", k)
+    # What does not depend on the basis is computed once: the base run up to the site's block and, for a patch at
+    # the last position (the default), its keys and values before that position; each step then runs only the last
+    # position from the site's block on (last_logits), with the same loss and gradient as the full forward.
+    at_last = base.ndim == 2 and position in (-1, base.shape[1] - 1)  # token ids [N, P], the last position
+    start = prefix_state(lm, base, [site]) if at_last else None
+    if start is not None:
+        acts, position = acts[:, -1:], -1
+    else:
+        start = resume_point(lm, base, [site])
     order = torch.randperm(n, generator=gen)
     n_val = min(int(round(val_fraction * n)), n - 1) if n > 1 else 0  # at least one training pair
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -129,7 +138,8 @@ def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: to
             total = 0.0
             for chunk in perm.split(batch_size):
                 with torch.enable_grad():
-                    loss = _loss(lm, patch, subspace.basis(), base[chunk], acts[chunk], target[chunk])
+                    loss = _loss(lm, patch, subspace.basis(), base[chunk], acts[chunk], target[chunk],
+                                 _rows(start, chunk))
                     opt.zero_grad()
                     loss.backward()
                 opt.step()
@@ -138,8 +148,8 @@ def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: to
             fit_train.append(total / len(train_idx))
             with torch.no_grad():
                 basis = subspace.basis().detach().clone()
-                val = _mean_loss(lm, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size) \
-                    if n_val else fit_train[-1]
+                val = _mean_loss(lm, patch, basis, base[val_idx], acts[val_idx], target[val_idx], batch_size,
+                                 _rows(start, val_idx)) if n_val else fit_train[-1]
             fit_val.append(val)
             if not patience:  # the reference: every epoch runs and the final rotation is kept
                 best, best_epoch = basis, epoch
@@ -161,16 +171,25 @@ def _parameters(lm: LoadedModel | HookedRootModule) -> list[torch.nn.Parameter]:
     return list(as_hooked(lm, call="das").parameters())
 
 
+def _rows(start: Start | Prefix | None, idx: torch.Tensor) -> Start | Prefix | None:
+    if start is None or isinstance(start, Prefix):
+        return None if start is None else start.rows(idx)
+    return start[0], start[1][idx.to(start[1].device)]
+
+
 def _loss(lm: LoadedModel | HookedRootModule, patch: Patch, basis: torch.Tensor, base: torch.Tensor, acts: torch.Tensor,
-          target: torch.Tensor) -> torch.Tensor:
+          target: torch.Tensor, start: Start | Prefix | None = None) -> torch.Tensor:
+    """Cross-entropy of the patched base run's last-position logits toward ``target``; the forward starts at the
+    patched block from the base run's residual when ``start`` is given and unembeds the last position only
+    (:func:`~workbench.intervene.patch.last_logits`: the same loss as the full forward)."""
     with patching(lm, [patch], {patch.site: acts}, bases={patch.site: basis}):
-        logits = forward(lm, base)
-    last = logits[:, -1] if logits.ndim == 3 else logits
+        last = last_logits(lm, base, start=start)
     return F.cross_entropy(last.float(), target.to(last.device))
 
 
-def _mean_loss(lm: LoadedModel | HookedRootModule, patch, basis, base, acts, target, batch_size) -> float:
+def _mean_loss(lm: LoadedModel | HookedRootModule, patch, basis, base, acts, target, batch_size,
+               start: Start | Prefix | None = None) -> float:
     total = 0.0
     for idx in torch.arange(base.shape[0]).split(batch_size):
-        total += float(_loss(lm, patch, basis, base[idx], acts[idx], target[idx])) * len(idx)
+        total += float(_loss(lm, patch, basis, base[idx], acts[idx], target[idx], _rows(start, idx))) * len(idx)
     return total / base.shape[0]

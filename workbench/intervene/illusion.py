@@ -20,14 +20,14 @@ row-space directions) are **this project's heuristics**, not the paper's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.errors import shape_error
 from workbench.intervene.metrics import PatchEffect, argmax_hits, logit_diff, patch_effect
-from workbench.intervene.patch import Patch, forward, patched_logits, record
+from workbench.intervene.patch import Patch, last_logits, patching, prefix_state, record, resume_point
 from workbench.models.loaded import LoadedModel
 
 if TYPE_CHECKING:
@@ -110,11 +110,12 @@ def diagnose(lm: LoadedModel | HookedRootModule, *, site: str, position: int, di
         "v_null": Patch(site, positions=[position], basis=split.v_null) if split.row_fraction < 1 - 1e-9 else None,
         "whole site": Patch(site, positions=[position]),
     }
-    runs = {name: ((ld_base, hits_base) if patch is None  # an empty part changes nothing
-                   else _patched(lm, patch, base, source, answer, counterfactual, batch_size))
+    baseline = {} if baseline_site in (None, site) else {"baseline": Patch(baseline_site, positions=[position])}
+    patched = _patched(lm, {name: p for name, p in patches.items() if p is not None} | baseline, base, source, answer,
+                       counterfactual, batch_size)
+    runs = {name: (ld_base, hits_base) if patch is None else patched[name]  # an empty part changes nothing
             for name, patch in patches.items()}
-    ld_whole = runs["whole site"][0] if baseline_site in (None, site) else _patched(
-        lm, Patch(baseline_site, positions=[position]), base, source, answer, counterfactual, batch_size)[0]
+    ld_whole = patched["baseline" if baseline else "whole site"][0]
     effects = {name: patch_effect(ld_base, ld, hits=hits, ld_whole=ld_whole, ld_source=ld_source)
                for name, (ld, hits) in runs.items()}
     acts = torch.cat([record(lm, x[i], [site])[site][:, position]
@@ -139,20 +140,44 @@ def _ld(lm: LoadedModel | HookedRootModule, inputs, answer, alternative, batch_s
     lds, hits = [], []
     with torch.no_grad():
         for i in torch.arange(inputs.shape[0]).split(batch_size):
-            logits = forward(lm, inputs[i])
+            logits = last_logits(lm, inputs[i])
             lds.append(logit_diff(logits, answer[i], alternative[i]))
             hits.append(argmax_hits(logits, alternative[i]))
     return torch.cat(lds), torch.cat(hits)
 
 
-def _patched(lm: LoadedModel | HookedRootModule, patch, base, source, answer, counterfactual, batch_size) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patched-run LD and interchange hits (whole-vocabulary argmax = the counterfactual) per pair."""
-    lds, hits = [], []
+def _patched(lm: LoadedModel | HookedRootModule, patches: dict[str, Patch], base, source, answer, counterfactual,
+             batch_size) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Patched-run LD and interchange hits (whole-vocabulary argmax = the counterfactual) per pair, for each patch.
+    Per batch the source's activations at every patched site are recorded once, and each patched forward starts at
+    the earliest patched block from the base run's residual and unembeds the last position only
+    (:func:`~workbench.intervene.patch.last_logits`: the numbers of the full patched forward)."""
+    if base.shape != source.shape:
+        raise shape_error("diagnose", "source", f"the base inputs' shape {tuple(base.shape)} (equal token lengths: "
+                          "patching is position-aligned)", tuple(source.shape))
+    sites = list(dict.fromkeys(p.site for p in patches.values()))
+    n_pos = base.shape[1] if base.ndim == 2 else 0
+    at_last = n_pos > 1 and all(_positions(p) in ([-1], [n_pos - 1]) for p in patches.values())
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in patches}
     for i in torch.arange(base.shape[0]).split(batch_size):
-        logits = patched_logits(lm, base[i], source[i], [patch])
-        lds.append(logit_diff(logits, answer[i], counterfactual[i]))
-        hits.append(argmax_hits(logits, counterfactual[i]))
-    return torch.cat(lds), torch.cat(hits)
+        acts = record(lm, source[i], sites)
+        start = prefix_state(lm, base[i], sites) if at_last else None
+        if start is None:
+            start, run = resume_point(lm, base[i], sites), patches
+        else:  # only the last position is recomputed: patch it as position -1 of a one-position forward
+            acts = {s: a[:, -1:] for s, a in acts.items()}
+            run = {name: replace(p, positions=[-1]) for name, p in patches.items()}
+        for name, patch in run.items():
+            with patching(lm, [patch], acts), torch.no_grad():
+                logits = last_logits(lm, base[i], start=start)
+            out[name][0].append(logit_diff(logits, answer[i], counterfactual[i]))
+            out[name][1].append(argmax_hits(logits, counterfactual[i]))
+    return {name: (torch.cat(lds), torch.cat(hits)) for name, (lds, hits) in out.items()}
+
+
+def _positions(patch: Patch) -> list | None:
+    return None if patch.positions is None else (
+        [patch.positions] if isinstance(patch.positions, int) else list(patch.positions))
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
-from workbench.capture.hooks import hooks_attached, resolve_sites
+from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, split_site, stoppable
 from workbench.errors import SiteError, config_error, shape_error
+from workbench.intervene.generation import hf_causal_lm
+from workbench.intervene.readout import UNEMBED_INPUT
 from workbench.models.loaded import LoadedModel, as_hooked, hook_points
-from workbench.validation import is_int
+from workbench.validation import check_int, is_int
 
 if TYPE_CHECKING:
     from transformer_lens import HookedRootModule
@@ -156,7 +158,8 @@ def _mix(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor | None) -
 
 
 def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards."""
+    """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards. The
+    forward stops as soon as every site has been recorded (what follows, unembedding included, is not computed)."""
     points = hook_points(lm)
     names = check_sites(points, sites)
     store: dict[str, torch.Tensor] = {}
@@ -164,9 +167,11 @@ def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequ
     def keep(name: str) -> Callable:
         def hook(x: torch.Tensor, hook=None) -> None:
             store[name] = x.detach().clone()
+            if len(store) == len(names):
+                raise StopForward
         return hook
 
-    with hooks_attached(points, {n: keep(n) for n in names}), torch.no_grad():
+    with stoppable(), hooks_attached(points, {n: keep(n) for n in names}), torch.no_grad():
         forward(lm, inputs)
     return store
 
@@ -218,3 +223,190 @@ def patched_logits(lm: LoadedModel | HookedRootModule, base: torch.Tensor, sourc
     acts = record(lm, source, [p.site for p in patches])
     with patching(lm, patches, acts), torch.no_grad():
         return forward(lm, base)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cheaper forwards for patching experiments that read only the last position's logits
+# ---------------------------------------------------------------------------------------------------------------
+
+Start = tuple[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The unpatched run of ``[B, P]`` inputs before position ``c``, for forwards that compute only positions c..P-1
+    from block ``layer`` on (:func:`last_logits`; :func:`prefix_state` makes one for c = P-1): ``entries``, every
+    layer's keys and values at positions 0..c-1 as Hugging Face's cache holds them (:func:`cached_prefix`), and
+    ``resid`` ``[B, P - c, d]``, the ``hook_resid_pre`` of ``layer`` at positions c..P-1. Exact only while every patch
+    acts at positions >= c (the recomputed ones; the earlier ones cannot change)."""
+
+    layer: int
+    resid: torch.Tensor
+    entries: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]
+
+    def rows(self, idx: torch.Tensor) -> Prefix:
+        """The same state for the inputs ``idx`` (a batch's rows)."""
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        return replace(self, resid=pick(self.resid), entries=tuple((pick(k), pick(v)) for k, v in self.entries))
+
+
+def cached_prefix(lm: LoadedModel, inputs: torch.Tensor, at: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """Every layer's (keys, values) at positions 0..``at``-1 of ``inputs`` ``[B, P]``: one cached forward of those
+    positions (no grad, nothing unembedded but one row), for :class:`Prefix`. The model must be a TransformerBridge
+    over a Hugging Face causal LM (see :func:`workbench.intervene.generation.hf_causal_lm`)."""
+    check_int("cached_prefix", "at", at, low=1, high=inputs.shape[1] - 1)
+    return _cached(lm, inputs[:, :at], at, {})
+
+
+def _cached(lm: LoadedModel, inputs: torch.Tensor, at: int, hooks: Mapping[str, Callable]
+            ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """One cached forward of ``inputs`` with ``hooks`` attached; every layer's keys and values at positions < ``at``."""
+    hf = hf_causal_lm(lm)
+    if hf is None:
+        raise config_error("cached_prefix", "lm", "a TransformerBridge over a Hugging Face causal LM",
+                           type(lm).__name__)
+    with hooks_attached(lm.hook_points(), hooks), torch.no_grad():
+        cache = hf(input_ids=inputs, use_cache=True, logits_to_keep=1).past_key_values
+    crop = lambda t: None if t is None else t[..., :at, :]  # noqa: E731  [B, heads, positions, d_head]
+    return tuple((crop(entry[0]), crop(entry[1])) for entry in cache)
+
+
+def prefix_state(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> Prefix | None:
+    """The :class:`Prefix` of ``inputs`` for patches at ``sites`` at the last position only, starting at the
+    earliest block holding one of them, from one cached forward without grad. None when the model is not a
+    TransformerBridge over a Hugging Face causal LM (or a site is outside the blocks, or the inputs have one
+    position)."""
+    model = as_hooked(lm, call="prefix_state")
+    layers = [split_site(s)[0] for s in sites]
+    if not isinstance(lm, LoadedModel) or hf_causal_lm(lm) is None or _bridge_blocks(model) is None or not layers \
+            or None in layers or inputs.shape[1] < 2:
+        return None
+    layer = min(layers)
+    name = f"blocks.{layer}.hook_resid_pre"
+    if name not in hook_points(lm):
+        return None
+    box: dict[str, torch.Tensor] = {}
+
+    def keep(x: torch.Tensor, hook=None) -> None:
+        box["resid"] = x[:, -1:].detach().clone()
+
+    entries = _cached(lm, inputs, inputs.shape[1] - 1, {name: keep})
+    return Prefix(layer=layer, resid=box["resid"], entries=entries)
+
+
+def last_logits(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, *, start: Start | Prefix | None = None
+                ) -> torch.Tensor:
+    """``[B, V]``: the last position's logits of ``inputs`` — ``forward(lm, inputs)[:, -1]`` to float round-off,
+    computed with less on a TransformerBridge (a :class:`LoadedModel`):
+
+    - the forward stops at the unembedding's input (``unembed.hook_in``) and only the last row is unembedded, with the
+      model's own ``unembed`` and the architecture's post-unembedding transform (e.g. Gemma's soft cap);
+    - ``start=(layer, resid_pre)`` (see :func:`resume_point`) starts the forward at block ``layer``: the blocks before
+      it are not run and block ``layer`` reads ``resid_pre`` ``[B, P, d]``, which must be the ``hook_resid_pre`` of
+      ``layer`` that the blocks before compute for these ``inputs`` (recorded once from the unpatched run; patches
+      must all act at ``layer`` or later). TransformerLens' own ``start_at_layer`` raises NotImplementedError on a
+      bridge, whose layer loop is Hugging Face's, so the skipped blocks' forwards are replaced by one that returns
+      ``resid_pre`` for the duration of the call (layer 0: block 0 reads ``resid_pre`` instead of the embedding).
+      Hooks at block ``layer`` and after fire as in the full forward (a patch at ``hook_resid_pre`` of ``layer``
+      included); a hook attached inside a skipped block would never fire, so one is refused (ConfigError).
+    - ``start=`` a :class:`Prefix` (e.g. :func:`prefix_state`'s, for patches at the last position) also leaves out
+      positions before c: only positions c..P-1 go through blocks ``layer`` and after, attending to the prefix's
+      cached keys and values (the Hugging Face model inside the bridge is called with them; its components are the
+      bridge's, so the hooks fire, on ``[B, P - c, ...]`` activations: a patch of position P-1 is position -1).
+
+    Differentiable (DAS trains through it). Any other model (a ``HookedRootModule``) runs the full forward and
+    takes no ``start``."""
+    model = as_hooked(lm, call="last_logits")
+    blocks = _bridge_blocks(model)
+    if isinstance(start, Prefix):
+        if blocks is None or (hf := hf_causal_lm(lm) if isinstance(lm, LoadedModel) else None) is None:
+            raise config_error("last_logits", "start", "a Prefix only for a TransformerBridge over a Hugging Face "
+                               "causal LM (prefix_state returns None otherwise)", type(model).__name__)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=start.entries, config=hf.config)
+        tail = inputs[:, inputs.shape[1] - start.resid.shape[1]:]
+        if cache.get_seq_length() + tail.shape[1] != inputs.shape[1]:
+            raise shape_error("last_logits", "start", f"a Prefix of {inputs.shape[1]} positions (cached + resid)",
+                              f"{cache.get_seq_length()} + {start.resid.shape[1]}")
+        with _skipping(hook_points(lm), blocks, (start.layer, start.resid), tail.shape):
+            return hf(input_ids=tail, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    if blocks is None:
+        if start is not None:
+            raise config_error("last_logits", "start", "None for a model that is not a TransformerBridge (resume_point "
+                               "returns None there)", type(start).__name__)
+        out = model(inputs)
+        return out[:, -1] if out.ndim == 3 else out
+    points = hook_points(lm)
+    box: dict[str, torch.Tensor] = {}
+
+    def stop(x: torch.Tensor, hook=None) -> None:
+        box["x"] = x[:, -1:]
+        raise StopForward
+
+    with stoppable(), _skipping(points, blocks, start, inputs.shape), hooks_attached(points, {UNEMBED_INPUT: stop}):
+        model(inputs)
+    if "x" not in box:  # pragma: no cover - the unembedding's input is reached on every forward
+        raise RuntimeError("last_logits(): the unembedding input was never reached")
+    return model.adapter.apply_output_logits_transform(model.unembed(box["x"]))[:, 0]
+
+
+def resume_point(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> Start | None:
+    """``(layer, resid_pre)`` for :func:`last_logits`' ``start``: the earliest block ``layer`` holding one of
+    ``sites`` and its ``hook_resid_pre`` for ``inputs`` (recorded without grad, the forward stopped there); None
+    when nothing can be skipped (not a TransformerBridge, a site outside the blocks, or layer 0)."""
+    model = as_hooked(lm, call="resume_point")
+    layers = [split_site(s)[0] for s in sites]
+    if _bridge_blocks(model) is None or not layers or None in layers or min(layers) == 0:
+        return None
+    layer = min(layers)
+    name = f"blocks.{layer}.hook_resid_pre"
+    if name not in hook_points(lm):
+        return None
+    return layer, record(lm, inputs, [name])[name]
+
+
+def _bridge_blocks(model: torch.nn.Module) -> Sequence[torch.nn.Module] | None:
+    """The bridge's blocks, or None for a model without the bridge's unembedding hook (run in full there)."""
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not isinstance(model, TransformerBridge) or not hasattr(model, "blocks"):
+        return None
+    return model.blocks if isinstance(getattr(getattr(model, "unembed", None), "hook_in", None), HookPoint) else None
+
+
+@contextmanager
+def _skipping(points: Mapping[str, torch.nn.Module], blocks: Sequence[torch.nn.Module], start: Start | None,
+              shape: torch.Size) -> Iterator[None]:
+    if start is None:
+        yield
+        return
+    layer, resid = start
+    check_int("last_logits", "start[0]", layer, low=0, high=len(blocks) - 1)
+    if not isinstance(resid, torch.Tensor) or resid.ndim != 3 or tuple(resid.shape[:2]) != tuple(shape[:2]):
+        raise shape_error("last_logits", "start[1]", f"a [{shape[0]}, {shape[1]}, d] hook_resid_pre of the inputs",
+                          tuple(getattr(resid, "shape", ())))
+    busy = sorted(name for name, point in points.items() if (split_site(name)[0] or 0) < layer
+                  and name.startswith("blocks.") and len(point._forward_hooks))
+    if busy:
+        raise config_error("last_logits", "start", f"a layer at or before every attached hook (block {layer} starts; "
+                           f"hooks at {busy[:3]} would not fire)", layer)
+
+    def skipped(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # the residual stream entering block `layer`, as the skipped blocks computed it
+        return resid.to(hidden_states.device, hidden_states.dtype)
+
+    def fed(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # block 0 (nothing to skip) runs on ``resid`` instead of the embedding
+        return type(blocks[0]).forward(blocks[0], resid.to(hidden_states.device, hidden_states.dtype), *args,
+                                       **kwargs)
+
+    replaced = list(blocks[:layer]) if layer else [blocks[0]]
+    try:
+        for block in replaced:  # on the instance itself: the bridge's __setattr__ would set the HF layer's
+            object.__setattr__(block, "forward", skipped if layer else fed)
+        yield
+    finally:
+        for block in replaced:
+            block.__dict__.pop("forward", None)
