@@ -77,12 +77,14 @@ def report(
         texts = read_prompts(prompts) if prompts else default_prompts()
         model = model or registry.default_model(list(configs), DEFAULT_MODEL)
         _say(f"loading {model} on {device} ...")
+        loading = time.perf_counter()
         lm = load_model(model, device=device)
+        seconds = {"load": time.perf_counter() - loading}
         _say(f"{lm!r}; {len(texts)} prompts; analyses: {', '.join(configs)}")
         results = run_analyses(lm, configs, texts=texts, batch_size=batch_size, max_tokens=max_tokens,
-                               progress=True)
+                               progress=True, timings=seconds)
         provenance = _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) | {
-            "config": overrides}
+            "config": overrides, "seconds": {step: round(s, 1) for step, s in seconds.items()}}
         path = Report(results=results, provenance=provenance | {"versions": package_versions()}).write(
             out, overwrite=overwrite)
     except WorkbenchError as exc:
@@ -90,6 +92,7 @@ def report(
         raise typer.Exit(code=2) from None
     for result in results.values():
         _say(f"- {result.title}: {result.summary()}")
+    _say("seconds: " + ", ".join(f"{step} {s:.1f}" for step, s in seconds.items()))
     _say(f"wrote {path / 'report.html'} and {path / 'report.json'} in {time.perf_counter() - started:.0f} s")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -43,8 +44,14 @@ def run_analyses(
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Result]:
-    """Run several analyses on one model, sharing one capture over the union of the sites they need."""
+    """Run several analyses on one model, sharing one capture over the union of the sites they need.
+
+    ``timings``: a dict to fill with wall-clock seconds per step — ``"capture"`` (the shared capture; absent when no
+    analysis needs one), ``"weights"`` (gathering them, when asked) and each analysis by name (its ``compute``,
+    including any capture or generation of its own)."""
+    timings = {} if timings is None else timings
     lm = load_model(lm, device=device)
     configs = resolve_configs(analyses)
     facts = lm.facts
@@ -54,9 +61,15 @@ def run_analyses(
         if not texts:
             raise config_error("run_analyses", "texts", "a non-empty list of texts (activation analyses need them)",
                                texts)
+        started = time.perf_counter()
         captured = capture(lm, texts, sites=list(dict.fromkeys(sites)), batch_size=batch_size,
                            max_tokens=max_tokens, progress=progress)
-    weights = list(lm.weights()) if any(registry.get(n).needs_weights for n in configs) else None
+        timings["capture"] = time.perf_counter() - started
+    weights = None
+    if any(registry.get(n).needs_weights for n in configs):
+        started = time.perf_counter()
+        weights = list(lm.weights())
+        timings["weights"] = time.perf_counter() - started
     needs_model = any(registry.get(n).needs_model for n in configs)
     inputs = Inputs(model_name=lm.name, facts=facts, capture=captured, weights=weights,
                     model=lm if needs_model else None, progress=progress,
@@ -64,7 +77,10 @@ def run_analyses(
     results = {}
     for name, config in configs.items():
         log.info("computing %s", name)
+        started = time.perf_counter()
         results[name] = registry.get(name).compute(inputs, config)
+        timings[name] = time.perf_counter() - started
+        log.info("%s took %.1f s", name, timings[name])
     return results
 
 

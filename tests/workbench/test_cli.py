@@ -131,3 +131,15 @@ def test_dashboard_command_runs_the_installed_app(monkeypatch):
     home = Path(importlib.util.find_spec("workbench_app").origin).parent / "Home.py"
     assert home.is_file() and seen["command"][1:4] == ["-m", "streamlit", "run"] and seen["command"][4] == str(home)
     assert seen["model"] == "gemma3-270m" and seen["command"][seen["command"].index("--server.port") + 1] == "8600"
+
+
+def test_seconds_per_step_in_the_provenance_and_the_last_lines(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--analyses", "activation_spectra,weight_spectra",
+                     "--max-tokens", "40", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    seconds = json.loads((out / "report.json").read_text())["provenance"]["seconds"]
+    assert list(seconds) == ["load", "capture", "weights", "activation_spectra", "weight_spectra"]
+    assert all(s >= 0 for s in seconds.values())
+    assert "seconds: load " in result.output and "activation_spectra" in result.output.split("seconds: ")[-1]
+    assert "seconds" in (out / "report.html").read_text()

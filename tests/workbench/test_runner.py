@@ -143,3 +143,13 @@ def test_the_model_is_passed_only_when_an_analysis_needs_it(tiny_model, stand_in
     assert SEEN["t_weights"].model is None
     run_analysis(tiny_model, "t_model")
     assert SEEN["t_model"].model is tiny_model
+
+
+def test_timings_give_seconds_per_step(tiny_model, stand_ins):
+    timings: dict[str, float] = {}
+    run_analyses(tiny_model, ["t_early", "t_weights", "t_model"], texts=TEXTS, timings=timings)
+    assert list(timings) == ["capture", "weights", "t_early", "t_weights", "t_model"]
+    assert all(isinstance(s, float) and s >= 0 for s in timings.values())
+    timings.clear()
+    run_analyses(tiny_model, ["t_model"], timings=timings)
+    assert list(timings) == ["t_model"]  # no capture, no weights: no entries for them
