@@ -94,6 +94,7 @@ def test_refuses_existing_out(tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the default report, ~3 min quiet; it exceeded 900 s only on a 5x-loaded machine
 def test_end_to_end_on_the_bundled_model(tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "workbench", "report", "--max-tokens", "400", "--analyses",
