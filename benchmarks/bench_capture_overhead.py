@@ -1,10 +1,11 @@
 """Capture overhead: ``workbench.capture`` with Gram accumulation vs a bare forward over identical padded batches.
 
-Target (the issue): capture of all 30 ``blocks.*.hook_resid_post`` sites with streamed Gram statistics costs at most
-1.10x a bare ``lm.model(tokens)`` forward under ``torch.inference_mode`` over the same batches.
+Targets (the issues): capture of all 30 ``blocks.*.hook_resid_post`` sites with streamed Gram statistics costs at
+most 1.10x a bare ``lm.model(tokens)`` forward under ``torch.inference_mode`` over the same batches (RESULT
+capture_overhead), and so does capture of all 90 resid_post + attn_out + mlp_out sites (RESULT capture_90_overhead).
 
-Rows (timed round-robin, order rotated each round, best of 3 after one warm-up each; the RESULT is
-best(capture 30) / best(bare)):
+Rows (timed round-robin, order rotated each round, best of 3 after one warm-up each; each RESULT is
+best(capture) / best(bare)):
 
 * ``bare forward``: ``lm.model(tokens)`` per batch, full forward including the 49k-wide unembedding (the baseline).
 * ``capture 30 resid_post``: the measured call, ``capture(lm, texts, sites=..., batch_size=8)``; includes capture's own
@@ -16,7 +17,8 @@ best(capture 30) / best(bare)):
 * ``capture 30 + unembed.hook_in``: adds the last hook that fires before the unembedding matmul (hooks after it are
   49,152 wide, too wide for a Gram), so the stop moves past ``ln_final``; the unembedding itself is still skipped,
   so no capture can run the full forward: "without early stop" is derived as capture 30 + (bare − bare stopped).
-* ``capture 90``: resid_post + hook_attn_out + hook_mlp_out of every block (information).
+* ``capture 90``: resid_post + hook_attn_out + hook_mlp_out of every block, default ``gram_dtype="auto"`` (float32
+  products into float64 sums); ``capture 90, gram_dtype="float64"``: the same with the exact float64 products.
 * ``run_with_cache 30 names``: TransformerLens' way, storing the 30 activations (full forward, no statistics).
 
 Because the machine is shared and a forward's time drifts by ±10-20 % from run to run, the table also gives the
@@ -75,8 +77,8 @@ def main() -> None:
                         lm.model(b.tokens.to(lm.device))
         return run
 
-    def cap(sites: list[str]):
-        return lambda: workbench.capture(lm, texts, sites=sites, batch_size=8)
+    def cap(sites: list[str], **kwargs):
+        return lambda: workbench.capture(lm, texts, sites=sites, batch_size=8, **kwargs)
 
     def run_with_cache() -> None:
         with torch.inference_mode():
@@ -96,6 +98,7 @@ def main() -> None:
                                                                  resid[-1]: stop_hook}),
         "capture 30 + unembed.hook_in": cap(tail),
         "capture 90 (resid+attn_out+mlp_out)": cap(three),
+        'capture 90, gram_dtype="float64"': cap(three, gram_dtype="float64"),
         "run_with_cache 30 names": run_with_cache,
     }
     started = time.perf_counter()
@@ -121,6 +124,7 @@ def main() -> None:
     print(f"paired capture 30 / bare per round, sorted: {', '.join(f'{r:.3f}' for r in paired)} "
           f"(median {paired[len(paired) // 2]:.3f})")
     common.result("capture_overhead", cap30 / base, TARGET)
+    common.result("capture_90_overhead", best["capture 90 (resid+attn_out+mlp_out)"] / base, TARGET)
 
 
 if __name__ == "__main__":

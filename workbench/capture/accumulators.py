@@ -5,40 +5,116 @@ batch by batch with Chan, Golub & LeVeque's pairwise update (1979, eq. 2.1b):
 ``M = M_a + M_b + (n_a n_b / n)·δδᵀ`` with ``δ = μ_b − μ_a``. Keeping the centred co-moment (rather than ``XᵀX``)
 avoids the cancellation ``XᵀX − nμμᵀ`` suffers when the mean is large (Gemma's residual has a dimension with
 mean |x| ≈ 7,000); the uncentred Gram is recovered exactly as ``M + nμμᵀ``.
+
+With ``product_dtype=torch.float32`` (what ``capture`` uses by default) each batch's product is a float32 matrix
+product added into the float64 sums, by the *shifted-data* algorithm (Chan, Golub & LeVeque 1983, "Algorithms for
+computing the sample variance: analysis and recommendations"): rows minus a fixed shift ``c`` (the mean of the first
+batch, rounded to float32), so no float64 copy of the rows and no per-batch rank-one merge is needed; the shift keeps
+the products centred to within the batch-to-batch drift of the mean, so a large mean never reaches the float32
+products. What float32 costs is the rounding of the products themselves: the co-moment's eigenvalues move by at most
+about 1e-7·λ_max (tested bound 1e-6·λ_max), which is below 1e-5·σ_max for every σ_i ≥ 0.05·σ_max and, in directions
+of (near) zero variance, reads as σ up to ~1e-4·σ_max where the exact value is 0.
+
+Either way only the lower triangle of each batch's product is computed: on CPU by column blocks of about 128
+(``yᵀy[a:, a:b]``, ≈ 0.6x the flops of the full product; torch has no ``syrk``), elsewhere as one full product.
 """
 
 from __future__ import annotations
 
 import torch
 
+from workbench.validation import check_choice
+
+PRODUCT_DTYPES = (torch.float32, torch.float64)
+_BLOCK = 128  # column-block width of the lower-triangle product on CPU (576 -> 4 blocks)
+
+
+def _block_edges(d: int, device: torch.device) -> list[int]:
+    """Column-block boundaries of the lower-triangle product: one block off-CPU (one kernel launch per product)."""
+    k = max(1, round(d / _BLOCK)) if device.type == "cpu" else 1
+    return [d * i // k for i in range(k + 1)]
+
+
+def _add_lower_product(acc: torch.Tensor, y: torch.Tensor, edges: list[int]) -> None:
+    """``acc[i, j] += (yᵀy)[i, j]`` for ``i >= j`` (in ``y``'s dtype, added into ``acc``'s); above it ``acc`` is stale."""
+    for a, b in zip(edges[:-1], edges[1:], strict=False):
+        acc[a:, a:b] += y[:, a:].T @ y[:, a:b]
+
+
+def _symmetric(lower: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle (diagonal included) is ``lower``'s."""
+    return torch.tril(lower) + torch.tril(lower, -1).mT
+
 
 class Moments:
     """Count, mean and centred co-moment of rows ``[n, d]``, accumulated in float64 on ``device``.
 
-    ``product_dtype`` is the dtype of each batch's ``XᵀX`` product (float64 by default; float32 halves its cost at a
-    relative error of about 1e-6 of the largest eigenvalue per batch). Accumulation is always float64.
+    ``product_dtype``: ``torch.float64`` (default, the exact path) centres each batch on its own mean in float64 and
+    merges it with the pairwise update; ``torch.float32`` (the fast path) uses the shifted-data algorithm with
+    float32 products, about 3x cheaper on CPU. Bounds of the fast path against a float64 SVD of the same rows, tested
+    in tests/workbench/capture/test_gram_precision.py: eigenvalues of the co-moment within 1e-6·λ_max (measured
+    ≤ 1.1e-7 at d = 8, ≤ 6e-9 at d ≥ 64, with or without a mean 1e4 times the spread); singular values within
+    1e-5·σ_max on SmolLM2-135M's residual, attention and MLP outputs (measured ≤ 2e-6) and for every σ_i ≥ 0.01·σ_max
+    of the synthetic rows. ``mean`` and ``comoment`` are float64 whatever the path.
     """
 
     def __init__(self, d: int, device: torch.device, product_dtype: torch.dtype = torch.float64) -> None:
+        check_choice("Moments", "product_dtype", product_dtype, PRODUCT_DTYPES)
         self.n = 0
-        self.mean = torch.zeros(d, dtype=torch.float64, device=device)
-        self.comoment = torch.zeros(d, d, dtype=torch.float64, device=device)
         self.product_dtype = product_dtype
+        self._edges = _block_edges(d, torch.device(device))
+        self._lower = torch.zeros(d, d, dtype=torch.float64, device=device)  # lower triangle valid
+        self._mean = torch.zeros(d, dtype=torch.float64, device=device)  # exact path: the running mean
+        self._sum = torch.zeros(d, dtype=torch.float64, device=device)  # fast path: Σ (x − c)
+        self._shift: torch.Tensor | None = None  # fast path: c
+        self._final: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._finalised()[0]
+
+    @property
+    def comoment(self) -> torch.Tensor:
+        return self._finalised()[1]
 
     def update(self, rows: torch.Tensor) -> None:
         m = rows.shape[0]
         if m == 0:
             return
-        rows64 = rows.to(device=self.mean.device, dtype=torch.float64)
+        self._final = None
+        if self.product_dtype == torch.float64:
+            self._update_exact(rows.to(device=self._lower.device, dtype=torch.float64), m)
+        else:
+            self._update_shifted(rows.to(device=self._lower.device, dtype=torch.float32), m)
+        self.n += m
+
+    def _update_exact(self, rows64: torch.Tensor, m: int) -> None:
+        """Chan, Golub & LeVeque (1979, eq. 2.1b): M += M_batch + (n_a m / n)·δδᵀ, δ = μ_batch − μ."""
         batch_mean = rows64.mean(0)
-        centred = (rows64 - batch_mean).to(self.product_dtype)
-        batch_m = (centred.T @ centred).to(torch.float64)
+        _add_lower_product(self._lower, rows64 - batch_mean, self._edges)
         n = self.n + m
-        delta = batch_mean - self.mean
-        self.comoment += batch_m
-        self.comoment.add_(torch.outer(delta, delta), alpha=self.n * m / n)
-        self.mean += delta * (m / n)
-        self.n = n
+        delta = batch_mean - self._mean
+        self._lower.addr_(delta, delta, alpha=self.n * m / n)
+        self._mean += delta * (m / n)
+
+    def _update_shifted(self, rows32: torch.Tensor, m: int) -> None:
+        """Σ (x − c)(x − c)ᵀ (float32 products, float64 sums) and Σ (x − c), c fixed at the first batch's mean."""
+        if self._shift is None:  # the mean summed in float64, so a huge mean leaves no large offset in y
+            self._shift = rows32.mean(0, dtype=torch.float64).to(torch.float32)
+        y = rows32 - self._shift
+        self._sum += y.sum(0, dtype=torch.float64)
+        _add_lower_product(self._lower, y, self._edges)
+
+    def _finalised(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, comoment), recomputed after an update: M = Σ(x−c)(x−c)ᵀ − s sᵀ/n and μ = c + s/n on the fast path."""
+        if self._final is None:
+            if self.product_dtype == torch.float64 or self._shift is None:
+                mean, lower = self._mean.clone(), self._lower
+            else:
+                mean = self._shift.to(torch.float64) + self._sum / self.n
+                lower = self._lower.addr(self._sum, self._sum, alpha=-1.0 / self.n)
+            self._final = (mean, _symmetric(lower))
+        return self._final
 
 
 class Reservoir:
