@@ -10,8 +10,9 @@ import math
 import torch
 
 from workbench.capture.hooks import site
+from workbench.intervene.generation import generate
 from workbench.intervene.language import prototypes, reference_shift, steering_directions
-from workbench.intervene.readout import continuation_nll, greedy_continuations, position_logits, right_padded
+from workbench.intervene.readout import UNEMBED_INPUT, continuation_nll, position_logits, unembed
 from workbench.intervene.steer import Steer, steering
 from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
@@ -70,13 +71,24 @@ def _method_steers(method: str, window_states: list, lam: float, ratio: float, s
     return lambda positions: [Steer(site(STEER_KIND, layer), vec, positions=positions) for layer, vec in parts]
 
 
+def generate_with_margins(lm: LoadedModel, rows: list[torch.Tensor], en_ids, es_ids, steers, config
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(continuations, margins [B])``: greedy continuations of the prompts ``rows`` under generation-time steering
+    (``steers("last")``), and the next-token margin M at each prompt's last token read off the same prefill — the
+    unembedding's input there, recorded while generating, unembedded — instead of a second steered forward over the
+    prompts (equal to :func:`margins`, test)."""
+    with steering(lm, steers("last")):
+        gen = generate(lm, rows, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                       record=[UNEMBED_INPUT], desc="stage III: generating")
+    first = torch.stack([states[0] for states in gen.states[UNEMBED_INPUT]])  # [B, d], the prefill's last position
+    dtype = next(lm.model.parameters()).dtype
+    return gen.ids, language_margin(unembed(lm, first.to(lm.device, dtype)), en_ids, es_ids)
+
+
 def _evaluate(lm: LoadedModel, prompts, data, steers, method, lam, ratio, seed, config) -> dict:
     make = steers or (lambda positions: [])
-    with steering(lm, make("last")):
-        gens = greedy_continuations(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    gens, margin = generate_with_margins(lm, data["rows"], data["en"], data["es"], make, config)
     texts = [lm.tokenizer.decode(g, skip_special_tokens=True) for g in gens]
-    margin = margins(lm, data["tokens"], data["last"], data["en"], data["es"],
-                      make(data["last"].to(lm.device)))
     nll = continuation_nll(lm, prompts, data["base_gens"], steers=make) if "base_gens" in data else None
     # fluency of what the steered model wrote: its likelihood under the unsteered model after the Spanish prompt
     es_nll = continuation_nll(lm, data["es_prompts"], gens)
@@ -94,8 +106,8 @@ def _evaluate(lm: LoadedModel, prompts, data, steers, method, lam, ratio, seed, 
 def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
     chosen = test[:config.eval_prompts]
     prompts = [en for en, _ in chosen]
-    tokens, last = right_padded(lm, prompts)
-    data = {"tokens": tokens, "last": last, "en": en_ids, "es": es_ids, "es_prompts": [es for _, es in chosen]}
+    rows = [lm.model.to_tokens(p)[0].cpu() for p in prompts]
+    data = {"rows": rows, "en": en_ids, "es": es_ids, "es_prompts": [es for _, es in chosen]}
     window_states = [st for st in states if window[0] <= st.layer <= window[1]]
     plan = [("sparse", lam, ratio, None) for lam in config.lambdas for ratio in config.ratios]
     plan += [("dense", lam, 0.0, None) for lam in config.lambdas]

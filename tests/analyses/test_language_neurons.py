@@ -243,3 +243,31 @@ def test_smollm2_runs_the_same_pipeline(real_model):
     assert r.n_es_tokens > r.n_en_tokens > 0 and len(r.stage1) == 3
     assert r.steering == [] or r.steering[0]["method"] == "none"
     assert LanguageNeuronsResult.from_json(r.to_json()) == r and r.summary()
+
+
+def test_margins_read_off_the_generation_prefill_equal_a_separate_steered_forward(tiny_lang_model):
+    """Stage III reads M at each prompt's last token from the generation's prefill (left-padded, steered at the last
+    position) instead of a second forward: the same numbers as margins() on the right-padded prompts, steered at
+    each one's last real token, and the same continuations as greedy_continuations under the same steering."""
+    from workbench.intervene.readout import greedy_continuations, right_padded
+    from workbench.intervene.steer import Steer, steering
+    from workbench.tasks.language import language_token_ids
+
+    lm = tiny_lang_model
+    prompts = [en for en, _ in load_en_es_pairs("test")][:5]
+    en_ids, es_ids = language_token_ids(lm.tokenizer, load_en_es_pairs("train"))
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    config = LanguageNeuronsConfig(**(SMALL | {"batch_size": 3}))
+    seen = []
+    for steers in (lambda positions: [], lambda positions: [Steer("blocks.1.hook_resid_post", v, 3.0, positions)]):
+        rows = [lm.model.to_tokens(p)[0] for p in prompts]
+        gens, got = steering_stage.generate_with_margins(lm, rows, en_ids, es_ids, steers, config)
+        tokens, last = right_padded(lm, prompts)
+        want = steering_stage.margins(lm, tokens, last, en_ids, es_ids, steers(last))
+        assert torch.allclose(got, want, atol=1e-6)
+        seen.append(got)
+        with steering(lm, steers("last")):
+            assert [g.tolist() for g in gens] == [c.tolist() for c in greedy_continuations(
+                lm, prompts, max_new_tokens=config.max_new_tokens)]
+    assert not torch.allclose(seen[0], seen[1], atol=1e-6)  # the steer moved the margins
+    assert count_hooks(lm.hook_points()) == 0
