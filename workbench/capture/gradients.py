@@ -24,7 +24,7 @@ from workbench.models.chat import DEFAULT_SYSTEM, sft_ids
 from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.spectra import batched_singular_values, effective_rank
-from workbench.spectra.gradients import gradient_spectrum
+from workbench.spectra.gradients import factor_r, gradient_spectrum
 
 ATTENTION = ("W_Q", "W_K", "W_V", "W_O")
 METRICS = ("nuclear", "erank", "frobenius")
@@ -100,9 +100,15 @@ def sample_ids(lm: LoadedModel, prompt: str, response: str, *, max_length: int, 
 
 
 def response_loss(lm: LoadedModel, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response positions (the prompt's labels masked, as -100 does)."""
-    logits = lm.model(ids)
-    return F.cross_entropy(logits[0, n_prompt - 1:-1].float(), ids[0, n_prompt:])
+    """Mean next-token cross-entropy over the response positions (the prompt's labels masked, as -100 does).
+
+    Only the positions that predict a response token are unembedded: Hugging Face's ``logits_to_keep`` (passed
+    through the bridge) keeps the last T - n_prompt + 1 rows, so the prompt's rows of the 49k- or 262k-wide logits
+    are neither computed nor back-propagated through (the same loss as slicing the full logits; a model that ignores
+    the argument returns every row and the slice below still picks the right ones)."""
+    keep = ids.shape[1] - n_prompt + 1
+    logits = lm.model(ids, logits_to_keep=keep) if hasattr(lm.model, "original_model") else lm.model(ids)
+    return F.cross_entropy(logits[0, -keep:-1].float(), ids[0, n_prompt:])
 
 
 def factor_sites(lm: LoadedModel, projections: Sequence[str]) -> list[tuple[str, str]]:
@@ -201,9 +207,14 @@ def _sample_spectra(mats: list[torch.Tensor], factors: list | None, n_proj: int,
     out = {m: torch.zeros(n_proj, n_layers, dtype=torch.float64, device=device) for m in METRICS}
     out["top"] = torch.zeros(n_proj, n_layers, n_top, dtype=torch.float64, device=device)
     if factors is not None:
+        shared: dict[tuple, torch.Tensor] = {}  # R of the inputs, by identity: W_Q, W_K and W_V read the same x
         for p in range(n_proj):
             pick = [factors[layer * n_proj + p] for layer in range(n_layers)]
-            spec = gradient_spectrum(torch.stack([d for d, _ in pick]), torch.stack([x for _, x in pick]))
+            xs = torch.stack([x for _, x in pick])
+            key = tuple((x.data_ptr(), x.shape, x.stride()) for _, x in pick)
+            if key not in shared:
+                shared[key] = factor_r(xs)
+            spec = gradient_spectrum(torch.stack([d for d, _ in pick]), xs, r_x=shared[key])
             out["nuclear"][p], out["erank"][p], out["frobenius"][p] = spec.nuclear, spec.erank, spec.frobenius
             k = min(n_top, spec.singular_values.shape[-1])
             out["top"][p, :, :k] = spec.singular_values[:, :k]

@@ -52,18 +52,28 @@ def outer_sum_singular_values(delta: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 
 def _core_svdvals(delta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r_delta = torch.linalg.qr(delta.to(torch.float64).transpose(-1, -2), mode="r").R  # [..., min(m, T), T]
-    r_x = torch.linalg.qr(x.to(torch.float64).transpose(-1, -2), mode="r").R  # [..., min(n, T), T]
+    return _svdvals_of_core(factor_r(delta), factor_r(x))
+
+
+def factor_r(factor: torch.Tensor) -> torch.Tensor:
+    """``[..., min(d, T), T]``: R of the reduced QR of ``factor``ᵀ (``factor`` ``[..., T, d]``, per-token rows), in
+    float64 — one side of :func:`gradient_spectrum`'s core. Linear maps that read the same input (q/k/v projections)
+    share it: compute it once and pass it as ``r_x``."""
+    return torch.linalg.qr(factor.to(torch.float64).transpose(-1, -2), mode="r").R
+
+
+def _svdvals_of_core(r_delta: torch.Tensor, r_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     core = r_delta @ r_x.transpose(-1, -2)
     return torch.linalg.svdvals(core), core
 
 
-def gradient_spectrum(delta: torch.Tensor, x: torch.Tensor) -> GradientSpectrum:
+def gradient_spectrum(delta: torch.Tensor, x: torch.Tensor, *, r_x: torch.Tensor | None = None) -> GradientSpectrum:
     """Nuclear norm, Frobenius norm, effective rank and singular values of G = deltaᵀ x (one sample's weight gradient
     of a bias-free Linear: ``delta`` ``[..., T, m]`` the gradients of its outputs, ``x`` ``[..., T, n]`` its inputs,
     per token), from the T × T core.
-    Batched over leading dimensions (e.g. every layer of one projection at once)."""
+    Batched over leading dimensions (e.g. every layer of one projection at once). ``r_x``: ``factor_r(x)`` when the
+    caller already has it (maps sharing their input), else computed here."""
     _check("gradient_spectrum", delta, x)
-    s, core = _core_svdvals(delta, x)
+    s, core = _svdvals_of_core(factor_r(delta), factor_r(x) if r_x is None else r_x)
     return GradientSpectrum(singular_values=s, nuclear=s.sum(dim=-1),
                             frobenius=torch.linalg.matrix_norm(core), erank=effective_rank(s))

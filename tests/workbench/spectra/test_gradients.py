@@ -63,3 +63,16 @@ def test_closed_forms():
 def test_bad_input_names_the_parameter(delta, x, param):
     with pytest.raises(ShapeError, match=param):
         gradient_spectrum(delta, x)
+
+
+def test_a_shared_input_factor_gives_the_same_spectrum():
+    """Maps reading the same input (W_Q, W_K, W_V) pass R of that input once: the same numbers as computing it."""
+    from workbench.spectra.gradients import factor_r
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 9, 16, generator=g, dtype=torch.float64)
+    for m in (16, 8):
+        delta = torch.randn(4, 9, m, generator=g, dtype=torch.float64)
+        a, b = gradient_spectrum(delta, x), gradient_spectrum(delta, x, r_x=factor_r(x))
+        for field in ("singular_values", "nuclear", "frobenius", "erank"):
+            assert torch.equal(getattr(a, field), getattr(b, field))
