@@ -7,6 +7,10 @@ p_k = σ_k(Z)/‖σ(Z)‖₁ + ε, ε = 1e-7, on the singular values of the ``[N
 last-token residual (what a next-token head reads) or its mean-pooled residual (a sentence embedding); both are
 reported. RankMe ≤ min(N, d): sets of different sizes are not comparable, so by default every set is subsampled
 (seeded) to the size of the smallest (``equal_size``).
+
+Embeddings of prompts that are among the run's texts (the report's prompts; the bundled categories are subsets of
+the bundled default prompts) come from the run's shared capture, which keeps per-prompt vectors at this analysis'
+sites (``Analysis.per_prompt_sites``), instead of a second forward over them; other prompts are captured here.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from plotly.subplots import make_subplots
 
 from workbench.analysis import Analysis, Inputs
 from workbench.capture import capture
+from workbench.capture import tokens as tok
 from workbench.capture.hooks import REPRESENTATION_KINDS, site
 from workbench.deprecation import moved
 from workbench.errors import ConfigError, config_error
@@ -211,15 +216,20 @@ def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
     cols: dict[str, list] = {k: [] for k in ("source", "pooling", "layer", "matrix", "n_rows", "dim")}
     mats: list[torch.Tensor] = []
     if sets:
-        sites = [site(config.site_kind, layer) for layer in range(inputs.facts.n_layers)]
+        sites = _sites(config, inputs.facts)
         max_length = min(config.max_length, inputs.facts.n_ctx)
+        shared = _shared_index(inputs, sites, max_length)
         for name, texts in sets.items():
-            cap = capture(lm, texts, sites=sites, keep="per_prompt", batch_size=config.batch_size,
-                          max_length=max_length, progress=inputs.progress)
+            if shared is not None and all(t in shared for t in texts):  # the run's capture already holds them
+                idx = torch.tensor([shared[t] for t in texts])
+                rows = {hook: (inputs.capture[hook].last[idx], inputs.capture[hook].mean_pooled[idx]) for hook in sites}
+            else:
+                cap = capture(lm, texts, sites=sites, keep="per_prompt", batch_size=config.batch_size,
+                              max_length=max_length, progress=inputs.progress)
+                rows = {hook: (cap[hook].last, cap[hook].mean_pooled) for hook in sites}
             for pooling in config.poolings:
                 for layer, hook in enumerate(sites):
-                    z = cap[hook].last if pooling == "last" else cap[hook].mean_pooled
-                    _add(cols, mats, name, pooling, layer, hook, z)
+                    _add(cols, mats, name, pooling, layer, hook, rows[hook][0 if pooling == "last" else 1])
     for name, named in files.items():
         for key, z in named.items():
             _add(cols, mats, name, "file", None, key, z)
@@ -230,6 +240,29 @@ def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
         rankme=[float(rankme(s, eps=config.eps)) for s in svals],
         erank=[float(effective_rank(s)) for s in svals],
         bound=[min(r, d) for r, d in zip(cols["n_rows"], cols["dim"], strict=True)])
+
+
+def _sites(config: RankMeConfig, facts) -> list[str]:
+    return [site(config.site_kind, layer) for layer in range(facts.n_layers)] if config.prompt_sets else []
+
+
+def _shared_index(inputs: Inputs, sites: list[str], max_length: int) -> dict[str, int] | None:
+    """Where each of the run's texts sits in the run's shared capture, for the texts whose per-prompt vectors there
+    are what this analysis' own capture would give (kept at every site, every text captured whole, at most
+    ``max_length`` tokens, the same BOS handling); None when the shared capture cannot serve any. The vectors then
+    differ from an own capture's only by float round-off (other batch neighbours, other padding)."""
+    cap, lm = inputs.capture, inputs.model
+    if cap is None or not inputs.texts or cap.positions != "all" or not cap.exclude_bos or \
+            any(s not in cap.stats or cap[s].last is None for s in sites):
+        return None
+    whole = tok.tokenize(lm, list(inputs.texts), max_length=None, max_tokens=None)
+    if len(whole.ids) != cap.n_texts or whole.n_tokens != cap.n_tokens or whole.has_bos != cap.has_bos:
+        return None  # cut by max_tokens: the capture's rows are not the texts' own
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    # without a BOS on every text, one that starts with the BOS token would make a set of such texts skip its first
+    # token in the mean (capture's has_bos is decided per run): those texts are captured on their own
+    fits = [len(row) <= max_length and (whole.has_bos or bos is None or int(row[0]) != bos) for row in whole.ids]
+    return {text: i for i, text in reversed(list(enumerate(inputs.texts))) if fits[i]}
 
 
 def _add(cols: dict[str, list], mats: list[torch.Tensor], source: str, pooling: str, layer: int | None, matrix: str,
@@ -248,5 +281,5 @@ def _add(cols: dict[str, list], mats: list[torch.Tensor], source: str, pooling: 
 ANALYSIS = Analysis(
     name="rankme",
     description="RankMe of per-prompt embeddings (last token, mean-pooled) per layer for several prompt sets",
-    config=RankMeConfig, result=RankMeResult, compute=compute, needs_model=True,
+    config=RankMeConfig, result=RankMeResult, compute=compute, needs_model=True, per_prompt_sites=_sites,
 )

@@ -31,6 +31,9 @@ class Analysis:
     result: type[Result]
     compute: Callable[[Inputs, Config], Result]
     sites: Callable[[Config, Any], list[str]] | None = None  # (config, ModelFacts) -> hook sites to capture
+    # (config, ModelFacts) -> hook sites whose per-prompt vectors (last token, mean-pooled) the analysis can read from
+    # the run's shared capture of its texts (kept there for these sites only) instead of capturing them itself
+    per_prompt_sites: Callable[[Config, Any], list[str]] | None = None
     needs_weights: bool = False
     needs_model: bool = False  # generates, differentiates or captures its own data (Inputs.model is then set)
     in_default_report: bool = True  # False for the causal tools (minutes each): run them by name

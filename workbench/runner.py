@@ -46,7 +46,8 @@ def run_analyses(
     progress: bool = False,
     timings: dict[str, float] | None = None,
 ) -> dict[str, Result]:
-    """Run several analyses on one model, sharing one capture over the union of the sites they need.
+    """Run several analyses on one model, sharing one capture over the union of the sites they need (and keeping
+    per-prompt vectors at the sites an analysis reads them from, ``Analysis.per_prompt_sites``, when texts are given).
 
     ``timings``: a dict to fill with wall-clock seconds per step — ``"capture"`` (the shared capture; absent when no
     analysis needs one), ``"weights"`` (gathering them, when asked) and each analysis by name (its ``compute``,
@@ -56,6 +57,10 @@ def run_analyses(
     configs = resolve_configs(analyses)
     facts = lm.facts
     sites = [s for name, c in configs.items() if (f := registry.get(name).sites) for s in f(c, facts)]
+    per_prompt = [s for name, c in configs.items() if (f := registry.get(name).per_prompt_sites) for s in f(c, facts)]
+    if per_prompt and not texts:
+        per_prompt = []  # nothing to share: the analysis captures on its own
+    sites += per_prompt
     captured = None
     if sites:
         if not texts:
@@ -63,7 +68,8 @@ def run_analyses(
                                texts)
         started = time.perf_counter()
         captured = capture(lm, texts, sites=list(dict.fromkeys(sites)), batch_size=batch_size,
-                           max_tokens=max_tokens, progress=progress)
+                           max_tokens=max_tokens, progress=progress,
+                           per_prompt_sites=list(dict.fromkeys(per_prompt)) or None)
         timings["capture"] = time.perf_counter() - started
     weights = None
     if any(registry.get(n).needs_weights for n in configs):

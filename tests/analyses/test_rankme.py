@@ -80,3 +80,44 @@ def test_bundled_model_mixed_topics_have_higher_rankme_than_single_topics(real_m
     mixed = sum(result.rankme[i] for i in result.rows("report prompts", "mean"))
     for topic in ("prose", "code", "maths", "dialogue"):
         assert mixed > sum(result.rankme[i] for i in result.rows(topic, "mean")), topic
+
+
+def test_prompts_of_the_run_come_from_its_shared_capture(tiny_model, tmp_path, monkeypatch):
+    """Sets whose prompts are among the run's texts read the per-prompt vectors the runner's capture kept at this
+    analysis' sites (no second forward over them); the numbers equal the analysis' own capture to round-off."""
+    import workbench.runner as runner_module
+    import workbench_analyses.rankme as rankme_module
+
+    (tmp_path / "some.txt").write_text("\n".join(TEXTS[:3]) + "\n")
+    (tmp_path / "other.txt").write_text("not among the run's texts\nnor this one\nor this\n")
+    config = RankMeConfig(prompt_sets={"report": "report", "some": str(tmp_path / "some.txt"),
+                                       "other": str(tmp_path / "other.txt")}, equal_size=False, batch_size=2)
+    own, shared = [], []
+    real_capture, real_runner_capture = rankme_module.capture, runner_module.capture
+    monkeypatch.setattr(rankme_module, "capture", lambda lm, texts, **k: own.append(list(texts)) or real_capture(
+        lm, texts, **k))
+    monkeypatch.setattr(runner_module, "capture", lambda lm, texts, **k: shared.append(k) or real_runner_capture(
+        lm, texts, **k))
+    result = run_analysis(tiny_model, "rankme", config, texts=TEXTS)
+    assert own == [["not among the run's texts", "nor this one", "or this"]]  # only the set the run does not hold
+    assert shared[0]["per_prompt_sites"] == [f"blocks.{i}.hook_resid_post" for i in range(tiny_model.n_layers)]
+    own.clear()
+    monkeypatch.setattr(rankme_module, "_shared_index", lambda *a: None)  # every set captured by the analysis
+    alone = run_analysis(tiny_model, "rankme", config, texts=TEXTS)
+    assert len(own) == 3
+    assert result.source == alone.source and result.pooling == alone.pooling
+    assert result.rankme == pytest.approx(alone.rankme, rel=1e-5)
+    assert result.erank == pytest.approx(alone.erank, rel=1e-5)
+
+
+def test_a_capture_cut_by_max_tokens_is_not_shared(tiny_model, monkeypatch):
+    import workbench_analyses.rankme as rankme_module
+
+    own = []
+    real_capture = rankme_module.capture
+    monkeypatch.setattr(rankme_module, "capture", lambda lm, texts, **k: own.append(list(texts)) or real_capture(
+        lm, texts, **k))
+    from workbench.runner import run_analyses
+
+    run_analyses(tiny_model, {"rankme": RankMeConfig(prompt_sets={"report": "report"})}, texts=TEXTS, max_tokens=30)
+    assert own == [TEXTS]  # the run's capture holds cut texts: the analysis captures them whole itself

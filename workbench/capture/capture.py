@@ -140,6 +140,7 @@ def capture(
     gram_dtype: str = "auto",
     device: str | torch.device | None = None,
     progress: bool = False,
+    per_prompt_sites: str | Sequence[str] | None = None,
 ) -> CaptureResult:
     """Stream ``texts`` through ``lm`` (a LoadedModel, or a module or name :func:`~workbench.load_model` accepts)
     and accumulate, per hook site, the token count, mean and centred Gram.
@@ -152,6 +153,8 @@ def capture(
     ``"per_prompt"`` (last-token and mean-pooled vectors per text) and ``"full"`` (every row; refused with
     :class:`BudgetError` before any work if it would exceed ``memory_budget`` bytes). Statistics live on ``device``
     (default: where the activations are). Hooks are removed on exit, also when a hook or the forward raises.
+    ``per_prompt_sites``: names or globs among ``sites`` whose per-prompt vectors are kept even when ``keep`` does not
+    ask for them at every site (one run serving an analysis that reads them at a few sites).
 
     ``gram_dtype``: the dtype of each batch's co-moment product; sums across batches are float64 either way.
     ``"float32"`` costs about a third of ``"float64"`` on CPU and perturbs the co-moment's eigenvalues by at most
@@ -170,12 +173,17 @@ def capture(
     chosen_keep = _check_keep(keep)
     points = lm.hook_points()
     names = resolve_sites(points, sites)
+    per_prompt = set(resolve_sites(points, per_prompt_sites)) if per_prompt_sites is not None else set()
+    if not per_prompt <= set(names):
+        raise config_error("capture", "per_prompt_sites", "sites among 'sites'", sorted(per_prompt - set(names)))
     tokenized = tok.tokenize(lm, texts, max_length=max_length, max_tokens=max_tokens)
     tok.check_positions(positions, tokenized)
     shapes = _probe(lm, points, names, tokenized.ids[0])
     batches = list(tok.batches(tokenized, batch_size, tok.pad_id(lm), positions, exclude_bos))
     state = _allocate(names, shapes, batches, tokenized, chosen_keep, reservoir_size, memory_budget, seed,
                       torch.device(device) if device is not None else lm.device, gram_dtype)
+    _keep_per_prompt(state, per_prompt, shapes, len(tokenized.ids),
+                     torch.device(device) if device is not None else lm.device)
     _run(lm, points, state, batches, tokenized.n_tokens, progress)
     return CaptureResult(
         stats={name: site.result() for name, site in state.items()}, model=lm.name, n_texts=len(tokenized.ids),
@@ -242,3 +250,13 @@ def _run(lm: LoadedModel, points: dict, state: dict[str, _Site], batches: list[t
                 bar.update(int(batch.lengths.sum()))
     finally:
         bar.close()
+
+
+def _keep_per_prompt(state: dict[str, _Site], names: set[str], shapes: dict[str, tuple[int, ...]], n_texts: int,
+                     device: torch.device) -> None:
+    """Per-prompt vectors (last token, mean-pooled) at ``names``, whatever ``keep`` says for the other sites."""
+    for name in names:
+        if state[name].last is None:
+            d = int(torch.tensor(shapes[name][2:]).prod())
+            state[name].last = RowStore(n_texts, d, device, torch.float32)
+            state[name].pooled = RowStore(n_texts, d, device, torch.float32)
