@@ -22,6 +22,7 @@ st.markdown("""
 | Token maps | which prompt tokens explain each generated token (TAM) |
 | Analyses | any registered analysis with its config as JSON |
 | Reports | open past JSON reports and compare two |
+| Sweeps | a sweep folder's cells compared: each metric per layer and against checkpoint step, and their status |
 """)
 st.subheader("Registered analyses")
 st.dataframe([{"analysis": n, "description": registry.get(n).description,
