@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["id", "label", "step", "analysis", "prompts", "config", "status", "seconds", "error"]
 _BLOCK = re.compile(r"blocks\.\d+\.")
 _HEAD = re.compile(r"\.h\d+$")
+# Site kinds in the order a reader walks a block (TransformerLens names); other kinds follow by name.
+KIND_ORDER = ("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_mlp_out", "W_Q", "W_K",
+              "W_V", "W_O", "W_in", "W_gate", "W_out", "W_E", "W_pos", "W_U")
 _EARLIEST_SHADE = 0.65  # the earliest checkpoint of a family is its colour mixed this far towards white
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
 h1{margin-bottom:.2em}.wb-table{border-collapse:collapse;font-size:12px;margin:1em 0}
@@ -249,19 +252,22 @@ def _colours(lines) -> tuple[list[str], list[str]]:
 
 
 def _kinds(df) -> list[str]:
-    """The site kinds in a stable order: kinds with layers before those without (embeddings), the residual stream
-    first (the usual first look), then by name; so a layer figure and its step figure open on the same kind."""
+    """The site kinds in a stable order: kinds with layers before those without (embeddings), then in the block's
+    order (``KIND_ORDER``; the residual stream first, the usual first look), then by name; so a layer figure and its
+    step figure open on the same kind."""
     layered = set(df.loc[df["layer"].notna(), "kind"])
-    return sorted(set(df["kind"]), key=lambda k: (k not in layered, "resid" not in k, k.lower()))
+    rank = {k: i for i, k in enumerate(KIND_ORDER)}
+    return sorted(set(df["kind"]), key=lambda k: (k not in layered, rank.get(k.removesuffix(" per head"),
+                                                                               len(rank)), k.lower()))
 
 
-def _kind_menu(fig, owners: list[str], kinds: list[str], titles: dict[str, str]) -> None:
-    """A dropdown that shows one site kind's traces at a time (nothing when there is one kind)."""
-    fig.update_layout(title={"text": titles[kinds[0]]} if kinds else None)
+def _kind_menu(fig, owners: list[str], kinds: list[str], title: str) -> None:
+    """The title, and a dropdown that shows one site kind's traces at a time (with one kind: its name in the
+    title instead)."""
+    fig.update_layout(title={"text": title + (f" — {kinds[0]}" if len(kinds) == 1 else "")})
     if len(kinds) < 2:
         return
-    buttons = [{"label": k, "method": "update",
-                "args": [{"visible": [o == k for o in owners]}, {"title.text": titles[k]}]} for k in kinds]
+    buttons = [{"label": k, "method": "restyle", "args": [{"visible": [o == k for o in owners]}]} for k in kinds]
     fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down", "showactive": True, "x": 1.0,
                                     "xanchor": "right", "y": 1.02, "yanchor": "bottom"}])
 
@@ -298,7 +304,7 @@ def layer_figure(metrics_df, analysis: str, metric: str, *, cells_df=None):
                 legendgroup=line, visible=kind == kinds[0], line={"color": rows["colour"].iloc[0]},
                 hovertemplate=_hover(line, step, kind, "layer %{x}", f"{metric} %{{y:.4g}}")))
             owners.append(kind)
-    _kind_menu(fig, owners, kinds, {k: f"{analysis}: {metric} per layer — {k}" for k in kinds})
+    _kind_menu(fig, owners, kinds, f"{metric} per layer")
     if kinds:  # whole layers only: a tick at 0.5 reads as a layer that does not exist
         fig.update_xaxes(tick0=0, dtick=max(1, math.ceil((max(df["layer"]) + 1) / 16)))
     if not kinds:
@@ -330,7 +336,7 @@ def step_figure(cells_df, metrics_df, analysis: str, metric: str):
                 visible=kind == kinds[0], line={"color": rows["group_colour"].iloc[0]},
                 hovertemplate=_hover(group, None, kind, "step %{x}", f"mean {metric} %{{y:.4g}}")))
             owners.append(kind)
-    _kind_menu(fig, owners, kinds, {k: f"{analysis}: mean {metric} vs step — {k}" for k in kinds})
+    _kind_menu(fig, owners, kinds, f"mean {metric} vs step")
     fig.update_layout(showlegend=True, legend_title_text="checkpoints of")
     return fig
 
@@ -409,7 +415,7 @@ def _analysis_html(analysis: str, cells_df, metrics_df) -> str:
     parts = [f"<p class='summary'>{_plural(len(mine), 'cell')} ({done} done). Each metric per layer, one line per "
              "model/checkpoint; pick the site kind in a figure's menu."
              + (" Beside it, the metric's mean over layers against checkpoint step." if has_steps else "") + "</p>"]
-    for metric in pd.unique(rows["metric"]):
+    for metric in sorted(pd.unique(rows["metric"]), key=str.lower):
         figs = [layer_figure(rows, analysis, metric, cells_df=cells_df)] if rows.loc[
             rows["metric"] == metric, "layer"].notna().any() else []
         step = step_figure(cells_df, rows, analysis, metric) if has_steps else None
