@@ -52,13 +52,14 @@ if cells.empty:
 
 analyses = list(dict.fromkeys(cells["analysis"]))
 keep_valid("analysis", analyses)
-analysis = st.selectbox("Analysis", analyses, key="analysis")
+pick_analysis, pick_metric = st.columns(2)
+analysis = pick_analysis.selectbox("Analysis", analyses, key="analysis")
 names = sorted(set(metrics.loc[metrics["analysis"] == analysis, "metric"]), key=str.lower)
 if not names:
     st.warning(f"No metrics for {analysis}: none of its cells has finished (see the cells below).")
 else:
     keep_valid("metric", names)
-    metric = st.selectbox("Metric", names, key="metric")
+    metric = pick_metric.selectbox("Metric", names, key="metric")
     with guard("Could not draw the figures"):
         by_layer = layer_figure(metrics, analysis, metric, cells_df=cells)
         by_step = step_figure(cells, metrics, analysis, metric)
