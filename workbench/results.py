@@ -11,6 +11,8 @@ import dataclasses
 import html
 import json
 import math
+import numbers
+import re
 from typing import Any, ClassVar
 
 from workbench.errors import ConfigError, config_error
@@ -110,10 +112,47 @@ class Result(Serialisable):
         """A sentence or two in plain words: what the numbers say, including when they say little."""
         return ""
 
+    def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
+        """Long-format numbers ``(metric, layer, site, value)`` for a results database (``workbench sweep``).
+
+        Derived from :meth:`table` by default: the ``site`` or ``matrix`` column names the site (with ``.h<head>``
+        appended when a ``head`` column holds a head rather than ``"-"``); the ``layer`` column gives the layer, else
+        ``blocks.<n>.`` in the site, else None; every other column whose value is an int or float (not a bool; NaN
+        and infinities included) is a metric named by its header. Override it when the table is not one row per
+        site (several rows sharing a site would repeat the same key)."""
+        header, rows = self.table()
+        if not header:
+            return []
+        names = {name: i for i, name in enumerate(header)}
+        key_cols = {i for name in ("site", "matrix", "head", "layer") if (i := names.get(name)) is not None}
+        out = []
+        for row in rows:
+            site, layer = _site_and_layer(names, row)
+            out += [(header[i], layer, site, float(v)) for i, v in enumerate(row)
+                    if i not in key_cols and isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        return out
+
     def _repr_html_(self) -> str:
         # plotly.js is inlined with the first figure (never from a CDN: notebooks here are offline)
         figs = "".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(self.figures()))
         return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>{figs}{table_html(*self.table())}"
+
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+
+def _site_and_layer(names: dict[str, int], row: list[Any]) -> tuple[str | None, int | None]:
+    """The site (``site`` or ``matrix`` column, ``.h<head>`` added) and layer of one table row (see ``metrics``)."""
+    column = names.get("site", names.get("matrix"))
+    site = None if column is None else str(row[column])
+    head = row[names["head"]] if "head" in names else "-"
+    if site is not None and head not in ("-", None, -1):
+        site = f"{site}.h{head}"
+    layer = row[names["layer"]] if "layer" in names else None
+    if not isinstance(layer, int) or isinstance(layer, bool):
+        match = _BLOCK.search(site or "")
+        layer = int(match.group(1)) if match else None
+    return site, layer
 
 
 def fmt(value: Any) -> str:

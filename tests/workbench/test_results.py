@@ -94,3 +94,39 @@ def test_result_defaults():
     assert r.table() == ([], []) and r.summary() == "" and r.title == "Result"
     with pytest.raises(NotImplementedError):
         r.figures()
+
+
+@dataclass(frozen=True)
+class Tabled(Result):
+    """A result whose table is given (to test the default ``metrics``)."""
+
+    kind: ClassVar[str] = "test_tabled"
+    header: list[str]
+    rows: list[list]
+
+    def table(self):
+        return self.header, self.rows
+
+
+def test_metrics_from_a_site_table():
+    rows = [["blocks.3.hook_resid_post", 12, 4.5, float("nan"), True, "n/a"], ["ln_final.hook_normalized", 1, 2.0,
+                                                                               float("inf"), False, "x"]]
+    got = Tabled(["site", "tokens", "erank", "alpha", "flag", "note"], rows).metrics()
+    assert got[:2] == [("tokens", 3, "blocks.3.hook_resid_post", 12.0), ("erank", 3, "blocks.3.hook_resid_post", 4.5)]
+    assert got[2][:3] == ("alpha", 3, "blocks.3.hook_resid_post") and math.isnan(got[2][3])
+    assert got[3:] == [("tokens", None, "ln_final.hook_normalized", 1.0), ("erank", None, "ln_final.hook_normalized",
+                                                                           2.0),
+                       ("alpha", None, "ln_final.hook_normalized", math.inf)]  # bools and strings are not metrics
+    assert all(isinstance(v, float) for *_, v in got)
+
+
+def test_metrics_from_a_matrix_table_with_layer_and_head_columns():
+    header = ["matrix", "layer", "head", "shape", "erank", "α"]
+    rows = [["W_Q", 0, "-", "32×32", 7.5, 3.0], ["W_Q", 1, 2, "8×32", 3.25, "-"], ["W_E", "-", "-", "300×32", 20.0, "-"]]
+    assert Tabled(header, rows).metrics() == [("erank", 0, "W_Q", 7.5), ("α", 0, "W_Q", 3.0),
+                                              ("erank", 1, "W_Q.h2", 3.25), ("erank", None, "W_E", 20.0)]
+
+
+def test_metrics_without_a_table_or_a_site_column():
+    assert Result().metrics() == []
+    assert Tabled(["dataset", "loss"], [["a", 1.5], ["b", "-"]]).metrics() == [("loss", None, None, 1.5)]
