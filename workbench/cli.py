@@ -1,4 +1,5 @@
-"""The batch CLI: ``workbench report`` — config → load → capture → analyses → report (HTML + JSON)."""
+"""The batch CLI: ``workbench report`` — config → load → capture → analyses → report (HTML + JSON) — and
+``workbench sweep`` (many models × analyses × prompt sets × configs on Ray, see :mod:`workbench.sweeps`)."""
 
 from __future__ import annotations
 
@@ -166,6 +167,57 @@ def dashboard(
     command = dashboard_command(model, host, port)
     _say(f"dashboard on http://{host}:{port} (Ctrl-C stops it)")
     raise typer.Exit(subprocess.run(command, env=os.environ | {"WORKBENCH_APP_MODEL": model}).returncode)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path | None, typer.Argument(help="the sweep spec (.toml or .json): models, analyses, prompts, "
+                                                     "a config grid per analysis")] = None,
+    out: Annotated[Path | None, typer.Option(help="the sweep folder (cells/, results.duckdb, sweep.log, "
+                                                    "report.html); re-running resumes it")] = None,
+    address: Annotated[str | None, typer.Option(help="join a Ray cluster: 'auto' or 'ray://host:port' (default: a "
+                                                       "local Ray on this machine's CPUs)")] = None,
+    max_parallel: Annotated[int | None, typer.Option(help="number of workers (default: the cluster's CPUs, or GPUs "
+                                                          "with a cuda device)")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ... (cuda asks for one GPU per worker)")] = "cpu",
+    reindex: Annotated[Path | None, typer.Option("--reindex", help="rebuild DIR/results.duckdb from DIR/cells/ "
+                                                                    "and exit")] = None,
+) -> None:
+    """Run a sweep of analyses over models, checkpoints, prompt sets and configs on Ray (resumable)."""
+    from workbench.errors import WorkbenchError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if reindex is not None:
+            _reindex(reindex, spec, out)
+            return
+        if spec is None or out is None:
+            raise WorkbenchError("workbench sweep needs SPEC and --out DIR (or --reindex DIR alone)")
+        from workbench.sweeps import load_spec, run_sweep
+
+        parsed = load_spec(spec)
+        _say(f"{len(parsed.cells)} cells ({len(parsed.models())} models x {', '.join(parsed.analyses)}) -> {out}")
+        summary = run_sweep(parsed, out, address=address, max_parallel=max_parallel, device=device)
+    except WorkbenchError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(code=2) from None
+    report = f"report {summary.report}; " if summary.report else "no report (see the log); "
+    _say(f"{report}database {out / 'results.duckdb'}; log {out / 'sweep.log'}")
+    typer.echo(summary.line())
+    if summary.failed:
+        raise typer.Exit(code=1)
+
+
+def _reindex(folder: Path, spec: Path | None, out: Path | None) -> None:
+    from workbench.errors import WorkbenchError
+    from workbench.sweeps import reindex
+
+    if spec is not None or out is not None:
+        raise WorkbenchError("--reindex DIR takes no SPEC and no --out")
+    if not (folder / "cells").is_dir():
+        raise WorkbenchError(f"--reindex {folder}: not a sweep folder (no {folder / 'cells'} folder)")
+    count = reindex(folder)
+    _say(f"reindexed {count} cells into {folder / 'results.duckdb'}")
 
 
 def main() -> None:
