@@ -246,7 +246,10 @@ def _grid_points(name: str, table: Any) -> list[dict]:
         try:
             config.from_dict(point)
         except (ConfigError, TypeError, ValueError) as exc:
-            raise SpecError(f"{key!r} = {point}: {exc}") from None
+            flat = [f for f, v in table.items() if isinstance(v, list) and not any(isinstance(x, list) for x in v)]
+            hint = (f" (a list in a grid gives the alternatives: write a list-valued field as a list of lists, "
+                    f"e.g. {flat[0]} = [{table[flat[0]]!r}])" if flat else "")
+            raise SpecError(f"{key!r} = {point}: {exc}{hint}") from None
     return points
 
 

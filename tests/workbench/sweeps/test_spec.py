@@ -122,6 +122,11 @@ def test_refusals_name_the_key(base, overrides, message):
     assert isinstance(info.value, ConfigError)
 
 
+def test_a_list_valued_field_written_flat_gets_a_hint(base):
+    with pytest.raises(SpecError, match=r"write a list-valued field as a list of lists, e.g. sites = \[\['blocks"):
+        parse_spec(spec(grid={"activation_spectra": {"sites": ["blocks.*.hook_resid_post"]}}), base)
+
+
 def test_unknown_config_field_lists_the_allowed_ones(base):
     with pytest.raises(SpecError, match=r"grid.weight_spectra.*min_dim.*only the keys.*per_head"):
         parse_spec(spec(grid={"weight_spectra": {"min_dim": 8}}), base)
