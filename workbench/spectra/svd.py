@@ -27,7 +27,8 @@ Chan, Golub & LeVeque 1979 pairwise update) and pass it as ``gram`` with ``cente
 rather than the raw ``Σ xxᵀ`` with ``center=True``.
 
 Eigenvalue driver. Both Gram routes need only eigenvalues. On CPU they default to LAPACK's ``syevd`` through
-numpy's OpenBLAS (``numpy.linalg.eigvalsh``: the whole stack in one call, each matrix reduced to tridiagonal form
+numpy's OpenBLAS (``numpy.linalg.eigvalsh``: the whole stack in one call below d = 128, one call per matrix from
+there on, where the stacked call was measured 1.3x slower; each matrix reduced to tridiagonal form
 with the optimal workspace, then the root-free QR of ``dsterf``, the same work as ``syevr`` for eigenvalues only),
 because torch's CPU ``eigvalsh`` (MKL ``syevd``) takes 1.7x the CPU time for 576 × 576 on this project's AMD
 machines, and per-matrix calls (scipy) pay a workspace query, a finiteness scan and a copy each, which is 3x the
@@ -90,6 +91,9 @@ def _centre_rows(x: torch.Tensor) -> torch.Tensor:
 # eigenvalues of symmetric matrices (the Gram routes)
 
 EIG_DRIVERS = ("auto", "lapack", "torch")
+# numpy's stacked eigvalsh beats per-matrix calls for small matrices (call overhead: 0.3x at 300 x 16 x 16) and loses
+# to them from d = 128 on (1.3x at 30 x 576 x 576; measured on this project's 2-core AMD machines, 2026-11-28)
+STACKED_BELOW = 128
 
 
 def _eigvalsh(g: torch.Tensor, driver: str) -> torch.Tensor:
@@ -102,7 +106,13 @@ def _eigvalsh(g: torch.Tensor, driver: str) -> torch.Tensor:
     host = g.device.type == "cpu" and g.dtype == torch.float64 and not g.requires_grad
     if driver == "torch" or (driver == "auto" and not host):
         return torch.linalg.eigvalsh(g)
-    values = np.linalg.eigvalsh(g.detach().to("cpu", torch.float64).numpy())  # stacked [..., d, d], lower triangle
+    host_g = g.detach().to("cpu", torch.float64).numpy()
+    if host_g.shape[-1] < STACKED_BELOW or host_g.ndim == 2:
+        values = np.linalg.eigvalsh(host_g)  # stacked [..., d, d], lower triangle
+    else:
+        flat = host_g.reshape(-1, *host_g.shape[-2:])
+        values = np.stack([np.linalg.eigvalsh(m) for m in flat]).reshape(host_g.shape[:-1]) if len(flat) else \
+            np.linalg.eigvalsh(host_g)
     return torch.from_numpy(values).to(g.device, g.dtype)
 
 

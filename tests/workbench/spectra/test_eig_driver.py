@@ -120,7 +120,21 @@ def test_lapack_driver_keeps_dtype_of_float32_input():
 
 def test_empty_batch():
     for driver in DRIVERS:
-        assert singular_values_from_gram(torch.zeros(0, 5, 5, dtype=torch.float64), eig_driver=driver).shape == (0, 5)
+        for d in (5, svd_module.STACKED_BELOW):  # both LAPACK paths: stacked call, and one call per matrix
+            assert singular_values_from_gram(torch.zeros(0, d, d, dtype=torch.float64),
+                                             eig_driver=driver).shape == (0, d)
+
+
+@pytest.mark.parametrize("d", [svd_module.STACKED_BELOW - 1, svd_module.STACKED_BELOW])
+def test_lapack_stacked_below_threshold_and_per_matrix_from_it(monkeypatch, d):
+    grams = np.stack([[(x := _rows(20 + 2 * i + j, 2 * d, d)).T @ x for j in range(2)] for i in range(2)])  # [2, 2, d, d]
+    calls = []
+    eigvalsh = np.linalg.eigvalsh
+    monkeypatch.setattr(np.linalg, "eigvalsh", lambda a: calls.append(a.shape) or eigvalsh(a))
+    lam = svd_module._eigvalsh(torch.from_numpy(grams), "lapack")
+    assert calls == ([(2, 2, d, d)] if d < svd_module.STACKED_BELOW else [(d, d)] * 4)
+    assert lam.shape == (2, 2, d)
+    np.testing.assert_array_equal(lam.numpy()[1, 0], eigvalsh(grams[1, 0]))  # each matrix's own values, in place
 
 
 def test_unknown_driver_is_refused():
