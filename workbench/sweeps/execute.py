@@ -332,11 +332,8 @@ class _Dispatcher:
 
 def _write_report(out: Path, say) -> str | None:
     """The comparative report ``out/report.html``; a failure is logged, not raised (the numbers are already safe)."""
-    try:
-        from workbench.sweeps.compare import write_sweep_report
-    except ImportError:  # TODO(lead): compare.py is written in parallel; drop this guard once it has landed
-        say("report: workbench.sweeps.compare is not available; no report.html written")
-        return None
+    from workbench.sweeps.compare import write_sweep_report  # plotly and pandas: imported only when reporting
+
     try:
         return str(write_sweep_report(out))
     except Exception as exc:  # noqa: BLE001 - the report is derived from the database and can be rewritten later
