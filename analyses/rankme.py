@@ -159,6 +159,16 @@ class RankMeResult(Result):
         return header, [[self.source[i], self.pooling[i], self.matrix[i], self.n_rows[i], self.dim[i], self.rankme[i],
                          self.erank[i], self.bound[i]] for i in range(len(self.source))]
 
+    def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
+        """One key per row: the table's rows share a matrix (``blocks.N.hook_resid_post``) across prompt sets and
+        poolings, so the site is ``<matrix>/<source>/<pooling>`` (``.../<file label>/file`` for embedding files);
+        the metrics are the table's numeric columns, the layer is the row's (None for files)."""
+        names = ("N", "dim", "RankMe", "effective rank", "ceiling min(N, d)")
+        return [(name, self.layer[i], f"{self.matrix[i]}/{self.source[i]}/{self.pooling[i]}", float(value))
+                for i in range(len(self.source))
+                for name, value in zip(names, (self.n_rows[i], self.dim[i], self.rankme[i], self.erank[i],
+                                               self.bound[i]), strict=True)]
+
     def summary(self) -> str:
         parts = []
         for pooling in POOLINGS:

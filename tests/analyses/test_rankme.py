@@ -63,6 +63,27 @@ def test_sets_are_subsampled_to_equal_size_and_side_by_side(tiny_model, tmp_path
     assert "differ in size" in unequal.summary()
 
 
+def test_metrics_have_one_key_per_row(tiny_model, tmp_path):
+    """The table's rows share a matrix across sets and poolings; a sweep's database needs (metric, layer, site)
+    unique, so the site carries the set and the pooling (and an embedding file's label)."""
+    np.save(tmp_path / "emb.npy", np.random.default_rng(0).normal(size=(20, 6)))
+    config = RankMeConfig(prompt_sets={"report": "report", "code": "bundled:code"},
+                          embedding_files={"enc": str(tmp_path / "emb.npy")}, max_length=32)
+    result = run_analysis(tiny_model, "rankme", config, texts=TEXTS)
+    metrics = result.metrics()
+    keys = [(metric, layer, site) for metric, layer, site, _ in metrics]
+    assert len(keys) == len(set(keys)) == 5 * len(result.source)
+    assert all(type(value) is float for *_, value in metrics)
+    by_key = {(m, la, si): v for m, la, si, v in metrics}
+    for i in range(len(result.source)):
+        site = f"{result.matrix[i]}/{result.source[i]}/{result.pooling[i]}"
+        assert by_key[("RankMe", result.layer[i], site)] == result.rankme[i]
+        assert by_key[("ceiling min(N, d)", result.layer[i], site)] == result.bound[i]
+    layers = {layer for _, layer, site, _ in metrics if site.endswith("/code/mean")}
+    assert layers == set(range(tiny_model.n_layers))
+    assert {layer for _, layer, site, _ in metrics if site.endswith("/enc/file")} == {None}
+
+
 def test_report_source_needs_texts_and_sets_need_two_prompts(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="'prompt_sets'"):
         run_analysis(tiny_model, "rankme", RankMeConfig(prompt_sets={"r": "report"}))

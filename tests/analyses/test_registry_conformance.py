@@ -65,6 +65,25 @@ def test_result_round_trips_and_renders(results, name):
     assert "<table" in result._repr_html_()
 
 
+# Tables whose rows differ by columns the default Result.metrics() does not read (a dataset and projection, a
+# method and λ, a patch): their metrics() repeat keys until each overrides it as rankme does. Known, not yet fixed.
+REPEATED_KEYS = {"gradient_spectra", "language_neurons", "steer2edit", "subspace_patching"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
+    strict=True, reason="metrics() repeats (metric, layer, site) keys: needs its own override")) if n in REPEATED_KEYS
+    else n for n in NAMES])
+def test_metrics_keys_are_unique_and_values_floats(results, name):
+    """A sweep stores metrics() as rows keyed by (cell, metric, layer, site): a repeated key would be two values for
+    one point of a figure."""
+    metrics = results[name].metrics()
+    keys = [(metric, layer, site) for metric, layer, site, _ in metrics]
+    assert len(keys) == len(set(keys)), sorted(k for k in set(keys) if keys.count(k) > 1)[:5]
+    assert all(isinstance(metric, str) and (layer is None or type(layer) is int)
+               and (site is None or isinstance(site, str)) and type(value) is float
+               for metric, layer, site, value in metrics)
+
+
 def test_result_from_dict_rejects_unknown_kind():
     with pytest.raises(ConfigError, match="kind"):
         registry.result_from_dict({"kind": "nope"})
