@@ -53,11 +53,16 @@ def test_spec_and_out_are_required(spec_file):
     assert result.exit_code == 2 and "needs SPEC and --out DIR" in result.output
 
 
-def test_reindex_rebuilds_the_database_from_the_cell_folders(tmp_path):
+@pytest.mark.parametrize("damage", ["deleted", "garbage"])
+def test_reindex_rebuilds_the_database_from_the_cell_folders(tmp_path, damage):
     recs = [record(0), record(1), record(2, status="failed")]
     for rec in recs:
         write_cell(tmp_path, rec)
-    (tmp_path / DB_NAME).write_bytes(b"not a database")
+    ResultsStore(tmp_path / DB_NAME).upsert_many(recs)
+    if damage == "deleted":
+        (tmp_path / DB_NAME).unlink()
+    else:
+        (tmp_path / DB_NAME).write_bytes(b"not a database")
     result = runner.invoke(app, ["sweep", "--reindex", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert f"reindexed 3 cells into {tmp_path / DB_NAME}" in result.output
