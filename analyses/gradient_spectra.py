@@ -204,6 +204,19 @@ class GradientSpectraResult(Result):
                              self.layer_mean(name, proj, "frobenius_mean")])
         return header, rows
 
+    def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
+        """Per layer rather than the table's layer means (a sweep draws each metric per layer and takes its own
+        means): site ``<projection>/<dataset>`` (``W_Q/reasoning``), the row's layer, the sample means and standard
+        deviations of the nuclear norm, effective rank and Frobenius norm, and the mean leading σ; plus, per dataset
+        (site ``<dataset>``, no layer), samples, loss (mean, sd) and mean prompt and response tokens."""
+        out = []
+        for i, layer in enumerate(self.layer):
+            site = f"{self.projection[i]}/{self.dataset[i]}"
+            out += [(name, layer, site, float(getattr(self, column)[i])) for column, name in _LAYER_METRICS.items()]
+            out += [("σ_max", layer, site, float(v)) for v in self.top_singular[i][:1]]
+        return out + [(name, None, dataset, float(getattr(self, column)[k])) for k, dataset in enumerate(self.datasets)
+                      for column, name in _DATASET_METRICS.items()]
+
     def summary(self) -> str:
         projs = self.projections()
         parts = [", ".join(f"{n}: {self.n_samples[k]} samples, loss {self.loss_mean[k]:.2f}, "
@@ -236,6 +249,13 @@ class GradientSpectraResult(Result):
                          f"{self.loss_mean[kb]:.2f} to {self.loss_mean[kc]:.2f} and scales the nuclear norm by "
                          f"{min(ratio):.2f}-{max(ratio):.2f}x over projections, {verdict}")
         return "; ".join(parts) + "."
+
+
+_LAYER_METRICS = {"nuclear_mean": "nuclear norm", "nuclear_std": "nuclear norm sd", "erank_mean": "effective rank",
+                  "erank_std": "effective rank sd", "frobenius_mean": "Frobenius norm",
+                  "frobenius_std": "Frobenius norm sd"}
+_DATASET_METRICS = {"n_samples": "samples", "loss_mean": "loss", "loss_std": "loss sd",
+                    "prompt_tokens": "prompt tokens", "response_tokens": "response tokens"}
 
 
 def _pairs_for(source: str) -> list[tuple[str, str]]:

@@ -46,7 +46,7 @@ from workbench.intervene.steer import AVERAGES, SPANS, contrast_vectors, steerin
 from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.prompts import default_prompts
-from workbench.results import PALETTE, Config, Result, table_figure
+from workbench.results import PALETTE, Config, Result, setting, table_figure
 from workbench.tasks.sentiment import sentiment_pairs, sentiment_prompts, sentiment_score, sentiment_token_ids
 from workbench.validation import Bool, Choice, Int, ListOf, Number, Optional
 
@@ -90,7 +90,8 @@ class Steer2EditConfig(Config):
     constraints = {
         "layers": Optional(ListOf(Int(low=0), nonempty=True)), "token_span": Choice(SPANS), "average": Choice(AVERAGES),
         "steer_where": Choice(("components", "resid")), "steer_unit": Bool(), "n_train": Int(low=2),
-        "alphas": ListOf(Number(), nonempty=True), "rhos": ListOf(Number(low=0, low_open=True), nonempty=True),
+        "alphas": ListOf(Number(), nonempty=True, distinct=True),
+        "rhos": ListOf(Number(low=0, low_open=True), nonempty=True, distinct=True),
         "edit_kinds": ListOf(Choice(EDIT_KINDS), nonempty=True, distinct=True),
         "mlp_rho_factor": Number(low=0, low_open=True), "alpha_en": Number(low=0, high=1, high_open=True),
         "eval_prompts": Optional(Int(low=1)), "max_new_tokens": Int(low=1), "utility_texts": Int(low=1),
@@ -171,8 +172,27 @@ class Steer2EditResult(Result):
         return header, [[p["method"], p.get("kind", ""), p["strength"], p["heads"], p["neurons"], p["margin"],
                          p["lexicon"], p["ppl_ratio"], p["agreement"]] for p in self.points]
 
+    def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
+        """One key per setting (the table's rows share no site, and differ by a strength that is a setting): the
+        site is ``none`` (the unmodified model), ``steer/<raw|unit>/α=<α>`` or ``edit/<both|heads|neurons>/ρ=<ρ>``;
+        the metrics are the table's measures — edited heads and neurons, margin M, lexicon, ppl ratio, top-1
+        agreement — and never the strength. No layer: steering and edits span the chosen layers."""
+        return [(name, None, _point_site(p), float(p[key])) for p in self.points for key, name in _MEASURES.items()]
+
     def summary(self) -> str:
         return self.verdict
+
+
+_MEASURES = {"heads": "edited heads", "neurons": "edited neurons", "margin": "margin M", "lexicon": "lexicon",
+             "ppl_ratio": "ppl ratio", "agreement": "top-1 agreement"}
+
+
+def _point_site(point: dict) -> str:
+    """``none``, ``steer/raw/α=0.5`` or ``edit/heads/ρ=0.3``: a point's method, kind and strength (see ``metrics``)."""
+    if point["method"] == "none":
+        return "none"
+    strength = setting("α" if point["method"] == "steer" else "ρ", point["strength"])
+    return "/".join(part for part in (point["method"], point.get("kind", ""), strength) if part)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

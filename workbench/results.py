@@ -118,18 +118,28 @@ class Result(Serialisable):
         Derived from :meth:`table` by default: the ``site`` or ``matrix`` column names the site (with ``.h<head>``
         appended when a ``head`` column holds a head rather than ``"-"``); the ``layer`` column gives the layer, else
         ``blocks.<n>.`` in the site, else None; every other column whose value is an int or float (not a bool; NaN
-        and infinities included) is a metric named by its header. Override it when the table is not one row per
-        site (several rows sharing a site would repeat the same key)."""
+        and infinities included) is a metric named by its header.
+
+        Rows that differ only by a label (a dataset, a patch kind, a method) would repeat a ``(metric, layer, site)``
+        key; then, and only then, every other column whose values are all non-empty strings is appended to the site,
+        joined by ``/`` in column order: ``blocks.3.hook_resid_post/v_row`` (subspace_patching), or the labels alone
+        without a site column (token_maps: ``TAM raw``). A table whose keys are already unique keeps its plain
+        sites. Rows that differ by a number which is a setting, not a measurement (a steering strength), still repeat
+        keys: override this method there and put the setting into the site (:func:`setting`), as rankme, steer2edit
+        and language_neurons do."""
         header, rows = self.table()
         if not header:
             return []
         names = {name: i for i, name in enumerate(header)}
         key_cols = {i for name in ("site", "matrix", "head", "layer") if (i := names.get(name)) is not None}
-        out = []
-        for row in rows:
-            site, layer = _site_and_layer(names, row)
-            out += [(header[i], layer, site, float(v)) for i, v in enumerate(row)
-                    if i not in key_cols and isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        keyed = [(*_site_and_layer(names, row), row) for row in rows]
+        out = _table_metrics(header, key_cols, keyed)
+        if len({m[:3] for m in out}) < len(out):
+            labels = [i for i in range(len(header))
+                      if i not in key_cols and all(isinstance(row[i], str) and row[i] for row in rows)]
+            keyed = [("/".join(([] if site is None else [site]) + [row[i] for i in labels]) or None, layer, row)
+                     for site, layer, row in keyed]
+            out = _table_metrics(header, key_cols, keyed)
         return out
 
     def _repr_html_(self) -> str:
@@ -155,6 +165,21 @@ def _site_and_layer(names: dict[str, int], row: list[Any]) -> tuple[str | None, 
     return site, layer
 
 
+def _table_metrics(header: list[str], key_cols: set[int], keyed: list[tuple[str | None, int | None, list[Any]]]
+                   ) -> list[tuple[str, int | None, str | None, float]]:
+    """Each row's numeric cells outside the key columns as ``(header, layer, site, float)`` (see ``metrics``)."""
+    return [(header[i], layer, site, float(v)) for site, layer, row in keyed for i, v in enumerate(row)
+            if i not in key_cols and isinstance(v, numbers.Real) and not isinstance(v, bool)]
+
+
+def setting(name: str, value: float) -> str:
+    """``name=value`` for a setting in a metrics site key (``λ=2``, ``ρ=0.05``, ``seed=1``): an int as written, a
+    float by its shortest round-trip repr without a trailing ``.0``, so ``2`` and ``2.0`` name one setting and two
+    different floats never share a name."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(float(value))
+    return f"{name}={text.removesuffix('.0')}"
+
+
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -172,4 +197,4 @@ def table_html(header: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "table_html"]
+__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "setting", "table_html"]

@@ -51,7 +51,7 @@ from workbench.analysis import Analysis, Inputs
 from workbench.errors import config_error
 from workbench.intervene.language import best_window
 from workbench.models.loaded import LoadedModel
-from workbench.results import Config, Result, table_figure
+from workbench.results import Config, Result, setting, table_figure
 from workbench.sae import ARCHITECTURES
 from workbench.tasks.language import (
     language_token_ids,
@@ -149,7 +149,8 @@ class LanguageNeuronsConfig(Config):
         "resamples": Int(low=2), "window_min": Int(low=1), "window_max": Int(),
         "window": Optional(ListOf(Int(low=0), length=2).where(lambda w: w[0] <= w[1],
                                                               "[first, last] layer indices with first <= last")),
-        "lambdas": ListOf(Number(), nonempty=True), "ratios": ListOf(Number(low=0), nonempty=True),
+        "lambdas": ListOf(Number(), nonempty=True, distinct=True),
+        "ratios": ListOf(Number(low=0), nonempty=True, distinct=True),
         "n_random": Int(low=0), "eval_prompts": Optional(Int(low=1)), "max_new_tokens": Int(low=1),
         "batch_size": Int(low=1), "seed": Int()}
 
@@ -210,8 +211,33 @@ class LanguageNeuronsResult(Result):
             rows = [[f"L{s['layer']}"] + [None] * (len(header) - 1) for s in self.stage1]
         return header, rows
 
+    def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
+        """One key per steering configuration (the table's rows differ by method, λ, β/λ and seed: settings, not
+        measurements): the site is ``none`` (unsteered), ``sparse/λ=<λ>/ratio=<β/λ>``, ``dense/λ=<λ>`` or
+        ``random/λ=<λ>/ratio=<β/λ>/seed=<seed>``; the metrics are the table's measures (Spanish fraction and score,
+        margin M, ΔM, English ppl ratio, NLL after Spanish prompt, distinct tokens), a measure that was not taken
+        (None) left out. No layer: a configuration steers every layer of the window. No steering, no metrics."""
+        return [(name, None, _steering_site(r), float(r[key])) for r in self.steering
+                for key, name in _MEASURES.items() if r.get(key) is not None]
+
     def summary(self) -> str:
         return f"[{self.path} path] {self.verdict}"
+
+
+_MEASURES = {"spanish_fraction": "Spanish fraction", "spanish_score": "Spanish score", "margin": "margin M",
+             "delta_margin": "ΔM", "ppl_ratio": "English ppl ratio", "es_context_nll": "NLL after Spanish prompt",
+             "distinct": "distinct tokens"}
+
+
+def _steering_site(row: dict) -> str:
+    """A steering row's method and settings (see ``metrics``); β/λ is ``ratio`` there, since ``/`` joins the parts.
+    The dense vector has no β, so no ratio."""
+    if row["method"] == "none":
+        return "none"
+    parts = [row["method"], setting("λ", row["lam"])]
+    parts += [setting("ratio", row["ratio"])] if row["method"] != "dense" else []
+    parts += [setting("seed", row["seed"])] if row.get("seed") is not None else []
+    return "/".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -247,6 +247,23 @@ def test_bad_inputs(folder_and_model, tmp_path):
         read_pairs(bad)
 
 
+def test_metrics_per_layer_under_projection_and_dataset():
+    """Not the table's layer means: one key per (projection, dataset, layer), and per dataset its sample counts."""
+    rows = [(d, p, layer) for d in ("a", "b") for p in ("W_Q", "W_K") for layer in (0, 1)]
+    value = [float(i) for i in range(len(rows))]
+    result = GradientSpectraResult(
+        model="m", datasets=["a", "b"], n_samples=[2, 3], loss_mean=[1.5, 2.5], loss_std=[0.5, 0.25],
+        prompt_tokens=[4.0, 5.0], response_tokens=[6.0, 7.0], seconds=[0.1, 0.1], dataset=[r[0] for r in rows],
+        projection=[r[1] for r in rows], layer=[r[2] for r in rows], nuclear_mean=value, nuclear_std=value,
+        erank_mean=[v + 100 for v in value], erank_std=value, frobenius_mean=value, frobenius_std=value,
+        top_singular=[[v + 0.5, v] for v in value], cosine={}, max_length=64, chat_template=False)
+    metrics = {(metric, layer, site): v for metric, layer, site, v in result.metrics()}
+    assert len(metrics) == len(result.metrics()) == len(rows) * 7 + 2 * 5
+    assert metrics[("effective rank", 1, "W_K/b")] == 100 + rows.index(("b", "W_K", 1))
+    assert metrics[("σ_max", 0, "W_Q/a")] == 0.5
+    assert metrics[("response tokens", None, "b")] == 7.0 and metrics[("samples", None, "a")] == 2.0
+
+
 def test_bundled_sets_and_shuffled_control():
     for name in ("instruction", "reasoning"):
         pairs = bundled_pairs(name)

@@ -200,11 +200,37 @@ def test_unpaired_data_is_refused_with_its_line(tiny_lang_model, tmp_path):
     ("layers", [3, 1]), ("layers", []), ("layers", [1, 3]), ("window", [3, 1]), ("alphas", [0.0, 1.0]),
     ("ratios", [-1.0]), ("sae_rows", "middle"), ("window_max", 1), ("architecture", "jumprelu"),
     ("inputs", "raw"), ("read_site", "hook_out"), ("token_sets", "ascii"), ("n_features", 0),
-    ("l1_coefficient", -1.0), ("sae_batch", 0),
+    ("l1_coefficient", -1.0), ("sae_batch", 0), ("lambdas", [1.0, 1.0]), ("ratios", [0.5, 0.5]),
 ])
 def test_bad_config_fields(field, value):
     with pytest.raises(ConfigError, match=repr(field)):
         LanguageNeuronsConfig(**{field: value})
+
+
+def _row(method, lam, ratio, seed, fraction, ppl_ratio=1.25):
+    return {"method": method, "lam": lam, "ratio": ratio, "seed": seed, "spanish_fraction": fraction,
+            "english_fraction": 0.5, "spanish_score": 0.5, "margin": -0.5, "delta_margin": 0.25,
+            "ppl_ratio": ppl_ratio, "es_context_nll": 6.5, "distinct": 0.75}
+
+
+def test_metrics_put_method_and_settings_in_the_site():
+    """The table's rows differ by method, λ, β/λ and seed (settings): each configuration gets its own site, and a
+    measure not taken (None) is left out rather than stored."""
+    steering = [_row("none", 0.0, 0.0, None, 0.125), _row("sparse", 1.0, 0.5, None, 0.5),
+                _row("sparse", 1.0, 1.0, None, 0.625), _row("dense", 2.0, 0.0, None, 0.75, ppl_ratio=None),
+                _row("random", 1.0, 0.5, 0, 0.0), _row("random", 1.0, 0.5, 1, 0.25)]
+    result = LanguageNeuronsResult(model="m", path="reference", layers=[1, 2], n_train=1, n_test=1, n_en_tokens=1,
+                                   n_es_tokens=1, stage1=[], neurons={}, stage2=[], window=None, steering=steering,
+                                   examples=[], verdict="v")
+    metrics = {(metric, layer, site): value for metric, layer, site, value in result.metrics()}
+    assert len(metrics) == len(result.metrics()) == 6 * 7 - 1
+    assert sorted({site for _, _, site in metrics}) == ["dense/λ=2", "none", "random/λ=1/ratio=0.5/seed=0",
+                                                        "random/λ=1/ratio=0.5/seed=1", "sparse/λ=1/ratio=0.5",
+                                                        "sparse/λ=1/ratio=1"]
+    assert metrics[("Spanish fraction", None, "sparse/λ=1/ratio=1")] == 0.625
+    assert metrics[("Spanish fraction", None, "random/λ=1/ratio=0.5/seed=1")] == 0.25
+    assert ("English ppl ratio", None, "dense/λ=2") not in metrics
+    assert not {"λ", "β/λ", "seed"} & {metric for metric, _, _ in metrics}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

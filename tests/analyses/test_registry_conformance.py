@@ -65,14 +65,7 @@ def test_result_round_trips_and_renders(results, name):
     assert "<table" in result._repr_html_()
 
 
-# Tables whose rows differ by columns the default Result.metrics() does not read (a dataset and projection, a
-# method and λ, a patch): their metrics() repeat keys until each overrides it as rankme does. Known, not yet fixed.
-REPEATED_KEYS = {"gradient_spectra", "language_neurons", "steer2edit", "subspace_patching"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    strict=True, reason="metrics() repeats (metric, layer, site) keys: needs its own override")) if n in REPEATED_KEYS
-    else n for n in NAMES])
+@pytest.mark.parametrize("name", NAMES)
 def test_metrics_keys_are_unique_and_values_floats(results, name):
     """A sweep stores metrics() as rows keyed by (cell, metric, layer, site): a repeated key would be two values for
     one point of a figure."""

@@ -113,10 +113,32 @@ def test_hooks_removed_and_weights_kept_when_steering_fails(tiny_sentiment_model
 @pytest.mark.parametrize("field, value", [("alpha_en", 1.0), ("alpha_en", -0.1), ("rhos", [0.0]), ("rhos", [-1.0]),
                                           ("token_span", "middle"), ("steer_where", "heads"), ("layers", []),
                                           ("average", "words"), ("edit_kinds", ["attn"]), ("edit_kinds", []),
-                                          ("steer_unit", 1)])
+                                          ("steer_unit", 1), ("alphas", [0.5, 0.5]),
+                                          ("rhos", [0.3, 0.3])])
 def test_bad_config_fields(field, value):
     with pytest.raises(ConfigError, match=repr(field)):
         Steer2EditConfig(**{field: value})
+
+
+def _point(method, strength, kind, margin, heads=0, neurons=0):
+    return {"method": method, "strength": strength, "kind": kind, "label": f"{method} {strength}", "heads": heads,
+            "neurons": neurons, "margin": margin, "lexicon": 0.25, "ppl_ratio": 1.5, "agreement": 0.75}
+
+
+def test_metrics_put_each_setting_in_the_site_and_never_report_the_strength():
+    """The table's rows share no site and differ by method, kind and strength: each setting gets its own site."""
+    points = [_point("none", 0.0, "none", 0.01), _point("steer", 0.5, "raw", 0.02), _point("steer", 1, "raw", 0.03),
+              _point("edit", 0.3, "both", 0.04, heads=2, neurons=5), _point("edit", 0.3, "heads", 0.05, heads=2)]
+    result = Steer2EditResult(model="m", layers=[0, 1], check={}, points=points, components=[], components_rho=None,
+                              examples=[], verdict="v")
+    metrics = {(metric, layer, site): value for metric, layer, site, value in result.metrics()}
+    assert len(metrics) == len(result.metrics()) == 5 * 6
+    assert [site for _, _, site in list(metrics)[::6]] == ["none", "steer/raw/α=0.5", "steer/raw/α=1",
+                                                           "edit/both/ρ=0.3", "edit/heads/ρ=0.3"]
+    assert metrics[("margin M", None, "steer/raw/α=1")] == 0.03
+    assert metrics[("edited neurons", None, "edit/both/ρ=0.3")] == 5.0
+    assert {metric for metric, _, _ in metrics} == {"edited heads", "edited neurons", "margin M", "lexicon",
+                                                   "ppl ratio", "top-1 agreement"}  # the strength is a setting
 
 
 def test_layers_outside_the_model(tiny_sentiment_model):

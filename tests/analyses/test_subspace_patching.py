@@ -45,6 +45,20 @@ def test_runs_end_to_end_and_round_trips(tiny_ioi_model):
     assert count_hooks(tiny_ioi_model.hook_points()) == 0
 
 
+def test_metrics_key_each_patch_kind_under_its_das_site():
+    """The table repeats each DAS site for every patch kind; the default metrics() folds the kind into the site."""
+    effects = {kind: {"fldd": k / 4, "interchange_accuracy": 0.5, "sign_rate": 0.25, "recovered": 1.0,
+                      "ld_patched": -1.0, "ld_base": 2.0} for k, kind in enumerate(EFFECTS)}
+    das = [{"site": name, "effects": effects} for name in ("blocks.3.hook_resid_post", "blocks.3.mlp.hook_post")]
+    result = SubspacePatchingResult(model="m", n_pairs=8, n_test=2, task_logit_diff=1.0, task_accuracy=1.0,
+                                    templates=[0], template_logit_diff=[1.0], template_accuracy=[1.0],
+                                    heatmap_layers=[0], heatmap_tokens=["a"], heatmap=[[0.0]], das=das, verdict="v")
+    metrics = {(metric, layer, site): value for metric, layer, site, value in result.metrics()}
+    assert len(metrics) == len(result.metrics()) == 2 * len(EFFECTS) * 6
+    assert metrics[("FLDD", 3, "blocks.3.mlp.hook_post/v_null")] == 0.5
+    assert metrics[("fraction recovered", 3, "blocks.3.hook_resid_post/whole site")] == 1.0
+
+
 def test_the_paper_split_shares_no_name_template_place_or_object(tiny_ioi_model):
     from workbench.tasks.ioi import split_templates
     from workbench_analyses.subspace_patching import _pairs

@@ -89,6 +89,19 @@ def test_evaluation_keeps_only_correct_answers_and_counts_hits(tiny_recall_model
     assert tm._chance(ev, "all") == pytest.approx(sum(1 / r["n_inputs"] for r in ev["rows"]) / 5)
 
 
+def test_metrics_key_each_method_by_its_label():
+    """The evaluation table has a row per method and none has a site: the default metrics() takes the method."""
+    rows = [{"family": "copy", "target_index": 1, "n_inputs": 4, "argmax": {"tam_raw": 1, "tam_eci": 0}},
+            {"family": "recall", "target_index": 2, "n_inputs": 5, "argmax": {"tam_raw": 2, "tam_eci": 2}}]
+    ev = {"hits": {"tam_raw": 2, "tam_eci": 1}, "n_correct": 2, "rows": rows, "first_token": {"tam_raw": 0,
+                                                                                             "tam_eci": 1}}
+    result = TokenMapsResult(model="m", kernel_size=3, examples=[], evaluation=ev, verdict="v")
+    metrics = {(metric, layer, site): value for metric, layer, site, value in result.metrics()}
+    assert len(metrics) == len(result.metrics())
+    assert metrics[("hit rate", None, "TAM after ECI")] == 0.5 and metrics[("hits", None, "TAM raw")] == 2.0
+    assert metrics[("hit rate", None, "chance (mean 1/P)")] == pytest.approx((1 / 4 + 1 / 5) / 2)
+
+
 def test_recall_prompts_are_deterministic_balanced_and_single_target():
     from tests.helpers import recall_words, word_tokenizer
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from workbench.errors import ConfigError
-from workbench.results import Config, Result, Serialisable, fmt, table_html
+from workbench.results import Config, Result, Serialisable, fmt, setting, table_html
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,27 @@ def test_metrics_from_a_matrix_table_with_layer_and_head_columns():
 def test_metrics_without_a_table_or_a_site_column():
     assert Result().metrics() == []
     assert Tabled(["dataset", "loss"], [["a", 1.5], ["b", "-"]]).metrics() == [("loss", None, None, 1.5)]
+
+
+def test_metrics_fold_label_columns_into_the_site_only_when_keys_would_repeat():
+    """Rows told apart by labels (a patch kind, a dataset) get every all-string column appended to the site, in
+    column order; a column that mixes strings and numbers ("-" for missing) stays a metric column, and a table
+    whose keys are unique keeps its plain sites (the "note" column above is not folded)."""
+    header = ["dataset", "site", "patch", "FLDD", "hits"]
+    rows = [["a", "blocks.2.hook_resid_post", "v", 0.5, 3], ["a", "blocks.2.hook_resid_post", "v_row", 0.25, "-"],
+            ["b", "blocks.2.hook_resid_post", "v", 0.75, 4]]
+    assert Tabled(header, rows).metrics() == [
+        ("FLDD", 2, "blocks.2.hook_resid_post/a/v", 0.5), ("hits", 2, "blocks.2.hook_resid_post/a/v", 3.0),
+        ("FLDD", 2, "blocks.2.hook_resid_post/a/v_row", 0.25),
+        ("FLDD", 2, "blocks.2.hook_resid_post/b/v", 0.75), ("hits", 2, "blocks.2.hook_resid_post/b/v", 4.0)]
+    no_site = Tabled(["dataset", "projection", "loss", "shape"], [["instruction", "W_Q", 1.5, "4×4"],
+                                                                  ["instruction", "W_K", 1.25, ""]])
+    assert no_site.metrics() == [("loss", None, "instruction/W_Q", 1.5), ("loss", None, "instruction/W_K", 1.25)]
+    # a number that tells rows apart is a metric, not a label: the keys still repeat (override metrics() there)
+    strengths = Tabled(["method", "strength", "margin"], [["steer", 0.5, 0.1], ["steer", 1.0, 0.2]]).metrics()
+    assert [site for _, _, site, _ in strengths] == ["steer"] * 4
+
+
+def test_setting_names_a_value_once():
+    assert [setting("λ", v) for v in (2, 2.0, 0.05, 1e-7, -1.5)] == ["λ=2", "λ=2", "λ=0.05", "λ=1e-07", "λ=-1.5"]
+    assert setting("seed", 3) == "seed=3" and setting("ρ", 0.1 + 0.2) == "ρ=0.30000000000000004"
