@@ -9,10 +9,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from tests.helpers import tiny_llama
+from tests.workbench.sweeps.builders import SHORT_PROMPTS, make_checkpoints
 from workbench.cli import app
 from workbench.sweeps import load_spec, open_store, run_sweep
 from workbench.sweeps.execute import LOG_NAME
@@ -49,17 +48,9 @@ def ray_session():
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     """Three checkpoints (the tiny Llama, each perturbed with its own seed), a prompt file and the two specs."""
-    from safetensors.torch import load_file, save_file
-
     root = tmp_path_factory.mktemp("sweep")
-    for step in STEPS:
-        folder = root / "ckpts" / f"step-{step}"
-        tiny_llama(folder, device="cpu")
-        weights = load_file(folder / "model.safetensors")
-        generator = torch.Generator().manual_seed(step + 1)
-        save_file({k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in weights.items()},
-                  folder / "model.safetensors", metadata={"format": "pt"})
-    (root / "short.txt").write_text("the cat sat on the mat\nhello world, a short line\none more prompt\n")
+    make_checkpoints(root, STEPS)
+    (root / "short.txt").write_text(SHORT_PROMPTS)
     (root / "a.toml").write_text(SPEC.format(sites=f"[{RESID}]"))
     # b: the same cells plus a grid point whose site does not exist (fails) and one more that works
     (root / "b.toml").write_text(SPEC.format(sites=f'[{RESID}, ["blocks.9.hook_resid_post"], '
