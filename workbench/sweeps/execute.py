@@ -214,7 +214,9 @@ def _connect(address: str | None, max_parallel: int | None) -> tuple[Any, bool]:
     if ray.is_initialized():
         return ray, False
     if address is None:
-        ray.init(num_cpus=max(os.cpu_count() or 1, max_parallel or 0), include_dashboard=False,
+        # "local": a new Ray of our own, even when RAY_ADDRESS or /tmp/ray/ray_current_cluster (left by `ray start`,
+        # or stale after a crash) names a cluster, which ray.init() without an address would join (or fail on)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, max_parallel or 0), include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)

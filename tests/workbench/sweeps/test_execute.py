@@ -40,7 +40,8 @@ def ray_session():
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)  # "local": a Ray of its own, whatever cluster /tmp/ray names
         yield ray
         ray.shutdown()
 
