@@ -126,6 +126,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, m
                                    if pending else (0, 0, ()))
         finally:
             progress_bar.close()
+        _remove_stale(out)  # a worker killed mid-write leaves its temporary folder; Ray re-ran the cell elsewhere
         report = _write_report(out, say)
         summary = SweepSummary(total=len(spec.cells), done_now=done, skipped=len(skipped), failed=failed,
                                loads=loads, report=report)
@@ -146,7 +147,8 @@ def _check_args(device: str, max_parallel: int | None) -> None:
 
 
 def _remove_stale(out: Path) -> None:
-    """Temporary folders left by a kill mid-write (``cells/.<id>.tmp-*``, ``.<id>.old-*``) and temporary databases."""
+    """Temporary folders left by a kill mid-write (``cells/.<id>.tmp-*``, ``.<id>.old-*``) and temporary databases:
+    before a run (a killed driver's) and after it (a killed worker's, whose cell Ray ran again)."""
     for path in [*(out / CELLS).glob(".*.tmp-*"), *(out / CELLS).glob(".*.old-*")]:
         shutil.rmtree(path, ignore_errors=True)
     for path in out.glob(".results.duckdb.tmp-*"):
