@@ -3,7 +3,10 @@
 The driver (this process) owns the database and the progress bar; workers own the cell folders. Each worker is a
 :class:`CellWorker` actor created with ``max_restarts``/``max_task_retries``, so when its process or node dies Ray
 restarts it and re-runs the cell it was running (Ray's retries, nothing home-made). A cell whose retries run out is
-recorded failed with the Ray error. A re-run reconciles first: cells whose folder says done are skipped (and put into
+recorded failed with the Ray error. An actor whose node is lost is restarted on another node only if one has a free CPU
+(GPU): each actor holds one for life, so when the surviving nodes have fewer than there are workers, Ray would wait
+for a node forever; the driver gives that many waiting actors up after ``STRANDED_S`` and hands their cells to the
+remaining workers. A re-run reconciles first: cells whose folder says done are skipped (and put into
 the database if the driver died before it wrote them), the rest run. The cell folder is written atomically, so a kill
 at any moment leaves a cell whole or absent, never half-written; the database is an index of the folders.
 
@@ -20,6 +23,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 LOG_NAME = "sweep.log"
 MAX_RESTARTS = 3  # an actor whose process (or node) dies is restarted this many times ...
 MAX_TASK_RETRIES = 3  # ... and the cell it was running is re-run this many times before it is recorded failed
+POLL_S = 5.0  # the driver looks this often for workers that cannot be re-placed ...
+STRANDED_S = 30.0  # ... and gives up one that has waited this long for a node with room, moving its cell elsewhere
+_WAITING = ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY")  # Ray's states of an actor not yet placed
 
 
 @dataclass(frozen=True)
@@ -256,8 +263,12 @@ class _Dispatcher:
         self.actor_class = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                       max_task_retries=MAX_TASK_RETRIES)(CellWorker)
         self.device = device
-        self.actors = [self._new_actor() for _ in range(self.n)]
+        self.kind = "GPU" if gpus else "CPU"
+        self.actors: list[Any] = [self._new_actor() for _ in range(self.n)]  # None: a worker given up
         self.held: list[str | None] = [None] * self.n
+        self.waiting_since: dict[int, float] = {}
+        self.checked = time.monotonic()
+        self.watch = True  # False once the workers' states could not be read
         self.done = self.failed = 0
         self.retired: list[tuple[str, ...]] = []
         say(f"ray: {self.n} workers on {device}; cluster resources {dict(resources)}")
@@ -267,19 +278,74 @@ class _Dispatcher:
 
     def run(self) -> tuple[int, int, tuple[tuple[str, ...], ...]]:
         inflight: dict[Any, tuple[int, Cell]] = {}
-        idle = list(range(self.n))
         while inflight or any(self.queues.values()):
-            for i in idle:
-                cell = self._next(i)
-                if cell is not None:
-                    inflight[self.actors[i].run.remote(cell.to_dict())] = (i, cell)
-            ready, _ = self.ray.wait(list(inflight), num_returns=1)
-            idle = []
+            busy = {i for i, _ in inflight.values()}
+            for i, actor in enumerate(self.actors):
+                if actor is not None and i not in busy and (cell := self._next(i)) is not None:
+                    inflight[actor.run.remote(cell.to_dict())] = (i, cell)
+            if not inflight:  # cells left and every worker given up
+                self._fail_queued("no worker left: every worker's node was lost and no node has a free "
+                                  f"{self.kind} for it")
+                break
+            ready, _ = self.ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
             for ref in ready:
                 i, cell = inflight.pop(ref)
                 self._record(self._result(ref, i, cell))
-                idle.append(i)
+            if time.monotonic() - self.checked >= POLL_S:  # also while the other workers keep returning cells
+                self._give_up_stranded(inflight)
+                self.checked = time.monotonic()
         return self.done, self.failed, tuple(self.retired) + self._loads()
+
+    def _give_up_stranded(self, inflight: dict[Any, tuple[int, Cell]]) -> None:
+        """Ray restarts an actor whose node died only on a node with its resources free, and ours hold theirs for
+        life: when the live nodes have fewer CPUs (GPUs) than there are workers, that many workers can never be
+        placed and Ray would wait for a node forever. Give up that many of those waiting ``STRANDED_S`` or more to be
+        (re)placed, longest first (killed for good, their cells back at the front of the queue). Counting capacity
+        rather than free slots keeps a restart in progress, which holds its new slot already, from looking stuck; it
+        assumes the sweep has the cluster to itself (another job's use only delays this)."""
+        states = self._states() if self.watch else None
+        if states is None:
+            return
+        now = time.monotonic()
+        for i, state in states.items():
+            if state in _WAITING:
+                self.waiting_since.setdefault(i, now)
+            else:
+                self.waiting_since.pop(i, None)
+        excess = len(states) - int(self.ray.cluster_resources().get(self.kind, 0))
+        stranded = sorted((since, i) for i, since in self.waiting_since.items() if now - since >= STRANDED_S)
+        for since, i in stranded[:max(excess, 0)]:
+            self.say(f"ray: worker {i} has waited {now - since:.0f} s to be placed and the live nodes have "
+                     f"{len(states) - excess} {self.kind}s for {len(states)} workers (a node was lost); giving it "
+                     "up, its cell goes to the other workers")
+            self.ray.kill(self.actors[i], no_restart=True)
+            self.actors[i], self.held[i] = None, None
+            self.waiting_since.pop(i, None)
+            for ref, (j, cell) in list(inflight.items()):
+                if j == i:
+                    del inflight[ref]
+                    self.queues.setdefault(cell.model, deque()).appendleft(cell)
+
+    def _states(self) -> dict[int, str] | None:
+        """Ray's state of each live worker (``ALIVE``, ``RESTARTING``, ...), read from the cluster's control store;
+        None when it cannot be read (then no worker is given up, and it is not tried again)."""
+        try:
+            from ray._private import state  # ray.util.state asks the dashboard, which a local sweep does not start
+
+            return {i: state.actors(actor._actor_id.hex()).get("State") for i, actor in enumerate(self.actors)
+                    if actor is not None}
+        except Exception as exc:  # noqa: BLE001 - a Ray without this private API only loses the node-loss watch
+            self.watch = False
+            self.say(f"ray: cannot read the workers' states ({type(exc).__name__}: {exc}); a worker whose node is "
+                     "lost may be waited for")
+            log.warning("cannot read the workers' states (%s: %s); a worker whose node is lost may be waited for",
+                        type(exc).__name__, exc)
+            return None
+
+    def _fail_queued(self, error: str) -> None:
+        for queue in self.queues.values():
+            while queue:
+                self._record(write_cell(self.out, failed_record(queue.popleft(), error)))
 
     def _next(self, i: int) -> Cell | None:
         """The next cell for actor ``i``: of the model it holds if any remain, else of the model the fewest other
@@ -326,7 +392,7 @@ class _Dispatcher:
 
     def _loads(self) -> tuple[tuple[str, ...], ...]:
         out = []
-        for actor in self.actors:
+        for actor in filter(None, self.actors):
             try:
                 out.append(tuple(self.ray.get(actor.loads.remote(), timeout=30)))
             except Exception:  # noqa: BLE001 - a worker lost at the end only loses its count
