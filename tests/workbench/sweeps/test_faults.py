@@ -108,10 +108,12 @@ def test_driver_sigkill_then_rerun_runs_every_cell_once(fault_dir, ray_tmp):
     assert not left, f"Ray processes outlived their driver: {left}"
     _kill(_ours(root, sessions))  # the agents, which exit by themselves a minute or two later
 
+    started = time.monotonic()
     rerun = subprocess.run(command, cwd=fault_dir, env=env, start_new_session=True, capture_output=True, text=True,
                            timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     last = rerun.stdout.splitlines()[-1]
+    print(f"re-run: {time.monotonic() - started:.0f} s; {last}")
     skipped = int(last.split(" done now, ")[1].split()[0])
     assert last == SUMMARY.format(n=len(cells), d=len(cells) - skipped, s=skipped, f=0)
     assert skipped >= done_at_kill >= 1
@@ -132,6 +134,7 @@ def test_worker_sigkill_mid_cell_is_retried_by_ray(fault_dir, ray_tmp):
     root, _ = ray_tmp
     spec, out, marker = fault_dir / "few.toml", fault_dir / "wrk", fault_dir / "killed"
     cells = load_spec(spec).cells
+    started = time.monotonic()
     try:
         _init_local(ray, {fault_hooks.KILL_ENV: str(marker)})
         summary = run_sweep(load_spec(spec), out, max_parallel=2, progress=False)
@@ -139,6 +142,7 @@ def test_worker_sigkill_mid_cell_is_retried_by_ray(fault_dir, ray_tmp):
         open_ports = _non_loopback_listeners(procs)
     finally:
         ray.shutdown()
+    print(f"worker-kill sweep: {time.monotonic() - started:.0f} s; {summary.line()}")
     assert summary.line() == SUMMARY.format(n=len(cells), d=len(cells), s=0, f=0)
     assert _has_ray(procs) and open_ports == [], f"Ray listens beyond loopback: {open_ports}"
     pid, killed_cell = marker.read_text().split()
