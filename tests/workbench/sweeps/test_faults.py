@@ -109,10 +109,15 @@ def test_driver_sigkill_then_rerun_runs_every_cell_once(fault_dir, ray_tmp):
     _kill(_ours(root, sessions))  # the agents, which exit by themselves a minute or two later
 
     started = time.monotonic()
-    rerun = subprocess.run(command, cwd=fault_dir, env=env, start_new_session=True, capture_output=True, text=True,
-                           timeout=240)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    last = rerun.stdout.splitlines()[-1]
+    rerun = subprocess.Popen(command, cwd=fault_dir, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    sessions.append(rerun.pid)  # the teardown checks that its Ray is gone too
+    try:
+        stdout, stderr = rerun.communicate(timeout=240)
+    finally:
+        rerun.kill()
+    assert rerun.returncode == 0, stdout + stderr
+    last = stdout.splitlines()[-1]
     print(f"re-run: {time.monotonic() - started:.0f} s; {last}")
     skipped = int(last.split(" done now, ")[1].split()[0])
     assert last == SUMMARY.format(n=len(cells), d=len(cells) - skipped, s=skipped, f=0)
