@@ -16,6 +16,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process umask: what ``open``/``mkdir`` would have given (``mkdtemp``/``mkstemp`` give 0o700
+    and 0o600, which would hide a report or a sweep's folders from the other users of a shared disk)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def replace_folder(target: Path, fill: Callable[[Path], T]) -> T:
     """Run ``fill(tmp)`` on a fresh temporary sibling of ``target``, then rename it to ``target``.
 
@@ -26,6 +34,7 @@ def replace_folder(target: Path, fill: Callable[[Path], T]) -> T:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         value = fill(tmp)
+        os.chmod(tmp, umask_mode(0o777))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.rename(target, old)

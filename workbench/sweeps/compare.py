@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workbench.atomic import umask_mode
 from workbench.errors import config_error
 from workbench.results import PALETTE, table_html
 
@@ -449,6 +450,7 @@ def write_sweep_report(out: str | Path) -> Path:
     target = out / "report.html"
     fd, tmp = tempfile.mkstemp(prefix=".report.html.tmp-", dir=out)
     try:
+        os.fchmod(fd, umask_mode(0o666))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, target)
