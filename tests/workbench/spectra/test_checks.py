@@ -25,6 +25,21 @@ def test_check_finite_counts_bad_entries_and_ignores_integers():
         check_finite("f", "x", x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_check_finite_sum_shortcut_neither_misses_nor_invents(dtype):
+    big = torch.finfo(dtype).max
+    check_finite("f", "x", torch.full((3, 4), big, dtype=dtype))  # sum overflows: finite entries, accepted
+    check_finite("f", "x", torch.tensor([big, -big], dtype=dtype))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.zeros(5, dtype=dtype)
+        x[3] = bad
+        with pytest.raises(ShapeError, match="1 non-finite"):
+            check_finite("f", "x", x)
+    pair = torch.tensor([float("inf"), -float("inf"), 1.0], dtype=dtype)  # inf - inf: the sum is NaN, still caught
+    with pytest.raises(ShapeError, match="2 non-finite"):
+        check_finite("f", "x", pair)
+
+
 @pytest.mark.parametrize("call", [
     lambda bad: erv_era(bad, stride=2, max_seq_len=8),
     lambda bad: gradient_spectrum(bad, torch.ones(4, 3)),
