@@ -54,3 +54,12 @@ def test_nothing_imports_the_source_folders_by_their_generic_names(folder):
     bad = [(str(p.relative_to(ROOT)), m) for p in files(folder) for level, m in imports(p)
            if level == 0 and m.split(".")[0] in GENERIC]
     assert not bad
+
+
+def test_test_module_basenames_are_unique():
+    """The test folders are not packages (no __init__.py), so pytest imports each test module by its basename: two
+    files with one name in different folders stop the whole suite at collection ("import file mismatch")."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
