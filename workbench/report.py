@@ -17,7 +17,7 @@ from typing import Any
 from workbench import registry
 from workbench.atomic import replace_folder
 from workbench.errors import ConfigError
-from workbench.results import Result, table_html
+from workbench.results import Result, figures_html, table_html
 
 PACKAGES = ("workbench", "torch", "transformers", "transformer-lens", "sae-lens", "numpy", "scipy", "plotly")
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -68,13 +68,21 @@ class Report:
                 f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><h1>{title}</h1>"
                 f"{''.join(sections)}<h2>Provenance</h2>{prov}</body></html>")
 
+    def _repr_html_(self) -> str:
+        """The report in a notebook: each result's section and the provenance, plotly.js inlined at most once per
+        session (see ``workbench.results.figures_html``) instead of once per report as in ``report.html``."""
+        sections = "".join(self._section(name, result, notebook=True) for name, result in self.results.items())
+        prov = table_html(["field", "value"], [[k, _flat(v)] for k, v in self.provenance.items()])
+        return f"{sections}<details><summary>Provenance</summary>{prov}</details>"
+
     def _fill(self, folder: Path) -> None:
         (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=1))
         (folder / "report.html").write_text(self.to_html(), encoding="utf-8")
 
     @staticmethod
-    def _section(name: str, result: Result) -> str:
-        figs = "".join(f.to_html(full_html=False, include_plotlyjs=False) for f in result.figures())
+    def _section(name: str, result: Result, *, notebook: bool = False) -> str:
+        figs = figures_html(result.figures()) if notebook else "".join(
+            f.to_html(full_html=False, include_plotlyjs=False) for f in result.figures())
         return (f"<section id='{html.escape(name)}'><h2>{html.escape(result.title)}</h2>"
                 f"<p class='summary'>{html.escape(result.summary())}</p>{figs}"
                 f"<details><summary>Table ({html.escape(name)})</summary>{table_html(*result.table())}</details>"

@@ -142,10 +142,51 @@ class Result(Serialisable):
             out = _table_metrics(header, key_cols, keyed)
         return out
 
+    def to_pandas(self, *, long: bool = False):  # -> pandas.DataFrame
+        """The result as a pandas DataFrame: the :meth:`table` (columns = its header, one row per table row), or with
+        ``long=True`` the long format of :meth:`metrics` (columns ``metric``, ``layer``, ``site``, ``value``).
+
+        Example: ``run_analysis(lm, "weight_spectra").to_pandas(long=True).query("metric == 'alpha'")``"""
+        import pandas as pd
+
+        if long:
+            frame = pd.DataFrame(self.metrics(), columns=["metric", "layer", "site", "value"])
+            return frame.astype({"layer": "Int64"})  # integers, <NA> where a metric has no layer (not 0.0 / NaN)
+        header, rows = self.table()
+        return pd.DataFrame([list(row) for row in rows], columns=list(header))
+
     def _repr_html_(self) -> str:
-        # plotly.js is inlined with the first figure (never from a CDN: notebooks here are offline)
-        figs = "".join(f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(self.figures()))
-        return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>{figs}{table_html(*self.table())}"
+        return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>" \
+               f"{figures_html(self.figures())}{table_html(*self.table())}"
+
+
+# Notebook HTML: plotly.js (~4.6 MB) is inlined once per Python session, by the first repr that shows a figure; the
+# later ones call the global ``Plotly`` it defines (never a CDN: notebooks here are offline). This is what plotly's own
+# ``init_notebook_mode(connected=False)`` does, without a separate call. The limit: the copy lives in that first
+# output cell — clear or re-run that cell and the saved notebook's later figures stay blank when it is reopened (in the
+# live session they still draw); ``reset_notebook_plotlyjs()`` makes the next repr inline it again. After a kernel
+# restart the first repr inlines it again by itself.
+_PLOTLYJS_SENT = False
+
+
+def reset_notebook_plotlyjs() -> None:
+    """Make the next notebook repr inline plotly.js again (after clearing the output that held it).
+
+    Example: ``reset_notebook_plotlyjs(); result`` — this cell's output now carries plotly.js."""
+    global _PLOTLYJS_SENT
+    _PLOTLYJS_SENT = False
+
+
+def figures_html(figures: list) -> str:
+    """Figures as HTML ``<div>``s for a notebook repr, plotly.js inlined only if no repr of this session has yet.
+
+    Example: ``IPython.display.HTML(figures_html(result.figures()))``"""
+    global _PLOTLYJS_SENT
+    out = []
+    for fig in figures:
+        out.append(fig.to_html(full_html=False, include_plotlyjs=not _PLOTLYJS_SENT))
+        _PLOTLYJS_SENT = True
+    return "".join(out)
 
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -197,4 +238,5 @@ def table_html(header: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "fmt", "setting", "table_html"]
+__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "figures_html", "fmt", "reset_notebook_plotlyjs",
+           "setting", "table_html"]
