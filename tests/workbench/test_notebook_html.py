@@ -97,3 +97,12 @@ def test_report_repr_html_has_each_section_and_plotlyjs_once(two_results):
         assert len(_div_ids(page)) == len(act.figures()) + len(ww.figures())
         assert "Provenance" in page and "tiny" in page
     assert len(second.encode()) < 2**20
+
+
+def test_text_token_maps_repr_shares_the_one_plotlyjs(tiny_model, two_results):
+    from workbench.tam import text_token_maps
+
+    maps = text_token_maps(tiny_model, "abcab c", max_new_tokens=2)
+    first = two_results[0]._repr_html_()
+    page = maps._repr_html_()
+    assert PLOTLYJS_TAIL in first and PLOTLYJS_TAIL not in page and len(_div_ids(page)) == 1

@@ -72,7 +72,9 @@ class TextTokenMaps:
         return text_maps_figure(self, title)
 
     def _repr_html_(self) -> str:
-        return self.figure().to_html(full_html=False, include_plotlyjs=True)
+        from workbench.results import figures_html  # plotly.js once per notebook session, as for results
+
+        return figures_html([self.figure()])
 
 
 def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, first: int = 1,
