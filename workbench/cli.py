@@ -1,5 +1,12 @@
-"""The batch CLI: ``workbench report`` — config → load → capture → analyses → report (HTML + JSON) — and
-``workbench sweep`` (many models × analyses × prompt sets × configs on Ray, see :mod:`workbench.sweeps`)."""
+"""The batch CLI: ``workbench report`` — config → load → capture → analyses → report (HTML + JSON) —,
+``workbench sweep`` (many models × analyses × prompt sets × configs on Ray, see :mod:`workbench.sweeps`),
+``workbench analyses`` (the registry as a table or JSON), ``workbench app`` (the dashboard; ``dashboard`` is its
+alias) and ``workbench --version``.
+
+Exit codes: 0 ok; 2 bad input (one ``error: ...`` line naming the parameter or file; typer's own usage errors too);
+1 unexpected (one ``error: unexpected ...`` line; ``WORKBENCH_DEBUG=1`` shows the traceback), and ``sweep`` when a
+cell failed.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +25,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Interpretability and spectral analysis of transformer language models.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("spectral-workbench")
+        except PackageNotFoundError:
+            number = "unknown"
+        typer.echo(f"workbench {number}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print 'workbench <version>' and exit")] = False,
+) -> None:
     """workbench: spectral reports on a model (bundled SmolLM2-135M-Instruct by default)."""
 
 
@@ -34,6 +56,7 @@ def _say(message: str) -> None:
 
 
 DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_OUT = Path("reports/latest")
 
 
 @app.command()
@@ -50,11 +73,14 @@ def report(
     max_tokens: Annotated[int | None, typer.Option(help="cap on the total tokens fed to the model")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
-    config: Annotated[Path | None, typer.Option(help="JSON file: {analysis name: {config field: value}} "
-                                                         "(e.g. RankMe prompt sets, gradient datasets)")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON or TOML (.toml) file: {analysis name: {config field: "
+                                                         "value}} (e.g. RankMe prompt sets, gradient datasets)")] = None,
     seed: Annotated[int, typer.Option(help="seed for anything random")] = 0,
-    out: Annotated[Path, typer.Option(help="output folder (report.html, report.json)")] = Path("reports/latest"),
+    out: Annotated[Path | None, typer.Option(help="output folder (report.html, report.json; default "
+                                                   "reports/latest, none with --json - unless given)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+    json_to: Annotated[str | None, typer.Option("--json", help="'-': print report.json on stdout (messages stay "
+                                                                "on stderr); writes no folder unless --out is given")] = None,
 ) -> None:
     """Write a spectral report (self-contained HTML + JSON) on a model."""
     import torch
@@ -69,7 +95,11 @@ def report(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
-        if out.exists() and not overwrite:
+        if json_to not in (None, "-"):
+            raise WorkbenchError(f"--json takes only '-' (stdout), not {json_to!r}; use --out DIR for a file")
+        if out is None and json_to is None:
+            out = DEFAULT_OUT
+        if out is not None and out.exists() and not overwrite:
             raise WorkbenchError(f"--out {out} exists; pass --overwrite to replace it")
         torch.manual_seed(seed)
         names = _split(analyses_) or registry.names(default_only=True)
@@ -86,15 +116,20 @@ def report(
                                progress=True, timings=seconds)
         provenance = _provenance(lm, results, prompts, names, batch_size, max_tokens, device, seed, started) | {
             "config": overrides, "seconds": {step: round(s, 1) for step, s in seconds.items()}}
-        path = Report(results=results, provenance=provenance | {"versions": package_versions()}).write(
-            out, overwrite=overwrite)
+        made = Report(results=results, provenance=provenance | {"versions": package_versions()})
+        path = made.write(out, overwrite=overwrite) if out is not None else None
     except WorkbenchError as exc:
         _say(f"error: {exc}")
         raise typer.Exit(code=2) from None
     for result in results.values():
         _say(f"- {result.title}: {result.summary()}")
     _say("seconds: " + ", ".join(f"{step} {s:.1f}" for step, s in seconds.items()))
-    _say(f"wrote {path / 'report.html'} and {path / 'report.json'} in {time.perf_counter() - started:.0f} s")
+    if json_to == "-":
+        import json
+
+        typer.echo(json.dumps(made.to_dict(), indent=1))
+    where = f"wrote {path / 'report.html'} and {path / 'report.json'}" if path else "report.json on stdout"
+    _say(f"{where} in {time.perf_counter() - started:.0f} s")
 
 
 def _config_for(name: str, sites: list[str] | None, fields: dict):
@@ -107,19 +142,25 @@ def _config_for(name: str, sites: list[str] | None, fields: dict):
 
 
 def _read_config(path: Path | None, names: list[str]) -> dict[str, dict]:
-    """``--config`` JSON → {analysis: fields}; every error names the file and the offending key."""
+    """``--config`` JSON, or TOML by the ``.toml`` suffix (same structure: a table per analysis) → {analysis:
+    fields}; every error names the file and the offending key."""
     import json
+    import tomllib
 
     from workbench.errors import ConfigError
 
     if path is None:
         return {}
+    toml = path.suffix.lower() == ".toml"
+    kind = "TOML document" if toml else "JSON object"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"--config {path}: cannot read a JSON object ({exc})") from None
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if toml else json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot read a {kind} ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError(f"--config {path}: must be a JSON object of analysis name → object of config fields")
+        raise ConfigError(f"--config {path}: must be a {kind} of analysis name → "
+                          f"{'table' if toml else 'object'} of config fields")
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"--config {path}: configures {unknown}, which are not among the analyses run ({names})")
@@ -154,7 +195,6 @@ def dashboard_command(model: str, host: str, port: int) -> list[str]:
             "--server.headless", "true", "--browser.gatherUsageStats", "false"]
 
 
-@app.command()
 def dashboard(
     model: Annotated[str, typer.Option(help="bundled name or local HF folder shown first")] = DEFAULT_MODEL,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 shares it on the network)")] = "127.0.0.1",
@@ -167,6 +207,58 @@ def dashboard(
     command = dashboard_command(model, host, port)
     _say(f"dashboard on http://{host}:{port} (Ctrl-C stops it)")
     raise typer.Exit(subprocess.run(command, env=os.environ | {"WORKBENCH_APP_MODEL": model}).returncode)
+
+
+app.command("app")(dashboard)
+app.command("dashboard", help="Alias of `workbench app`: open the Streamlit dashboard (http://HOST:PORT).")(dashboard)
+
+
+@app.command()
+def analyses(
+    as_json: Annotated[bool, typer.Option("--json", help="print the same as JSON on stdout")] = False,
+) -> None:
+    """List the registered analyses: name, description, whether in the default report, config fields' defaults."""
+    import json
+
+    rows = analyses_table()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        default = "default report" if row["in_default_report"] else "by name only"
+        typer.echo(f"{row['name']}  ({default})\n  {row['description']}")
+        for field, value in row["config"].items():
+            typer.echo(f"    {field} = {json.dumps(value)}")
+
+
+def analyses_table() -> list[dict]:
+    """Every registered analysis as ``{name, description, in_default_report, config: {field: default}}`` (a field
+    without a default shows ``null``; a non-JSON default its ``repr``)."""
+    import dataclasses
+    import json
+
+    from workbench import registry
+
+    def default(field: dataclasses.Field):
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            return None
+        try:
+            json.dumps(value)
+        except TypeError:
+            return repr(value)
+        return value
+
+    rows = []
+    for name in registry.names():
+        spec = registry.get(name)
+        rows.append({"name": name, "description": spec.description.splitlines()[0] if spec.description else "",
+                     "in_default_report": spec.in_default_report,
+                     "config": {f.name: default(f) for f in dataclasses.fields(spec.config)}})
+    return rows
 
 
 @app.command()
@@ -221,4 +313,15 @@ def _reindex(folder: Path, spec: Path | None, out: Path | None) -> None:
 
 
 def main() -> None:
-    app()
+    """The ``workbench`` entry point: an unexpected exception exits 1 with one ``error: unexpected ...`` line on
+    stderr (``WORKBENCH_DEBUG=1`` re-raises it, with Python's traceback)."""
+    import os
+
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last resort: bad input already exited 2 inside the commands
+        if os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        _say(f"error: unexpected {type(exc).__name__}: {first} (set WORKBENCH_DEBUG=1 for the traceback)")
+        sys.exit(1)

@@ -144,3 +144,130 @@ def test_seconds_per_step_in_the_provenance_and_the_last_lines(tiny_model, tmp_p
     assert all(s >= 0 for s in seconds.values())
     assert "seconds: load " in result.output and "activation_spectra" in result.output.split("seconds: ")[-1]
     assert "seconds" in (out / "report.html").read_text()
+
+
+# issue 19 point 3: analyses, app, --version, --json -, TOML configs, exit codes
+
+BUILT_INS = {"activation_spectra", "erank_dynamics", "gradient_spectra", "language_neurons", "rankme", "steer2edit",
+             "subspace_patching", "token_maps", "weight_spectra"}
+
+
+def test_analyses_lists_the_built_ins_with_their_defaults():
+    result = runner.invoke(app, ["analyses"])
+    assert result.exit_code == 0, result.output
+    assert all(f"{name}  (" in result.stdout for name in BUILT_INS)
+    assert "weight_spectra  (default report)" in result.stdout and "token_maps  (by name only)" in result.stdout
+    assert "    n_values = 64" in result.stdout and '    esd_matrix = "W_out"' in result.stdout
+
+
+def test_analyses_json_is_the_registry():
+    result = runner.invoke(app, ["analyses", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert BUILT_INS <= set(rows)
+    assert {n for n in BUILT_INS if rows[n]["in_default_report"]} == set(registry.names(default_only=True)) & BUILT_INS
+    assert rows["activation_spectra"]["config"] == {"kinds": ["resid_post", "attn_out", "mlp_out"], "sites": None,
+                                                    "rankme_eps": 1e-07, "n_values": 64}
+    assert rows["rankme"]["description"] == registry.get("rankme").description
+    assert rows["steer2edit"]["config"]["alphas"][0] == 0.05 and rows["steer2edit"]["in_default_report"] is False
+
+
+def test_version():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"workbench {version('spectral-workbench')}\n"
+
+
+def test_app_is_the_dashboard_command(monkeypatch):
+    """``workbench app`` is the same command as ``dashboard`` (its alias): same options, same streamlit line."""
+    help_ = runner.invoke(app, ["app", "--help"])
+    assert help_.exit_code == 0 and all(o in help_.stdout for o in ("--host", "--port", "--model", "127.0.0.1"))
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, env: commands.append(command)
+                        or subprocess.CompletedProcess(command, 0))
+    for verb in ("app", "dashboard"):
+        result = runner.invoke(app, [verb, "--host", "0.0.0.0", "--port", "8700"])
+        assert result.exit_code == 0, result.output
+    assert commands[0] == commands[1]
+    assert commands[0][commands[0].index("--server.address") + 1] == "0.0.0.0"
+    assert commands[0][commands[0].index("--server.port") + 1] == "8700"
+
+
+def test_report_json_to_stdout_writes_nothing(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _report("--model", str(tiny_model.folder), "--analyses", "activation_spectra", "--max-tokens", "40",
+                     "--json", "-")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # stdout is the JSON alone; the messages went to stderr
+    assert set(data["results"]) == {"activation_spectra"} and "seconds: " in result.stderr
+    assert Report.from_dict(data).to_dict() == data
+    assert list(tmp_path.iterdir()) == []  # no reports/latest without an explicit --out
+
+
+def test_report_json_to_stdout_and_an_explicit_out(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--analyses", "weight_spectra", "--json", "-",
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads((out / "report.json").read_text())
+
+
+def test_report_json_refuses_a_path(tiny_model, tmp_path):
+    result = _report("--model", str(tiny_model.folder), "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 2 and "error: --json takes only '-'" in result.stderr
+    assert result.stdout == ""
+
+
+def test_toml_config_is_accepted(tiny_model, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[rankme]\nprompt_sets = { code = "bundled:code", maths = "bundled:maths" }\n'
+                      'poolings = ["last"]\n')
+    out = tmp_path / "out"
+    result = _report("--model", str(tiny_model.folder), "--analyses", "rankme", "--config", str(config),
+                     "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = Report.load(out)
+    assert set(report.results["rankme"].set_sizes) == {"code", "maths"}  # the TOML's sets replace the defaults
+    assert set(report.results["rankme"].pooling) == {"last"}
+    assert report.provenance["config"]["rankme"]["poolings"] == ["last"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[rankme\n", "cannot read a TOML document"),
+    ("rankme = 3\n", "table of config fields"),
+    ("[rankme]\neps = -1\n", "'eps'"),
+])
+def test_bad_toml_config_exits_2_naming_the_file(tiny_model, tmp_path, content, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    result = _report("--model", str(tiny_model.folder), "--analyses", "rankme", "--config", str(config),
+                     "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "error: " in result.stderr
+    assert message == "'eps'" or str(config) in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_error_exits_1_with_one_line(monkeypatch, capsys):
+    from workbench import cli
+
+    def broken(**_):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(registry, "names", broken)
+    monkeypatch.setattr(sys, "argv", ["workbench", "analyses"])
+    monkeypatch.delenv("WORKBENCH_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: unexpected RuntimeError: disk on fire (set WORKBENCH_DEBUG=1 for the traceback)"
+    monkeypatch.setenv("WORKBENCH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli.main()
+
+
+def test_usage_errors_exit_2():
+    result = runner.invoke(app, ["report", "--no-such-option"])
+    assert result.exit_code == 2
