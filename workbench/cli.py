@@ -104,7 +104,8 @@ def report(
         torch.manual_seed(seed)
         names = _split(analyses_) or registry.names(default_only=True)
         overrides = _read_config(config, names)
-        configs = resolve_configs({n: _config_for(n, _split(sites), overrides.get(n, {})) for n in names})
+        configs = resolve_configs({n: _config_for(n, _split(sites), overrides.get(n, {}), config)
+                                   for n in names})
         texts = read_prompts(prompts) if prompts else default_prompts()
         model = model or registry.default_model(list(configs), DEFAULT_MODEL)
         _say(f"loading {model} on {device} ...")
@@ -132,13 +133,22 @@ def report(
     _say(f"{where} in {time.perf_counter() - started:.0f} s")
 
 
-def _config_for(name: str, sites: list[str] | None, fields: dict):
+def _config_for(name: str, sites: list[str] | None, fields: dict, config: Path | None = None):
+    """``name``'s config from ``--sites`` and the ``--config`` file's fields; a field the config refuses is reported
+    with the file it came from, as the file's other errors are."""
     from workbench import registry
+    from workbench.errors import ConfigError
 
     spec = registry.get(name)
+    from_file = bool(fields)
     if sites and "sites" in spec.config.__dataclass_fields__:
         fields = {"sites": sites} | fields
-    return spec.config.from_dict(fields) if fields else None
+    try:
+        return spec.config.from_dict(fields) if fields else None
+    except ConfigError as exc:
+        if not from_file:
+            raise
+        raise ConfigError(f"--config {config}: [{name}]: {exc}") from None
 
 
 def _read_config(path: Path | None, names: list[str]) -> dict[str, dict]:
