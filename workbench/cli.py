@@ -81,6 +81,9 @@ def report(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
     json_to: Annotated[str | None, typer.Option("--json", help="'-': print report.json on stdout (messages stay "
                                                                 "on stderr); writes no folder unless --out is given")] = None,
+    figures: Annotated[str | None, typer.Option(help="also save every result's figures into OUT/figures/ in these "
+                                                      "formats, comma-separated: png, svg, pdf, jpeg, webp (needs "
+                                                      "Chromium: apt-get install chromium, or BROWSER_PATH)")] = None,
 ) -> None:
     """Write a spectral report (self-contained HTML + JSON) on a model."""
     import torch
@@ -97,6 +100,7 @@ def report(
     try:
         if json_to not in (None, "-"):
             raise WorkbenchError(f"--json takes only '-' (stdout), not {json_to!r}; use --out DIR for a file")
+        formats = _figure_formats(figures, out)
         if out is None and json_to is None:
             out = DEFAULT_OUT
         if out is not None and out.exists() and not overwrite:
@@ -119,6 +123,7 @@ def report(
             "config": overrides, "seconds": {step: round(s, 1) for step, s in seconds.items()}}
         made = Report(results=results, provenance=provenance | {"versions": package_versions()})
         path = made.write(out, overwrite=overwrite) if out is not None else None
+        saved = _save_report_figures(results, path / "figures", formats) if formats else []
     except WorkbenchError as exc:
         _say(f"error: {exc}")
         raise typer.Exit(code=2) from None
@@ -130,7 +135,37 @@ def report(
 
         typer.echo(json.dumps(made.to_dict(), indent=1))
     where = f"wrote {path / 'report.html'} and {path / 'report.json'}" if path else "report.json on stdout"
+    if saved:
+        where += f", {len(saved)} figure files in {path / 'figures'}"
     _say(f"{where} in {time.perf_counter() - started:.0f} s")
+
+
+def _figure_formats(figures: str | None, out: Path | None) -> tuple[str, ...]:
+    """``--figures png,svg`` as formats, checked before any work (ConfigError naming the unknown ones)."""
+    from workbench.errors import ConfigError
+    from workbench.results import check_figure_formats
+
+    if figures is None:
+        return ()
+    if out is None:
+        raise ConfigError("--figures needs an output folder: pass --out DIR with --json -")
+    try:
+        return check_figure_formats(_split([figures]) or [], call="workbench report", param="--figures")
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("workbench report()", "workbench report")) from None
+
+
+def _save_report_figures(results: dict, folder: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Every result's figures into ``folder`` as ``<analysis name>_<i>.<fmt>`` (the name a built-in result's kind
+    also has; names are unique, kinds of plug-ins need not be), one browser start for all of them."""
+    from workbench.results import save_figures
+
+    figures, names = [], []
+    for name, result in results.items():
+        for i, fig in enumerate(result.figures(), 1):
+            figures.append(fig)
+            names.append(f"{name}_{i}")
+    return save_figures(figures, folder, names, formats)
 
 
 def _config_for(name: str, sites: list[str] | None, fields: dict, config: Path | None = None):

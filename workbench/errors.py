@@ -51,3 +51,7 @@ def config_error(call: str, param: str, allowed: str, received: Any) -> ConfigEr
 def shape_error(call: str, param: str, allowed: str, received: Any) -> ShapeError:
     """Build a :class:`ShapeError` in the standard format (raise it at the call site)."""
     return ShapeError(param_message(call, param, allowed, received))
+
+
+class FigureExportError(WorkbenchError, RuntimeError):
+    """A figure could not be written as an image (no Chromium for kaleido, or kaleido missing); says what to install."""

@@ -12,10 +12,14 @@ import html
 import json
 import math
 import numbers
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar
 
-from workbench.errors import ConfigError, config_error
+from workbench.errors import ConfigError, FigureExportError, config_error
 from workbench.validation import Constraint
 
 
@@ -49,6 +53,13 @@ class Serialisable:
 
 # Line colours shared by the analyses' plots (plotly's default sequence), so a dataset keeps its colour across figures.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+# Static export (save_figures): a 7-inch column at 100 layout px per inch; PNG at scale 3 = 300 dpi.
+FIGURE_FORMATS = ("png", "svg", "pdf", "jpeg", "webp")
+PAPER_WIDTH = 700
+PAPER_HEIGHT = 450
+PAPER_SCALE = 3.0
+
 
 
 def table_figure(title: str, header: list[str], rows: list[list[Any]]) -> Any:
@@ -155,6 +166,22 @@ class Result(Serialisable):
         header, rows = self.table()
         return pd.DataFrame([list(row) for row in rows], columns=list(header))
 
+    def save_figures(self, folder: str | Path, formats: tuple[str, ...] | list[str] = ("png", "svg", "pdf"), *,
+                     width: int = PAPER_WIDTH, height: int | None = None, scale: float = PAPER_SCALE) -> list[Path]:
+        """Write every figure of :meth:`figures` as ``<folder>/<kind>_<i>.<fmt>`` (``i`` from 1) in each format, with
+        a paper layout (:func:`paper_figure`). Returns the paths written, figure by figure.
+
+        Size: ``width``/``height`` are layout pixels (default 700 wide — 7 in at 100 px per inch, so 11-px text
+        prints at 8 pt —, and the figure's own height or 450); raster formats get ``width*scale`` × ``height*scale``
+        pixels (scale 3: 2100 px, 300 dpi at 7 in). Formats: png, svg, pdf, jpeg, webp. Needs kaleido and a
+        Chromium (Debian: ``apt-get install chromium``, found by itself; elsewhere ``BROWSER_PATH=/path/to/chrome``);
+        one browser start for all the figures (``plotly.io.write_images``). Each file appears whole: the images are
+        written into a temporary folder inside ``folder`` and moved into place only once all succeeded; on an error
+        nothing is left behind (a ``folder`` it had to create is removed again).
+
+        Example: ``result.save_figures("figures", ("png", "pdf"))``"""
+        return save_figures(self.figures(), folder, self.kind, formats, width=width, height=height, scale=scale)
+
     def _repr_html_(self) -> str:
         return f"<h3>{html.escape(self.title)}</h3><p>{html.escape(self.summary())}</p>" \
                f"{figures_html(self.figures())}{table_html(*self.table())}"
@@ -187,6 +214,85 @@ def figures_html(figures: list) -> str:
         out.append(fig.to_html(full_html=False, include_plotlyjs=not _PLOTLYJS_SENT))
         _PLOTLYJS_SENT = True
     return "".join(out)
+
+
+def check_figure_formats(formats: Any, call: str = "Result.save_figures", param: str = "formats") -> tuple[str, ...]:
+    """``formats`` as a tuple of lower-case names, or ConfigError naming the unknown ones (before any work)."""
+    if isinstance(formats, str):
+        formats = (formats,)
+    wanted = tuple(str(f).strip().lower() for f in formats)
+    unknown = [f for f in wanted if f not in FIGURE_FORMATS]
+    if not wanted or unknown:
+        raise config_error(call, param, f"one or more of {list(FIGURE_FORMATS)}", unknown or list(formats))
+    return tuple(dict.fromkeys(wanted))
+
+
+def paper_figure(fig: Any, width: int = PAPER_WIDTH, height: int | None = None) -> Any:
+    """A copy of ``fig`` laid out for a paper: white template, 11-px text (13-px title), tight margins, fixed size."""
+    import plotly.graph_objects as go
+
+    out = go.Figure(fig)
+    out.update_layout(template="plotly_white", width=width, height=height or fig.layout.height or PAPER_HEIGHT,
+                      font={"family": "Arial, Helvetica, sans-serif", "size": 11, "color": "black"},
+                      title_font_size=13, legend_font_size=10, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return out
+
+
+def save_figures(figures: list, folder: str | Path, name: str | list[str], formats: Any = ("png", "svg", "pdf"), *,
+                 width: int = PAPER_WIDTH, height: int | None = None, scale: float = PAPER_SCALE) -> list[Path]:
+    """``figures`` as ``<folder>/<name>_<i>.<fmt>`` (or ``<name[i]>.<fmt>`` for a list of file stems, one per figure),
+    all in one kaleido call; see :meth:`Result.save_figures`.
+
+    Example: ``save_figures([fig], "out", "myplot", ("svg",))``"""
+    import importlib.util
+
+    wanted = check_figure_formats(formats)
+    if not (isinstance(width, int) and width > 0) or (height is not None and not (isinstance(height, int) and height > 0)):
+        raise config_error("Result.save_figures", "width/height", "positive ints", (width, height))
+    if not (isinstance(scale, numbers.Real) and scale > 0):
+        raise config_error("Result.save_figures", "scale", "a positive number", scale)
+    if importlib.util.find_spec("kaleido") is None:
+        raise FigureExportError("saving figures needs the kaleido package: pip install kaleido==1.5.0")
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".figures.tmp-", dir=folder))
+    stems = [f"{name}_{i}" for i in range(1, len(figures) + 1)] if isinstance(name, str) else list(name)
+    if len(stems) != len(figures) or len(set(stems)) != len(stems):
+        raise config_error("save_figures", "name", "a str or one distinct file stem per figure", name)
+    names = [f"{stem}.{fmt}" for stem in stems for fmt in wanted]
+    try:
+        if figures:
+            import plotly.io as pio
+
+            laid = [paper_figure(fig, width, height) for fig in figures for _ in wanted]
+            try:
+                pio.write_images(laid, [tmp / n for n in names], format=[n.rsplit(".", 1)[1] for n in names],
+                                 width=[f.layout.width for f in laid], height=[f.layout.height for f in laid],
+                                 scale=scale)
+            except RuntimeError as exc:
+                if "Chrome" not in str(exc) and "Chromium" not in str(exc):
+                    raise
+                raise FigureExportError(
+                    "saving figures needs Chromium for kaleido and none was found: apt-get install chromium (Debian/"
+                    "Ubuntu), or set BROWSER_PATH to a Chrome/Chromium executable") from None
+        mode = _umask_file_mode()
+        for n in names:
+            os.chmod(tmp / n, mode)
+            os.replace(tmp / n, folder / n)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return [folder / n for n in names]
+
+
+def _umask_file_mode() -> int:
+    from workbench.atomic import umask_mode
+
+    return umask_mode(0o666)
 
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -238,5 +344,5 @@ def table_html(header: list[str], rows: list[list[Any]]) -> str:
     return f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-__all__ = ["PALETTE", "Config", "ConfigError", "Result", "Serialisable", "figures_html", "fmt", "reset_notebook_plotlyjs",
-           "setting", "table_html"]
+__all__ = ["FIGURE_FORMATS", "PALETTE", "Config", "ConfigError", "Result", "Serialisable", "figures_html", "fmt",
+           "paper_figure", "reset_notebook_plotlyjs", "save_figures", "setting", "table_html"]
