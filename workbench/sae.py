@@ -60,6 +60,7 @@ class TrainedSAE:
     ``history``: mean training loss per epoch (sae-lens's total loss: MSE summed over ``d`` plus the
     architecture's auxiliary terms).
     ``path``: the cache folder it was saved to or loaded from (``None`` when not cached).
+    ``key``: the ``key`` given to :func:`cached_sae` (``None`` from :func:`train_sae`).
     """
 
     sae: SAE
@@ -67,6 +68,7 @@ class TrainedSAE:
     l0: float
     history: tuple[float, ...]
     path: Path | None = None
+    key: dict[str, Any] | None = None
 
     @property
     def architecture(self) -> str:
@@ -79,6 +81,32 @@ class TrainedSAE:
     @property
     def d_sae(self) -> int:
         return int(self.sae.cfg.d_sae)
+
+    def __repr__(self) -> str:
+        return (f"TrainedSAE(architecture={self.architecture!r}, d_in={self.d_in}, d_sae={self.d_sae}, "
+                f"fvu={self.fvu:.4g}, l0={self.l0:.4g}, epochs={len(self.history)}, path={self.path!r})")
+
+    def _repr_html_(self) -> str:
+        """Notebook summary of what is stored (no pass over data): shape, architecture, FVU, L0, training, origin."""
+        import html
+
+        from workbench.results import table_html
+
+        cfg = self.sae.cfg
+        rows: list[list[Any]] = [["architecture", self.architecture], ["d_in", self.d_in], ["d_sae", self.d_sae]]
+        if getattr(cfg, "k", None) is not None:
+            rows.append(["k", int(cfg.k)])
+        rows += [["FVU", self.fvu], ["L0", self.l0], ["epochs", len(self.history)],
+                 ["final loss", self.history[-1] if self.history else "-"],
+                 ["dtype / device", f"{cfg.dtype} / {self.sae.device}"]]
+        hook = getattr(getattr(cfg, "metadata", None), "hook_name", None)
+        if hook:
+            rows.append(["hook", hook])
+        if self.key is not None:
+            rows.append(["key", json.dumps(self.key, sort_keys=True)])
+        rows.append(["path", "-" if self.path is None else str(self.path)])
+        title = f"SAE ({self.architecture}, {self.d_in} → {self.d_sae})"
+        return f"<h4>{html.escape(title)}</h4>{table_html(['', 'value'], rows)}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,7 +363,7 @@ def _load_cached(folder: Path, identity: dict[str, Any], device: torch.device) -
         return None
     sae.eval()
     return TrainedSAE(sae=sae, fvu=float(info["fvu"]), l0=float(info["l0"]),
-                      history=tuple(float(v) for v in info["history"]), path=folder)
+                      history=tuple(float(v) for v in info["history"]), path=folder, key=identity["key"])
 
 
 def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Path | str | None = None,
@@ -400,4 +428,5 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))  # written last: marks completion
 
     replace_folder(folder, fill)
-    return TrainedSAE(sae=trained.sae, fvu=trained.fvu, l0=trained.l0, history=trained.history, path=folder)
+    return TrainedSAE(sae=trained.sae, fvu=trained.fvu, l0=trained.l0, history=trained.history, path=folder,
+                      key=key_json)

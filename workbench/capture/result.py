@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 import torch
 
+from workbench.results import table_html
 from workbench.spectra import singular_values_from_gram
+
+_MAX_ROWS = 60  # sites listed in a notebook repr; the rest are counted
+
+
+def _kept(stats: SiteStats) -> str:
+    """The optional parts a site holds, with their shapes (``reservoir [256, 32]``), or ``-``."""
+    parts = [f"{name} {list(value.shape)}" for name in ("reservoir", "last", "mean_pooled", "full")
+             if (value := getattr(stats, name)) is not None]
+    return ", ".join(parts) or "-"
+
+
+def _site_row(stats: SiteStats) -> list[object]:
+    """One repr row from what is stored (no decomposition): token count, width, ‖mean‖, total variance."""
+    variance = float(stats.comoment.diagonal().sum()) / max(stats.n - 1, 1)
+    return [stats.site, stats.n, stats.d, float(stats.mean.double().norm()), variance, _kept(stats)]
+
+
+def _short(value: object) -> object:
+    """A meta value for the repr: a scalar as is, a tensor by its shape, anything else by a repr cut to 80 chars."""
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return f"tensor {list(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+_SITE_HEADER = ["site", "tokens", "d", "‖mean‖", "total variance", "kept"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +73,14 @@ class SiteStats:
         """Exact singular values of the (centred) ``[n, d]`` token matrix, from the streamed statistics."""
         return singular_values_from_gram(self.comoment if center else self.gram, n=self.n)
 
+    def __repr__(self) -> str:
+        return f"SiteStats(site={self.site!r}, n={self.n}, d={self.d}, kept={_kept(self)!r})"
+
+    def _repr_html_(self) -> str:
+        """Notebook summary from the stored statistics only (singular values: call ``singular_values()``)."""
+        return (f"<h4>SiteStats {html.escape(self.site)}</h4>{table_html(_SITE_HEADER, [_site_row(self)])}"
+                "<p>total variance = trace of the covariance; singular values: <code>.singular_values()</code></p>")
+
 
 @dataclass(frozen=True)
 class CaptureResult:
@@ -65,6 +103,23 @@ class CaptureResult:
 
     def __getitem__(self, site: str) -> SiteStats:
         return self.stats[site]
+
+    def __repr__(self) -> str:
+        return (f"CaptureResult(model={self.model!r}, n_texts={self.n_texts}, n_tokens={self.n_tokens}, "
+                f"sites={len(self.stats)}, positions={self.positions!r})")
+
+    def _repr_html_(self) -> str:
+        """Notebook summary: the run's settings, then one row per site from the stored statistics (no SVD)."""
+        run = [["model", self.model], ["texts", self.n_texts], ["tokens", self.n_tokens],
+               ["positions", self.positions], ["exclude BOS", self.exclude_bos], ["has BOS", self.has_bos],
+               ["batch size", self.batch_size], ["seconds", float(self.seconds)]]
+        run += [[str(key), _short(value)] for key, value in self.meta.items()]
+        stats = list(self.stats.values())
+        rows = [_site_row(s) for s in stats[:_MAX_ROWS]]
+        more = f"<p>… and {len(stats) - _MAX_ROWS} more sites</p>" if len(stats) > _MAX_ROWS else ""
+        return (f"<h4>CaptureResult: {len(stats)} sites</h4>{table_html(['', 'value'], run)}"
+                f"{table_html(_SITE_HEADER, rows)}{more}"
+                "<p>total variance = trace of the covariance; singular values: <code>.singular_values()</code></p>")
 
     def singular_values(self, *, center: bool = True, sites: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Singular values per site; sites of equal width share one batched eigendecomposition."""

@@ -66,7 +66,7 @@ class RotatedSubspace(torch.nn.Module):
 @dataclass(frozen=True)
 class DASFit:
     """The learned basis ``[d, k]`` (the final epoch's; with early stopping the best validation epoch's), the loss
-    history and the learning rate of each epoch."""
+    history and the learning rate of each epoch; ``site`` the hook site it was fitted at (``None`` if not recorded)."""
 
     basis: torch.Tensor
     train_loss: list[float] = field(default_factory=list)
@@ -74,6 +74,33 @@ class DASFit:
     best_epoch: int = 0
     stopped_early: bool = False
     lrs: list[float] = field(default_factory=list)
+    site: str | None = None
+
+    def __repr__(self) -> str:
+        d, k = self.basis.shape
+        final = f"{self.train_loss[-1]:.4g}" if self.train_loss else "-"
+        return (f"DASFit(site={self.site!r}, d={d}, k={k}, epochs={len(self.train_loss)}, "
+                f"best_epoch={self.best_epoch}, final_train_loss={final})")
+
+    def _repr_html_(self) -> str:
+        """Notebook summary of the stored fit: the basis' shape and the loss and learning-rate history (no forward)."""
+        import html
+
+        from workbench.results import fmt, table_html
+
+        d, k = self.basis.shape
+
+        def at(values: list[float], i: int) -> float | str:
+            return values[i] if -len(values) <= i < len(values) else "-"
+
+        rows = [["site", "-" if self.site is None else self.site], ["basis", f"[{d}, {k}] (d × k, orthonormal columns)"],
+                ["epochs run", len(self.train_loss)], ["best epoch (0-based; its basis is kept)", self.best_epoch],
+                ["stopped early", self.stopped_early],
+                ["train loss: first → final", f"{fmt(at(self.train_loss, 0))} → {fmt(at(self.train_loss, -1))}"],
+                ["val loss at best epoch", at(self.val_loss, self.best_epoch)],
+                ["lr: first → last", f"{fmt(at(self.lrs, 0))} → {fmt(at(self.lrs, -1))}"]]
+        title = f"DAS fit: {k}-dim subspace" + ("" if self.site is None else f" at {self.site}")
+        return f"<h4>{html.escape(title)}</h4>{table_html(['', 'value'], rows)}"
 
 
 def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: torch.Tensor, target: torch.Tensor, *, site: str,
@@ -164,7 +191,7 @@ def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: to
         for p, flag in frozen:
             p.requires_grad_(flag)
     return DASFit(basis=best, train_loss=fit_train, val_loss=fit_val, best_epoch=best_epoch, stopped_early=stopped,
-                  lrs=lrs)
+                  lrs=lrs, site=site)
 
 
 def _parameters(lm: LoadedModel | HookedRootModule) -> list[torch.nn.Parameter]:

@@ -34,6 +34,7 @@ from workbench.models.loaded import LoadedModel
 from workbench.validation import check_number
 
 KINDS = {"head": "W_O", "neuron": "W_out"}
+_MAX_ROWS = 60  # edits listed in a notebook repr; the rest are counted
 EDIT_FORMAT = 1
 
 
@@ -161,10 +162,12 @@ class EditHandle:
         self.edits = list(edits)
         self._saved: list[tuple[torch.Tensor, slice | int, torch.Tensor]] = []
         self.active = False
+        self.reverted = False  # True once edits that were in the weights have been taken out again
 
     def apply(self) -> EditHandle:
         if self.active:
             return self
+        self.reverted = False
         targets = [_rows(self.lm, e) for e in self.edits]  # validate everything before touching any weight
         try:
             with torch.no_grad():
@@ -188,7 +191,30 @@ class EditHandle:
             for matrix, rows, original in reversed(self._saved):
                 matrix[rows] = original
         self._saved.clear()
+        self.reverted = self.reverted or self.active
         self.active = False
+
+    @property
+    def state(self) -> str:
+        """``"applied"`` (the edits are in the weights), ``"reverted"`` or ``"not applied"``."""
+        return "applied" if self.active else "reverted" if self.reverted else "not applied"
+
+    def __repr__(self) -> str:
+        return f"EditHandle(model={getattr(self.lm, 'name', '?')!r}, edits={len(self.edits)}, state={self.state!r})"
+
+    def _repr_html_(self) -> str:
+        """Notebook summary: the model, whether the edits are in its weights, and one row per edit (no tensors)."""
+        import html
+
+        from workbench.results import table_html
+
+        kinds = {kind: sum(e.kind == kind for e in self.edits) for kind in KINDS}
+        rows = [[e.kind, e.layer, e.index, KINDS.get(e.kind, "?"), e.lam, e.g] for e in self.edits[:_MAX_ROWS]]
+        more = f"<p>… and {len(self.edits) - _MAX_ROWS} more edits</p>" if len(self.edits) > _MAX_ROWS else ""
+        head = (f"{len(self.edits)} rank-1 edits ({kinds['head']} heads, {kinds['neuron']} neurons) of "
+                f"{getattr(self.lm, 'name', '?')}: {self.state}")
+        return (f"<h4>{html.escape(head)}</h4>"
+                f"{table_html(['kind', 'layer', 'index', 'matrix', 'λ', 'g'], rows)}{more}")
 
     def __enter__(self) -> EditHandle:
         return self.apply()
