@@ -27,7 +27,9 @@ KINDS = {kind: SITE_KINDS[kind] for kind in REPRESENTATION_KINDS}
 @dataclass(frozen=True)
 class ActivationSpectraConfig(Config):
     """``kinds``: short names from :data:`KINDS` captured at every layer; ``sites`` replaces them with explicit
-    hook names or globs. ``rankme_eps``: RankMe's ε. ``n_values``: singular values kept per site for the plots."""
+    hook names or globs. ``rankme_eps``: RankMe's ε. ``n_values``: singular values kept per site for the plots.
+
+    Example: ``run_analysis(lm, "activation_spectra", ActivationSpectraConfig(kinds=["resid_post"], n_values=32))``"""
 
     kind = "activation_spectra_config"
     kinds: list[str] = field(default_factory=lambda: ["resid_post", "attn_out", "mlp_out"])
@@ -43,7 +45,9 @@ class ActivationSpectraConfig(Config):
 
 @dataclass(frozen=True)
 class ActivationSpectraResult(Result):
-    """Column-wise: one entry per captured site, in layer order."""
+    """Column-wise: one entry per captured site, in layer order.
+
+    Example: ``result = run_analysis(lm, "activation_spectra", texts=texts); result.plot_spectra().show()``"""
 
     kind = "activation_spectra"
     title = "Token-representation spectra per layer"
@@ -62,9 +66,16 @@ class ActivationSpectraResult(Result):
     singular_values: list[list[float]]  # leading centred singular values, descending
 
     def components(self) -> list[str]:
+        """The captured components (site kinds), in the order of their first site.
+
+        Example: ``result.components()  # ["resid_post", "attn_out", "mlp_out"] with the default kinds``"""
         return list(dict.fromkeys(self.component))
 
     def series(self, component: str, column: str) -> tuple[list[int | None], list[float]]:
+        """``(layers, values)`` of one column (e.g. ``"erank_centred"``) over the sites of one component, in layer
+        order.
+
+        Example: ``layers, eranks = result.series("resid_post", "erank_centred")``"""
         idx = [i for i, c in enumerate(self.component) if c == component]
         return [self.layer[i] for i in idx], [getattr(self, column)[i] for i in idx]
 
@@ -90,7 +101,8 @@ class ActivationSpectraResult(Result):
         """Normalised leading singular values log10(σ_i/σ_1) per layer of the first component.
 
         Log scale: a few massive directions make σ_1 tens of times σ_2 in some layers, which a linear scale hides.
-        """
+
+        Example: ``result.plot_spectra().show()``"""
         comp = self.components()[0]
         idx = [i for i, c in enumerate(self.component) if c == comp]
         z = [[math.log10(v / sv[0]) if sv[0] > 0 and v > 0 else None for v in sv]
@@ -129,12 +141,20 @@ class ActivationSpectraResult(Result):
 
 
 def sites_for(config: ActivationSpectraConfig, facts) -> list[str]:
+    """The hook sites the analysis captures: the config's explicit ``sites`` (hook names or globs), else every
+    configured kind at every layer.
+
+    Example: ``sites_for(ActivationSpectraConfig(kinds=["resid_post"]), lm.facts)  # one resid_post site per layer``"""
     if config.sites is not None:
         return list(config.sites)
     return [site(k, layer) for k in config.kinds for layer in range(facts.n_layers)]
 
 
 def compute(inputs: Inputs, config: ActivationSpectraConfig) -> ActivationSpectraResult:
+    """Spectra of the shared capture: centred and uncentred singular values per site, their effective rank, RankMe and
+    stable rank, and the leading singular values for the plots.
+
+    Example: ``compute(inputs, ActivationSpectraConfig())  # what run_analysis(lm, "activation_spectra") calls``"""
     cap = inputs.capture
     wanted = sites_for(config, inputs.facts)
     sites = wanted if config.sites is None else resolve_sites(cap.sites, wanted)  # kinds keep the config's order

@@ -61,7 +61,9 @@ class ErankDynamicsConfig(Config):
     the prompt as a user turn with the tokenizer's chat template when it has one. ``stride``/``max_seq_len``/
     ``center``/``variant`` as in :func:`erv_era` (VERL's ``diff_stride`` 20, ``max_seq_len`` 512, its configured
     ``diff_calculator_method: 'optimized'``). ``alignment``: ``"generating"`` (VERL: the state that produced each
-    response token) or ``"own"`` (each response token's own state); see the module docstring."""
+    response token) or ``"own"`` (each response token's own state); see the module docstring.
+
+    Example: ``run_analysis(lm, "erank_dynamics", ErankDynamicsConfig(prompt="Why is the sky blue?", max_new_tokens=64))``"""
 
     kind = "erank_dynamics_config"
     prompt: str = DEFAULT_PROMPT
@@ -92,7 +94,9 @@ class ErankDynamicsResult(Result):
     """Headline: ``final_erank``/``final_erv``/``final_era`` on the final-norm output (``final_site``), as VERL.
     Extension, per block (index = layer): ``erank_t``/``erv``/``era`` on the residual stream. ER at prefix lengths
     ``ks`` of the window of ``n_tokens_used`` response tokens starting at response token ``window_start``; ERV/ERA
-    None where undefined (2 prefixes for ERV, 3 for ERA)."""
+    None where undefined (2 prefixes for ERV, 3 for ERA).
+
+    Example: ``dyn = run_analysis(lm, "erank_dynamics"); dyn.final_erv, dyn.plot_erv_era().show()``"""
 
     kind = "erank_dynamics"
     title = "Effective-rank dynamics over the response (ERV / ERA)"
@@ -138,6 +142,10 @@ class ErankDynamicsResult(Result):
         return fig
 
     def plot_blocks(self) -> go.Figure:
+        """Effective rank against prefix length, one line per block (residual stream), coloured from first to last
+        layer.
+
+        Example: ``dyn.plot_blocks().show()``"""
         n = len(self.erank_t)
         colours = sample_colorscale("Viridis", [i / max(n - 1, 1) for i in range(n)])
         fig = go.Figure()
@@ -152,6 +160,9 @@ class ErankDynamicsResult(Result):
         return fig
 
     def plot_erv_era(self) -> go.Figure:
+        """ERV and ERA per block as bars, with the final-norm headline values drawn as reference lines.
+
+        Example: ``dyn.plot_erv_era().show()``"""
         layers = list(range(len(self.erv)))
         fig = make_subplots(rows=1, cols=2, subplot_titles=("ERV (mean Δ ER)", "ERA (mean Δ² ER)"))
         fig.add_trace(go.Bar(x=layers, y=self.erv, name="ERV", marker_color="#1f77b4"), row=1, col=1)
@@ -242,7 +253,9 @@ def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, ali
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(final [T, d], blocks [L, T, d])`` for the T = len(tokens) − n_prompt response tokens, from one forward pass:
     the final-norm output and the residual stream after every block, at positions n−1 … n+T−2 (``"generating"``:
-    the state that produced each response token, as VERL) or n … n+T−1 (``"own"``)."""
+    the state that produced each response token, as VERL) or n … n+T−1 (``"own"``).
+
+    Example: ``final, blocks = response_hidden(lm, tokens, prompt.shape[1], alignment="own")``"""
     first = n_prompt - 1 if alignment == "generating" else n_prompt
     last = tokens.shape[1] - 1 if alignment == "generating" else tokens.shape[1]
     slices: dict[str, torch.Tensor] = {}
@@ -259,6 +272,11 @@ def response_hidden(lm: LoadedModel, tokens: torch.Tensor, n_prompt: int, *, ali
 
 
 def compute(inputs: Inputs, config: ErankDynamicsConfig) -> ErankDynamicsResult:
+    """Generate (or score the given ``response``), take the response tokens' hidden states in one forward, and compute
+    effective rank over growing prefixes and its velocity (ERV) and acceleration (ERA), on the final-norm output and per
+    block.
+
+    Example: ``compute(inputs, ErankDynamicsConfig(prompt="Why is the sky blue?"))  # what run_analysis calls``"""
     lm = inputs.model
     prompt = _prompt_tokens(lm, config)
     tokens, states = _full_tokens(lm, config, prompt, inputs.progress)

@@ -75,7 +75,9 @@ class GradientSpectraConfig(Config):
     ``system_prompt``: the system turn of the instruct layout (the reference's; None leaves it out, as the reference
     does for Gemma). ``route``: ``"factor"`` (T × T core, exact, fast) or ``"dense"`` (d × d SVD), see the module
     docstring. ``shuffled_control``: add the first dataset with responses shuffled across prompts (same responses and
-    lengths, mismatched prompts: a built-in low-quality control)."""
+    lengths, mismatched prompts: a built-in low-quality control).
+
+    Example: ``GradientSpectraConfig(datasets={"mine": "my-pairs.jsonl", "r": "bundled:reasoning"}, max_samples=5)``"""
 
     kind = "gradient_spectra_config"
     datasets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DATASETS))
@@ -101,7 +103,9 @@ class GradientSpectraConfig(Config):
 @dataclass(frozen=True)
 class GradientSpectraResult(Result):
     """Column-wise over (dataset, projection, layer); per-dataset lists follow ``datasets``' order. ``cosine``:
-    dataset → projection → ``[L][L]`` mean cosine similarity of flattened gradients between layers."""
+    dataset → projection → ``[L][L]`` mean cosine similarity of flattened gradients between layers.
+
+    Example: ``gr = run_analysis(lm, "gradient_spectra", GradientSpectraConfig(max_samples=5)); gr.plot_cosine()``"""
 
     kind = "gradient_spectra"
     title = "Layer-wise gradient spectra of the attention projections"
@@ -133,12 +137,21 @@ class GradientSpectraResult(Result):
     route: str = "factor"
 
     def projections(self) -> list[str]:
+        """The projection kinds present, in the order of the rows.
+
+        Example: ``gr.projections()  # e.g. ["W_Q", "W_K", "W_V", "W_O"]``"""
         return list(dict.fromkeys(self.projection))
 
     def rows(self, dataset: str, projection: str) -> list[int]:
+        """Row indices of one (dataset, projection), in layer order.
+
+        Example: ``idx = gr.rows(gr.datasets[0], gr.projections()[0])``"""
         return [i for i in range(len(self.dataset)) if self.dataset[i] == dataset and self.projection[i] == projection]
 
     def layer_mean(self, dataset: str, projection: str, column: str) -> float:
+        """Mean of one column over the layers of one (dataset, projection).
+
+        Example: ``gr.layer_mean(gr.datasets[0], gr.projections()[0], "erank_mean")``"""
         idx = self.rows(dataset, projection)
         return sum(getattr(self, column)[i] for i in idx) / len(idx)
 
@@ -164,7 +177,9 @@ class GradientSpectraResult(Result):
         return fig
 
     def plot_cosine(self) -> go.Figure:
-        """Cosine between the gradients of adjacent layers (l, l+1), per projection and dataset."""
+        """Cosine between the gradients of adjacent layers (l, l+1), per projection and dataset.
+
+        Example: ``gr.plot_cosine().show()``"""
         projs = self.projections()
         fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs)
         for k, name in enumerate(self.datasets):
@@ -179,6 +194,9 @@ class GradientSpectraResult(Result):
         return fig
 
     def plot_cosine_matrix(self) -> go.Figure:
+        """Heatmap per projection of the layer × layer gradient cosine of the first dataset.
+
+        Example: ``gr.plot_cosine_matrix().show()``"""
         name = self.datasets[0]
         projs = self.projections()
         fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs)
@@ -271,6 +289,10 @@ def _shuffled(pairs: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
 
 
 def compute(inputs: Inputs, config: GradientSpectraConfig) -> GradientSpectraResult:
+    """Per dataset, the response-token loss gradients of every attention (and MLP) projection per sample, their nuclear
+    norm, effective rank and Frobenius norm per layer, and the cosine between layers' gradients.
+
+    Example: ``compute(inputs, GradientSpectraConfig(max_samples=5))  # run_analysis(lm, "gradient_spectra") calls it``"""
     lm = inputs.model
     data = {name: _pairs_for(source)[: config.max_samples] for name, source in config.datasets.items()}
     control = None

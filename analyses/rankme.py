@@ -59,7 +59,9 @@ class RankMeConfig(Config):
     bundled passages), ``"bundled:<category>"`` (see :func:`workbench.prompts.categories`) or a .txt/.jsonl path.
     ``embedding_files``: label → .npy/.pt/.safetensors path, analysed as they are. ``kind``: the per-layer site
     (see ``workbench.capture.hooks.REPRESENTATION_KINDS``). ``equal_size``: subsample every set to the smallest one's size
-    (seeded by ``seed``). ``max_length``: tokens kept per prompt."""
+    (seeded by ``seed``). ``max_length``: tokens kept per prompt.
+
+    Example: ``run_analysis(lm, "rankme", RankMeConfig(prompt_sets={"code": "bundled:code"}), texts=texts)``"""
 
     kind = "rankme_config"
     prompt_sets: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SETS))
@@ -93,7 +95,9 @@ class RankMeConfig(Config):
 @dataclass(frozen=True)
 class RankMeResult(Result):
     """Column-wise, one row per (source, pooling, matrix). ``pooling`` is ``"last"``/``"mean"`` for prompt sets and
-    ``"file"`` for embedding files; ``layer`` is None for files. ``bound`` = min(n_rows, dim), RankMe's ceiling."""
+    ``"file"`` for embedding files; ``layer`` is None for files. ``bound`` = min(n_rows, dim), RankMe's ceiling.
+
+    Example: ``rm = run_analysis(lm, "rankme", texts=texts); rm.plot().show()``"""
 
     kind = "rankme"
     title = "RankMe of per-prompt embeddings across layers"
@@ -113,12 +117,21 @@ class RankMeResult(Result):
     bound: list[int]
 
     def rows(self, source: str, pooling: str) -> list[int]:
+        """Row indices of one (source, pooling), in matrix order.
+
+        Example: ``idx = rm.rows("report", "last")``"""
         return [i for i in range(len(self.source)) if self.source[i] == source and self.pooling[i] == pooling]
 
     def sets(self) -> list[str]:
+        """Labels of the prompt sets, in config order.
+
+        Example: ``rm.sets()  # the prompt-set labels, e.g. ["report"]``"""
         return list(self.set_sizes)
 
     def files(self) -> list[str]:
+        """Labels of the embedding files analysed (rows with pooling ``"file"``).
+
+        Example: ``rm.files()  # labels of the embedding files analysed``"""
         return list(dict.fromkeys(s for s, p in zip(self.source, self.pooling, strict=True) if p == "file"))
 
     def plot(self) -> go.Figure:
@@ -141,6 +154,9 @@ class RankMeResult(Result):
         return fig
 
     def plot_files(self) -> go.Figure:
+        """RankMe of each embedding file, per matrix in the file.
+
+        Example: ``rm.plot_files().show()``"""
         fig = go.Figure()
         for name in self.files():
             idx = self.rows(name, "file")
@@ -215,6 +231,10 @@ def _subsample(sets: dict[str, list[str]], n: int, seed: int) -> dict[str, list[
 
 
 def compute(inputs: Inputs, config: RankMeConfig) -> RankMeResult:
+    """RankMe and effective rank of pooled (last-token / mean) representations per layer for each prompt set, and of
+    every embedding file.
+
+    Example: ``compute(inputs, RankMeConfig(prompt_sets={"code": "bundled:code"}))  # what run_analysis calls``"""
     lm = inputs.model
     sets = {name: _texts_for(source, inputs) for name, source in config.prompt_sets.items()}
     for name, texts in sets.items():

@@ -66,7 +66,9 @@ class Steer2EditConfig(Config):
     ``rhos``: edit sparsity levels ρ (> 0; ρ_mlp = ``mlp_rho_factor``·ρ); ``edit_kinds``: which of ``"both"``,
     ``"heads"`` (ρ_mlp = −1) and ``"neurons"`` (ρ_attn = −1) to sweep; ``alpha_en``: the elastic-net α in [0, 1).
     ``eval_prompts`` neutral prompts (None: all 40), ``max_new_tokens`` greedy tokens each; ``utility_texts``
-    neutral passages of up to ``utility_tokens`` tokens."""
+    neutral passages of up to ``utility_tokens`` tokens.
+
+    Example: ``run_analysis(lm, "steer2edit", Steer2EditConfig(layers=[4, 5, 6], n_train=32))``"""
 
     kind = "steer2edit_config"
     layers: list[int] | None = None
@@ -104,7 +106,9 @@ class Steer2EditResult(Result):
     setting (method ``"none"``/``"steer"``/``"edit"``, its strength, its ``kind`` — ``"raw"``/``"unit"`` steering,
     ``"both"``/``"heads"``/``"neurons"`` edits — the number of edited heads and neurons, the attribute and utility
     measures). ``components``: the edited heads/neurons of the edit closest to the best
-    steering's utility, largest |λ| first."""
+    steering's utility, largest |λ| first.
+
+    Example: ``r = run_analysis(lm, "steer2edit"); r.plot_components().show()``"""
 
     kind = "steer2edit"
     title = "Steer2Edit: activation steering vs sparse rank-1 component edits (sentiment)"
@@ -144,6 +148,9 @@ class Steer2EditResult(Result):
         return fig
 
     def plot_components(self) -> go.Figure:
+        """Bar chart of the edited heads (H) and neurons (N): their rescaling λ, labelled with the attribution g.
+
+        Example: ``r.plot_components().show()``"""
         comps = self.components
         fig = go.Figure(go.Bar(x=[f"L{c['layer']}{'H' if c['kind'] == 'head' else 'N'}{c['index']}" for c in comps],
                                y=[c["lam"] for c in comps], marker_color=[PALETTE[0] if c["kind"] == "head"
@@ -154,11 +161,17 @@ class Steer2EditResult(Result):
         return fig
 
     def components_table(self) -> go.Figure:
+        """Table of the edited heads and neurons: layer, index, attribution g and λ.
+
+        Example: ``r.components_table().show()``"""
         return table_figure(f"Edited heads and neurons at {self.components_label or self.components_rho}",
                             ["component", "layer", "index", "attribution g", "λ"],
                             [[c["kind"], c["layer"], c["index"], c["g"], c["lam"]] for c in self.components])
 
     def examples_table(self) -> go.Figure:
+        """Table of greedy continuations of neutral prompts under each setting (none, steer, edit).
+
+        Example: ``r.examples_table().show()``"""
         return table_figure("Greedy continuations of neutral prompts", ["setting", "prompt", "continuation"],
                             [[e["method"], e["prompt"], e["continuation"]] for e in self.examples])
 
@@ -228,6 +241,10 @@ def _point(method, strength, label, meas, base, heads=0, neurons=0, kind="none")
 
 
 def compute(inputs: Inputs, config: Steer2EditConfig) -> Steer2EditResult:
+    """Sentiment steering vectors from contrastive pairs, turned into rank-1 weight edits of the most attributed heads
+    and neurons; compares steering and editing on held-out texts, generations and utility.
+
+    Example: ``compute(inputs, Steer2EditConfig(layers=[5]))  # what run_analysis(lm, "steer2edit") calls``"""
     lm = inputs.model
     n_layers = lm.facts.n_layers
     layers = list(range(n_layers)) if config.layers is None else list(config.layers)

@@ -56,7 +56,9 @@ class SubspacePatchingConfig(Config):
     in), as the paper used the name movers' W_Q. DAS: ``epochs``, ``lr``, ``batch_size`` as the paper's notebook;
     ``patience`` > 0 early-stops (an option; 0 = all epochs, the final rotation). ``split``: ``"paper"`` (disjoint
     halves of names/places/objects/templates for train and test) or ``"random"`` (a random held-out part of one
-    pool); ``test_fraction`` of the ``n_pairs`` are test pairs either way."""
+    pool); ``test_fraction`` of the ``n_pairs`` are test pairs either way.
+
+    Example: ``run_analysis(lm, "subspace_patching", SubspacePatchingConfig(n_pairs=64, epochs=2))``"""
 
     kind = "subspace_patching_config"
     n_pairs: int = 96
@@ -83,7 +85,9 @@ class SubspacePatchingConfig(Config):
 @dataclass(frozen=True)
 class SubspacePatchingResult(Result):
     """``templates``: per-template task numbers. ``heatmap``: FLDD of whole-site resid patches [layer][position].
-    ``das``: one dict per DAS site (site, layer, losses, effects by patch kind, diagnostics, verdict, reasons)."""
+    ``das``: one dict per DAS site (site, layer, losses, effects by patch kind, diagnostics, verdict, reasons).
+
+    Example: ``r = run_analysis(lm, "subspace_patching"); r.plot_effects().show()``"""
 
     kind = "subspace_patching"
     title = "Activation patching, DAS and the interpretability illusion (IOI position feature)"
@@ -113,6 +117,10 @@ class SubspacePatchingResult(Result):
         return fig
 
     def plot_effects(self) -> go.Figure:
+        """Held-out FLDD of patching along the DAS direction, its row-space and null-space parts, and the whole site,
+        per DAS site.
+
+        Example: ``r.plot_effects().show()``"""
         fig = go.Figure()
         for entry in self.das:
             fig.add_trace(go.Bar(x=list(EFFECTS), y=[entry["effects"][k]["fldd"] for k in EFFECTS],
@@ -123,6 +131,9 @@ class SubspacePatchingResult(Result):
         return fig
 
     def plot_training(self) -> go.Figure:
+        """DAS train and validation loss per epoch, per site.
+
+        Example: ``r.plot_training().show()``"""
         fig = go.Figure()
         for entry in self.das:
             for key, dash in (("train_loss", "solid"), ("val_loss", "dot")):
@@ -133,6 +144,9 @@ class SubspacePatchingResult(Result):
         return fig
 
     def plot_task(self) -> go.Figure:
+        """The IOI task per template: logit difference IO − S and accuracy.
+
+        Example: ``r.plot_task().show()``"""
         fig = make_subplots(rows=1, cols=2, subplot_titles=("logit difference IO − S", "accuracy"))
         fig.add_trace(go.Bar(x=self.templates, y=self.template_logit_diff, showlegend=False), row=1, col=1)
         fig.add_trace(go.Bar(x=self.templates, y=self.template_accuracy, showlegend=False), row=1, col=2)
@@ -268,6 +282,10 @@ def _readers(lm: LoadedModel, site_kind: str, layer: int, heads: list[tuple[int,
 
 
 def compute(inputs: Inputs, config: SubspacePatchingConfig) -> SubspacePatchingResult:
+    """IOI pairs, a whole-site patching heatmap, then DAS at the residual stream and MLP before the reader heads, with
+    the interpretability-illusion diagnostics of the learnt direction.
+
+    Example: ``compute(inputs, SubspacePatchingConfig(n_pairs=64))  # what run_analysis(lm, "subspace_patching") calls``"""
     lm = inputs.model
     n_layers = lm.facts.n_layers
     if config.layer is not None and not 0 <= config.layer < n_layers - 1:  # readers are heads of later layers

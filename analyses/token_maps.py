@@ -58,7 +58,9 @@ class TokenMapsConfig(Config):
     the first generated token equal to the target, within ``max_new_tokens``) instead of plain text whose first
     generated token is the target. ``eci_weights``: ``"reference"`` (an earlier generated token weighted where it was
     generated; the explained token's own generating position never) or ``"own_position"`` (each earlier token at its
-    own position — a deviation kept as an option; see :func:`workbench.tam.core.interfering_tokens`)."""
+    own position — a deviation kept as an option; see :func:`workbench.tam.core.interfering_tokens`).
+
+    Example: ``run_analysis(lm, "token_maps", TokenMapsConfig(prompts=["The capital of France is"], eval_prompts=0))``"""
 
     kind = "token_maps_config"
     prompts: list[str] | None = None
@@ -80,7 +82,9 @@ class TokenMapsConfig(Config):
 class TokenMapsResult(Result):
     """``examples``: per prompt its tokens, the generated tokens and the three ``[G, P]`` maps (lists).
     ``evaluation``: candidates, answered-correctly counts per family, one row per kept prompt (target index and each
-    method's argmax) and the hit counts; empty when the evaluation was skipped."""
+    method's argmax) and the hit counts; empty when the evaluation was skipped.
+
+    Example: ``r = run_analysis(lm, "token_maps"); r.maps(0).top_inputs()``"""
 
     kind = "token_maps"
     title = "Token activation maps: which prompt tokens explain each generated token"
@@ -93,7 +97,9 @@ class TokenMapsResult(Result):
     eci_weights: str = "reference"
 
     def maps(self, i: int) -> TextTokenMaps:
-        """Example ``i`` as :class:`~workbench.tam.text.TextTokenMaps` (for its figure or ``top_inputs``)."""
+        """Example ``i`` as :class:`~workbench.tam.text.TextTokenMaps` (for its figure or ``top_inputs``).
+
+        Example: ``r.maps(0).figure("first example")``"""
         check_int("TokenMapsResult.maps", "i", i, low=0, high=len(self.examples), high_open=True,
                   allowed=f"an example index in [0, {len(self.examples)})")
         e = self.examples[i]
@@ -104,6 +110,10 @@ class TokenMapsResult(Result):
         return self.maps(0).figure(f"Example 1: {self.examples[0]['prompt']!r}")
 
     def explain_table(self, i: int) -> go.Figure:
+        """Table of example ``i``: per generated token, the prompt token each map (raw, ECI, filtered) scores highest
+        and its share.
+
+        Example: ``r.explain_table(0).show()``"""
         rows = [[f"{r['step']}: {shown(r['output'])}"] + [f"{shown(r[s]['token'])} ({100 * r[s]['share']:.0f}%)"
                                                            for s in ("raw", "eci", "filtered")]
                 for r in self.maps(i).top_inputs()]
@@ -111,6 +121,9 @@ class TokenMapsResult(Result):
                             f"map)", ["generated token", "raw", "after ECI", "filtered"], rows)
 
     def plot_evaluation(self) -> go.Figure:
+        """Hit rate of each method (argmax on the target prompt token), over all kept prompts and per recall family.
+
+        Example: ``r.plot_evaluation().show()``"""
         ev = self.evaluation
         fig = go.Figure()
         groups = ["all"] + [f for f in FAMILIES if ev["correct_by_family"].get(f)]
@@ -180,7 +193,9 @@ def score_prompt(lm: LoadedModel, ids: torch.Tensor, n_prompt: int, *, first: in
     ``n_prompt``) for the last token of ``ids`` (generated at position ``len(ids) − 2``; the tokens from
     ``n_prompt`` on are the generation, see :data:`METHODS`); ``-inf`` marks a position a method may not pick. Also
     ``"eci_parts"``: what ECI removed (the top interferer's weight share and token position, the interference map's
-    argmax, the least-squares scale s* and the cosine of the raw and interference maps)."""
+    argmax, the least-squares scale s* and the cosine of the raw and interference maps).
+
+    Example: ``s = score_prompt(lm, ids, n_prompt, kernel_size=3)``"""
     first = first_prompt_position(lm, ids) if first is None else first
     last = n_prompt if last is None else last
     y = int(ids[-1])
@@ -324,7 +339,9 @@ def _findings(ev: dict) -> str:
 
 def eci_summary(ev: dict) -> dict:
     """Medians over the kept prompts of the ECI record (:func:`_eci_row`) and ``late``: how many ECI argmaxes fall
-    on the last three prompt tokens."""
+    on the last three prompt tokens.
+
+    Example: ``eci_summary(r.evaluation)["late"]``"""
     from statistics import median
 
     rows = ev["rows"]
@@ -334,6 +351,10 @@ def eci_summary(ev: dict) -> dict:
 
 
 def compute(inputs: Inputs, config: TokenMapsConfig) -> TokenMapsResult:
+    """Token activation maps of the example prompts' greedy generations, and (unless ``eval_prompts`` is 0) the
+    copy/recall evaluation of which map points at the right prompt token.
+
+    Example: ``compute(inputs, TokenMapsConfig(eval_prompts=0))  # what run_analysis(lm, "token_maps") calls``"""
     lm = inputs.model
     prompts = list(EXAMPLES) if config.prompts is None else list(config.prompts)
     examples = [_example(lm, p, config) for p in progress_bar(prompts, desc="token_maps examples",

@@ -94,7 +94,9 @@ class LanguageNeuronsConfig(Config):
     length ``window_min``..``window_max`` (or a fixed ``window`` [first, last]). Stage III: ``lambdas`` × ``ratios``
     (β = ratio·λ), ``n_random`` random feature sets, ``eval_prompts`` held-out English prompts (None: all),
     ``max_new_tokens`` greedy tokens each. Fields listed in ``REFERENCE`` at other values make the run a variant
-    (the result's ``path``)."""
+    (the result's ``path``).
+
+    Example: ``LanguageNeuronsConfig(layers=[8, 9, 10, 11], lambdas=[1.0])``"""
 
     kind = "language_neurons_config"
     pairs: str = "bundled"
@@ -130,7 +132,9 @@ class LanguageNeuronsConfig(Config):
     seed: int = 0
 
     def path(self) -> str:
-        """``"reference"`` or ``"variant (field=value, ...)"`` naming every field that differs from ``REFERENCE``."""
+        """``"reference"`` or ``"variant (field=value, ...)"`` naming every field that differs from ``REFERENCE``.
+
+        Example: ``LanguageNeuronsConfig(inputs="standardised").path()  # "variant (inputs='standardised')"``"""
         diff = [f"{k}={getattr(self, k)!r}" for k, v in REFERENCE.items() if getattr(self, k) != v]
         return "reference" if not diff else "variant (" + ", ".join(diff) + ")"
 
@@ -167,7 +171,9 @@ class LanguageNeuronsResult(Result):
     ``str(layer)`` keys).
     ``stage2``: per layer the ΔZ singular values (first 24), erank, rank, top mass, stability and score.
     ``steering``: one row per steering configuration (method, λ, ratio, seed) with its measures; ``examples``:
-    continuations of the first held-out prompts for the baseline and the best configuration of each method."""
+    continuations of the first held-out prompts for the baseline and the best configuration of each method.
+
+    Example: ``r: LanguageNeuronsResult = run_analysis(gemma, "language_neurons", LanguageNeuronsConfig(layers=[8, 9]))``"""
 
     kind = "language_neurons"
     title = "Language-neuron steering toward Spanish (Neural FOXP2): SAE features, steering subspace, sparse shifts"
@@ -295,6 +301,10 @@ def _token_sets(lm: LoadedModel, train, config) -> tuple[list[int], list[int]]:
 
 
 def compute(inputs: Inputs, config: LanguageNeuronsConfig) -> LanguageNeuronsResult:
+    """The three stages: SAE features selective and causal for Spanish (I), the spectrum of their EN→ES shift and the
+    layer window (II), and steering with it against dense and random baselines (III).
+
+    Example: ``compute(inputs, LanguageNeuronsConfig(layers=[8, 9]))  # run_analysis(lm, "language_neurons") calls it``"""
     lm = inputs.model
     layers = _layers(config, lm.facts.n_layers)
     train, test = _pairs(config)

@@ -15,7 +15,9 @@ METHOD_COLOURS = {"none": "#000000", "sparse": PALETTE[1], "dense": PALETTE[0], 
 
 def stage1_figure(stage1: list[dict]) -> go.Figure:
     """Selectivity vs causal lift of every candidate SAE feature, by layer; kept features (the language neurons)
-    drawn filled."""
+    drawn filled.
+
+    Example: ``stage1_figure(result.stage1).show()``"""
     fig = go.Figure()
     for i, entry in enumerate(stage1):
         colour = PALETTE[i % len(PALETTE)]
@@ -39,7 +41,9 @@ def stage1_figure(stage1: list[dict]) -> go.Figure:
 
 
 def spectra_figure(stage2: list[dict]) -> go.Figure:
-    """Per layer: normalised singular values of ΔZ on the language neurons, and the eigengaps σ_i/σ_{i+1}."""
+    """Per layer: normalised singular values of ΔZ on the language neurons, and the eigengaps σ_i/σ_{i+1}.
+
+    Example: ``spectra_figure(result.stage2).show()``"""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("σ_i / σ_1 of ΔZ (language neurons)",
                                                         "eigengap σ_i / σ_{i+1}"))
     for i, e in enumerate(s for s in stage2 if s["singular_values"]):
@@ -58,7 +62,9 @@ def spectra_figure(stage2: list[dict]) -> go.Figure:
 
 
 def layer_figure(stage2: list[dict], window: list[int] | None) -> go.Figure:
-    """Layer score = top-r spectral mass × bootstrap stability, with its two factors; the window shaded."""
+    """Layer score = top-r spectral mass × bootstrap stability, with its two factors; the window shaded.
+
+    Example: ``layer_figure(result.stage2, result.window).show()``"""
     layers = [e["layer"] for e in stage2]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=layers, y=[e["score"] for e in stage2], name="score", marker_color=PALETTE[1]))
@@ -74,7 +80,9 @@ def layer_figure(stage2: list[dict], window: list[int] | None) -> go.Figure:
 
 
 def steering_figure(rows: list[dict]) -> go.Figure:
-    """Spanish fraction and margin change against the utility cost (perplexity ratio), one trace per method."""
+    """Spanish fraction and margin change against the utility cost (perplexity ratio), one trace per method.
+
+    Example: ``steering_figure(result.steering).show()``"""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Spanish continuations vs utility cost",
                                                         "next-token margin change ΔM vs utility cost"))
     for method, colour in METHOD_COLOURS.items():

@@ -52,7 +52,9 @@ REFERENCE_L1 = 5e-3  # config.py lambda_sparse, on a per-element-mean MSE
 
 @dataclass
 class LayerState:
-    """What stages I and II leave per layer for stage III (tensors float32 on the model's device, except ``v_r``)."""
+    """What stages I and II leave per layer for stage III (tensors float32 on the model's device, except ``v_r``).
+
+    Example: ``states: list[LayerState] = stage1(lm, train, [8, 9], config, en_ids, es_ids, False)[1]``"""
 
     layer: int
     sae: object  # a workbench.sae.TrainedSAE
@@ -67,17 +69,24 @@ class LayerState:
 
     def to_sae(self, h: torch.Tensor, *, hook: bool = False) -> torch.Tensor:
         """Residual rows → SAE input rows. In the stage-III hook (``hook=True``) the l2 path feeds the raw residual,
-        as the reference's hook does."""
+        as the reference's hook does.
+
+        Example: ``z = encode(state.sae, state.to_sae(h))``"""
         if self.inputs == "standardised":
             return (h.float() - self.mean.to(h.device)) / self.std.to(h.device)
         return h.float() if hook else h.float() / (h.float().norm(dim=-1, keepdim=True) + L2_EPS)
 
     def to_residual(self, v: torch.Tensor) -> torch.Tensor:
-        """A decoded SAE-space vector → the residual shift added (l2: unchanged, as the reference; standardised: ·σ)."""
+        """A decoded SAE-space vector → the residual shift added (l2: unchanged, as the reference; standardised: ·σ).
+
+        Example: ``shift = state.to_residual(decoded)  # decoded: an SAE-space direction, decoded``"""
         return v * self.std.to(v.device) if self.inputs == "standardised" else v
 
 
 def read_site(config, layer: int) -> str:
+    """The hook name the analysis reads at ``layer`` (the config's ``read_site`` kind).
+
+    Example: ``read_site(LanguageNeuronsConfig(), 10)  # "blocks.10.hook_resid_pre"``"""
     return site(config.read_site, layer)
 
 
@@ -119,6 +128,10 @@ def _sae(lm: LoadedModel, fit, layer, train, config):
 
 
 def stage1(lm: LoadedModel, train, layers, config, en_ids, es_ids, progress) -> tuple[list[dict], list[LayerState]]:
+    """Stage I per layer: capture the EN and ES texts, fit an SAE on the residuals, and keep the features both selective
+    for Spanish and causal (lift of the Spanish margin); returns the table rows and each layer's state.
+
+    Example: ``rows, states = stage1(lm, train, [8, 9], config, en_ids, es_ids, progress=False)``"""
     texts = [en for en, _ in train] + [es for _, es in train]
     keep = ("per_prompt", "full") if config.sae_rows == "all" else ("per_prompt",)
     captured = capture(lm, texts, sites=[read_site(config, l) for l in layers], keep=keep, exclude_bos=True,
@@ -160,7 +173,9 @@ def stage1(lm: LoadedModel, train, layers, config, en_ids, es_ids, progress) -> 
 def stage2(states: list[LayerState], config) -> list[dict]:
     """Per layer (PhotonTJ/NeuralFoxP2 neural_foxp2/stage2.py, run_stage2): ΔZ = z_es − z_en on the language
     neurons, its singular values (first 24), erank, rank, top-r mass, bootstrap stability and score = mass ×
-    stability; leaves V_r in the state for stage III."""
+    stability; leaves V_r in the state for stage III.
+
+    Example: ``rows = stage2(states, config)``"""
     out = []
     for st in states:
         entry = {"layer": st.layer, "n_neurons": len(st.neurons), "singular_values": [], "erank": 0.0, "rank": 0,

@@ -25,7 +25,9 @@ DEGENERATE_FRACTION = 0.75
 
 def margins(lm: LoadedModel, tokens, last, en_ids, es_ids, steers=()) -> torch.Tensor:
     """``[B]`` next-token margins M at ``last``; one forward for the whole batch, because per-example steers
-    (``positions`` a ``[B]`` tensor) index its rows."""
+    (``positions`` a ``[B]`` tensor) index its rows.
+
+    Example: ``m = margins(lm, tokens, last, en_ids, es_ids)``"""
     with steering(lm, list(steers)):
         logits = position_logits(lm, tokens, last, batch_size=tokens.shape[0])
     return language_margin(logits, en_ids, es_ids)
@@ -76,7 +78,9 @@ def generate_with_margins(lm: LoadedModel, rows: list[torch.Tensor], en_ids, es_
     """``(continuations, margins [B])``: greedy continuations of the prompts ``rows`` under generation-time steering
     (``steers("last")``), and the next-token margin M at each prompt's last token read off the same prefill — the
     unembedding's input there, recorded while generating, unembedded — instead of a second steered forward over the
-    prompts (equal to :func:`margins`, test)."""
+    prompts (equal to :func:`margins`, test).
+
+    Example: ``gens, m = generate_with_margins(lm, rows, en_ids, es_ids, steers, config)``"""
     with steering(lm, steers("last")):
         gen = generate(lm, rows, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                        record=[UNEMBED_INPUT], desc="stage III: generating")
@@ -104,6 +108,10 @@ def _evaluate(lm: LoadedModel, prompts, data, steers, method, lam, ratio, seed, 
 
 
 def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progress) -> tuple[list[dict], list[dict]]:
+    """Stage III: steer held-out English prompts toward Spanish with the language-neuron subspace of the window and with
+    dense and random baselines, at each strength; Spanish fraction, margin change and perplexity cost per setting.
+
+    Example: ``rows, examples = stage3(lm, test, states, (8, 11), config, en_ids, es_ids, progress=False)``"""
     chosen = test[:config.eval_prompts]
     prompts = [en for en, _ in chosen]
     rows = [lm.model.to_tokens(p)[0].cpu() for p in prompts]
@@ -146,13 +154,17 @@ def stage3(lm: LoadedModel, test, states, window, config, en_ids, es_ids, progre
 
 def degenerate(row: dict, base: dict) -> bool:
     """A steered configuration whose continuations repeat themselves: distinct-token ratio below
-    ``DEGENERATE_FRACTION`` of the unsteered one ("y a la la la y a la ...")."""
+    ``DEGENERATE_FRACTION`` of the unsteered one ("y a la la la y a la ...").
+
+    Example: ``[row for row in rows if not degenerate(row, base)]``"""
     return row["distinct"] < DEGENERATE_FRACTION * base["distinct"]
 
 
 def best(rows: list[dict], method: str) -> dict:
     """The configuration of ``method`` with the largest Spanish fraction among the non-degenerate ones (all of them
-    if every one is degenerate); ties: the smaller English perplexity ratio."""
+    if every one is degenerate); ties: the smaller English perplexity ratio.
+
+    Example: ``best(rows, "sparse")["lam"]``"""
     chosen = [r for r in rows if r["method"] == method]
     fluent = [r for r in chosen if not degenerate(r, rows[0])] or chosen
     return max(fluent, key=lambda r: (r["spanish_fraction"], -r["ppl_ratio"]))

@@ -53,7 +53,8 @@ class WeightSpectraConfig(Config):
 
     ``per_head``: also each Q/K/V/O head as its own row. ``esd_matrix``/``esd_layer``: the matrix whose ESD is plotted
     with its fitted tail (``esd_layer`` -1 = the last layer; ignored for W_E/W_U).
-    """
+
+    Example: ``run_analysis(lm, "weight_spectra", WeightSpectraConfig(per_head=True, esd_matrix="W_Q", esd_layer=5))``"""
 
     kind = "weight_spectra_config"
     include_embeddings: bool = True
@@ -67,7 +68,9 @@ class WeightSpectraConfig(Config):
 
 @dataclass(frozen=True)
 class WeightSpectraResult(Result):
-    """Column-wise: one entry per weight matrix (layer ``None`` for W_E/W_U, head -1 for whole matrices)."""
+    """Column-wise: one entry per weight matrix (layer ``None`` for W_E/W_U, head -1 for whole matrices).
+
+    Example: ``ww = run_analysis(lm, "weight_spectra"); ww.plot_sigma().show()``"""
 
     kind = "weight_spectra"
     title = "Weight spectra per layer and matrix kind"
@@ -94,11 +97,16 @@ class WeightSpectraResult(Result):
     esd_fit: dict[str, float | None]
 
     def kinds(self) -> list[str]:
+        """The per-layer matrix kinds present (W_E/W_U left out), in row order.
+
+        Example: ``ww.kinds()  # e.g. ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"]``"""
         return [k for k in dict.fromkeys(self.matrix) if any(
             m == k and layer is not None for m, layer in zip(self.matrix, self.layer, strict=True))]
 
     def grid(self, column: str) -> tuple[list[int], list[str], list[list[float | None]]]:
-        """``(layers, kinds, z[layer][kind])`` of one metric over the whole per-layer matrices (head -1)."""
+        """``(layers, kinds, z[layer][kind])`` of one metric over the whole per-layer matrices (head -1).
+
+        Example: ``layers, kinds, z = ww.grid("alpha")``"""
         layers = sorted({layer for layer in self.layer if layer is not None})
         kinds = self.kinds()
         values = {(m, layer): v for m, layer, h, v in zip(self.matrix, self.layer, self.head, getattr(self, column),
@@ -123,6 +131,9 @@ class WeightSpectraResult(Result):
         return fig
 
     def plot_sigma(self) -> go.Figure:
+        """Top singular value ‖W‖₂ per layer, one line per matrix kind.
+
+        Example: ``ww.plot_sigma().show()``"""
         layers, kinds, z = self.grid("sigma_max")
         fig = go.Figure([go.Scatter(x=layers, y=[row[i] for row in z], mode="lines+markers", name=k)
                          for i, k in enumerate(kinds)])
@@ -237,6 +248,10 @@ def _esd_row(rows: list, config: WeightSpectraConfig) -> int:
 
 
 def compute(inputs: Inputs, config: WeightSpectraConfig) -> WeightSpectraResult:
+    """Singular values of every weight matrix in one batched pass, their effective and stable rank, norms and the
+    heavy-tailed (WeightWatcher) metrics, and the ESD of the chosen matrix.
+
+    Example: ``compute(inputs, WeightSpectraConfig(per_head=True))  # what run_analysis(lm, "weight_spectra") calls``"""
     rows = _rows(inputs, config)
     mats = [w for _, _, _, w in rows]
     values = batched_singular_values(mats)

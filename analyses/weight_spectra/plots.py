@@ -8,7 +8,9 @@ import plotly.graph_objects as go
 
 
 def plot_alpha(result) -> go.Figure:
-    """Power-law exponent alpha per layer, one line per matrix kind (whole-layer rows only)."""
+    """Power-law exponent alpha per layer, one line per matrix kind (whole-layer rows only).
+
+    Example: ``plot_alpha(run_analysis(lm, "weight_spectra")).show()``"""
     layers, kinds, z = result.grid("alpha")
     fig = go.Figure([go.Scatter(x=layers, y=[row[i] for row in z], mode="lines+markers", name=k)
                      for i, k in enumerate(kinds)])
@@ -19,7 +21,9 @@ def plot_alpha(result) -> go.Figure:
 
 
 def plot_esd(result) -> go.Figure:
-    """Histogram of the chosen matrix's ESD on log–log axes, with the fitted power-law tail from xmin."""
+    """Histogram of the chosen matrix's ESD on log–log axes, with the fitted power-law tail from xmin.
+
+    Example: ``plot_esd(run_analysis(lm, "weight_spectra")).show()``"""
     evals = [v for v in result.esd_eigenvalues if v > 0]
     fig = go.Figure()
     if not evals:
