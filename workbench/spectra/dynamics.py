@@ -38,7 +38,8 @@ class ErankDynamics:
     ``ks``: prefix lengths (tokens) of the window ``hidden[..., start:start + n_tokens, :]``. ``erank_t[l][i]``: ER
     of the window's first ``ks[i]`` tokens at layer l. ``erv``/``era``: NaN where undefined (ERV needs 2 prefixes,
     ERA 3). ``variant``: which reference code path chose the prefixes.
-    """
+
+    Example: ``dyn: ErankDynamics = erv_era(torch.randn(200, 64)); dyn.erv[0], dyn.era[0]``"""
 
     ks: list[int]
     erank_t: list[list[float]]
@@ -54,7 +55,8 @@ def rank_dynamics(erank: list[float]) -> tuple[list[float], list[float], float, 
 
     Δ_i = ER_i − mean(ER_0..ER_{i−1}) for i >= 1; diff2_i = Δ_i − Δ_{i−1} for i >= 2; ERV = mean Δ; ERA = mean diff2.
     (The optimized path divides the running sum by the count, as here; the batched one by count + 1e-8.)
-    """
+
+    Example: ``deltas, diff2, erv, era = rank_dynamics([10.0, 12.0, 13.5, 14.0])``"""
     deltas = [erank[i] - sum(erank[:i]) / i for i in range(1, len(erank))]
     diff2 = [deltas[i] - deltas[i - 1] for i in range(1, len(deltas))]
     erv = sum(deltas) / len(deltas) if deltas else math.nan
@@ -68,7 +70,8 @@ def verl_erank(eigvals: torch.Tensor) -> torch.Tensor:
 
     Written out rather than calling ``workbench.spectra.effective_rank(s, eps=1e-8)``: that one returns 0 on an
     all-zero spectrum (e.g. identical tokens), where VERL's formula gives 1; elsewhere they agree exactly.
-    """
+
+    Example: ``verl_erank(torch.linalg.eigvalsh(x.T @ x))``"""
     s = torch.sqrt(torch.relu(eigvals)).to(torch.float32)
     p = s / (s.sum(dim=-1, keepdim=True) + VERL_EPS)
     return torch.exp(-(p * torch.log(p + VERL_EPS)).sum(dim=-1))
@@ -76,7 +79,9 @@ def verl_erank(eigvals: torch.Tensor) -> torch.Tensor:
 
 def prefix_lengths(n_tokens: int, *, stride: int, max_seq_len: int, variant: str) -> tuple[int, int, list[int]]:
     """``(start, K, ks)``: the window ``[start, start + K)`` of an ``n_tokens`` sequence and the prefix lengths ``ks``
-    within it that ``variant`` evaluates (see the module docstring)."""
+    within it that ``variant`` evaluates (see the module docstring).
+
+    Example: ``start, k, ks = prefix_lengths(300, stride=20, max_seq_len=512, variant="optimized")``"""
     k_max = min(n_tokens, max_seq_len)
     if variant == "batched":
         return 0, k_max, list(range(stride, k_max + 1, stride))
@@ -118,7 +123,8 @@ def erv_era(hidden: torch.Tensor, *, stride: int = 20, max_seq_len: int = 512,
     (:func:`verl_erank`). While k < d the k×k Gram of the centred prefix is used, as VERL does (same nonzero
     eigenvalues, milliseconds instead of seconds on a CPU); from k >= d the d×d Gram Σ hᵢhᵢᵀ and the token sum are
     accumulated incrementally, centred as G − k·μμᵀ. ``center=False`` skips the centring (not in VERL).
-    """
+
+    Example: ``erv_era(torch.randn(200, 64), stride=20).erv  # one value: a [T, d] input counts as one layer``"""
     h = _check_args(hidden, stride, max_seq_len, center, variant)
     n_layers, n_tokens, d = h.shape
     start, k_max, ks = prefix_lengths(n_tokens, stride=stride, max_seq_len=max_seq_len, variant=variant)

@@ -60,7 +60,9 @@ _KDE_POINTS, _KDE_BW, _KDE_THRESH = 1000, 0.1, 0.01
 
 
 class PowerLawFit(NamedTuple):
-    """Per-matrix results of :func:`powerlaw_fit`, each of shape ``evals.shape[:-1]``."""
+    """Per-matrix results of :func:`powerlaw_fit`, each of shape ``evals.shape[:-1]``.
+
+    Example: ``fit: PowerLawFit = powerlaw_fit(esd_eigenvalues(torch.linalg.svdvals(w))); fit.alpha, fit.xmin``"""
 
     alpha: torch.Tensor
     xmin: torch.Tensor
@@ -70,7 +72,9 @@ class PowerLawFit(NamedTuple):
 
 
 class MPFit(NamedTuple):
-    """Per-matrix results of :func:`mp_fit` (``sigma``, ``bulk_max`` in the mean-1 rescaled units)."""
+    """Per-matrix results of :func:`mp_fit` (``sigma``, ``bulk_max`` in the mean-1 rescaled units).
+
+    Example: ``fit: MPFit = mp_fit(esd_eigenvalues(torch.linalg.svdvals(w)), tuple(w.shape)); fit.num_spikes``"""
 
     sigma: torch.Tensor
     bulk_max: torch.Tensor
@@ -115,22 +119,30 @@ def _rows(x: torch.Tensor, per_row: int) -> list[slice]:
 
 
 def esd_eigenvalues(s: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues λ = σ² of WᵀW from singular values ``s [..., k]`` (WeightWatcher's ESD, no 1/N), float64."""
+    """Eigenvalues λ = σ² of WᵀW from singular values ``s [..., k]`` (WeightWatcher's ESD, no 1/N), float64.
+
+    Example: ``evals = esd_eigenvalues(torch.linalg.svdvals(lm.weight("W_in", 3)))``"""
     return _evals("esd_eigenvalues", s) ** 2
 
 
 def log_norm(evals: torch.Tensor) -> torch.Tensor:
-    """``log10 Σλ`` = log10 ‖W‖_F² (WeightWatcher ``log_norm``); -inf for an all-zero spectrum."""
+    """``log10 Σλ`` = log10 ‖W‖_F² (WeightWatcher ``log_norm``); -inf for an all-zero spectrum.
+
+    Example: ``log_norm(esd_eigenvalues(torch.linalg.svdvals(w)))``"""
     return torch.log10(_evals("log_norm", evals).sum(dim=-1))
 
 
 def log_spectral_norm(evals: torch.Tensor) -> torch.Tensor:
-    """``log10 λ_max`` = log10 ‖W‖₂² (WeightWatcher ``log_spectral_norm``)."""
+    """``log10 λ_max`` = log10 ‖W‖₂² (WeightWatcher ``log_spectral_norm``).
+
+    Example: ``log_spectral_norm(esd_eigenvalues(torch.linalg.svdvals(w)))``"""
     return torch.log10(_evals("log_spectral_norm", evals).amax(dim=-1))
 
 
 def alpha_weighted(alpha: torch.Tensor, evals: torch.Tensor) -> torch.Tensor:
-    """``alpha · log10 λ_max`` (WeightWatcher ``alpha_weighted``, Martin & Mahoney 2021 Nat. Commun. eq. 6)."""
+    """``alpha · log10 λ_max`` (WeightWatcher ``alpha_weighted``, Martin & Mahoney 2021 Nat. Commun. eq. 6).
+
+    Example: ``alpha_weighted(powerlaw_fit(evals).alpha, evals)``"""
     return torch.as_tensor(alpha, dtype=torch.float64) * log_spectral_norm(evals)
 
 
@@ -142,7 +154,8 @@ def powerlaw_fit(evals: torch.Tensor, *, thresh: float = EVALS_THRESH) -> PowerL
     """WeightWatcher's power-law tail fit (``WWFit``) of every row of ``evals [..., k]``, all xmins at once.
 
     See the module docstring for the estimator. Memory: a float64 [rows, k, k] temporary, chunked to 64 MB.
-    """
+
+    Example: ``powerlaw_fit(esd_eigenvalues(torch.linalg.svdvals(w))).alpha``"""
     call = "powerlaw_fit"
     thresh = check_number(call, "thresh", thresh, low=0)
     lam = _evals(call, evals, min_k=2)
@@ -220,7 +233,8 @@ def mp_fit(evals: torch.Tensor, shape: tuple[int, int]) -> MPFit:
 
     σ comes from a grid search over a KDE of the mean-1 rescaled ESD, polished by Nelder–Mead (module docstring); ``num_spikes`` counts the
     eigenvalues above the bulk edge plus the Tracy–Widom margin and ``mp_softrank = λ₊/λ_max``.
-    """
+
+    Example: ``mp_fit(esd_eigenvalues(torch.linalg.svdvals(w)), tuple(w.shape)).mp_softrank``"""
     call = "mp_fit"
     big, small = _shape(call, shape)
     lam = _evals(call, evals)

@@ -24,7 +24,9 @@ from workbench.spectra.metrics import effective_rank
 class GradientSpectrum:
     """Spectra of one or a batch ``[...]`` of gradients G = Δᵀ X: ``singular_values`` [..., r] descending (r =
     min(T, m, n)), ``nuclear`` Σσ, ``frobenius`` ‖G‖_F, ``erank`` exp(H(σ/Σσ)) (Roy & Vetterli, no ε; 0 for G = 0).
-    All float64."""
+    All float64.
+
+    Example: ``g: GradientSpectrum = gradient_spectrum(torch.randn(16, 64), torch.randn(16, 32)); g.nuclear, g.erank``"""
 
     singular_values: torch.Tensor
     nuclear: torch.Tensor
@@ -46,7 +48,9 @@ def _check(call: str, delta: object, x: object) -> None:
 def outer_sum_singular_values(delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Singular values ``[..., r]`` of G = Σ_t δ_t x_tᵀ = deltaᵀ x ([..., m, n]) from the factors ``delta``
     ``[..., T, m]`` and ``x`` ``[..., T, n]`` (module docstring), descending, float64, on the inputs' device;
-    r = min(T, m, n)."""
+    r = min(T, m, n).
+
+    Example: ``outer_sum_singular_values(torch.randn(16, 64), torch.randn(16, 32))  # σ of deltaᵀ x, [16]``"""
     _check("outer_sum_singular_values", delta, x)
     return _core_svdvals(delta, x)[0]
 
@@ -58,7 +62,9 @@ def _core_svdvals(delta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, t
 def factor_r(factor: torch.Tensor) -> torch.Tensor:
     """``[..., min(d, T), T]``: R of the reduced QR of ``factor``ᵀ (``factor`` ``[..., T, d]``, per-token rows), in
     float64 — one side of :func:`gradient_spectrum`'s core. Linear maps that read the same input (q/k/v projections)
-    share it: compute it once and pass it as ``r_x``."""
+    share it: compute it once and pass it as ``r_x``.
+
+    Example: ``gradient_spectrum(delta_q, x, r_x=factor_r(x))  # reuse R of the shared input x``"""
     return torch.linalg.qr(factor.to(torch.float64).transpose(-1, -2), mode="r").R
 
 
@@ -72,7 +78,9 @@ def gradient_spectrum(delta: torch.Tensor, x: torch.Tensor, *, r_x: torch.Tensor
     of a bias-free Linear: ``delta`` ``[..., T, m]`` the gradients of its outputs, ``x`` ``[..., T, n]`` its inputs,
     per token), from the T × T core.
     Batched over leading dimensions (e.g. every layer of one projection at once). ``r_x``: ``factor_r(x)`` when the
-    caller already has it (maps sharing their input), else computed here."""
+    caller already has it (maps sharing their input), else computed here.
+
+    Example: ``gradient_spectrum(torch.randn(16, 64), torch.randn(16, 32)).erank``"""
     _check("gradient_spectrum", delta, x)
     s, core = _svdvals_of_core(factor_r(delta), factor_r(x) if r_x is None else r_x)
     return GradientSpectrum(singular_values=s, nuclear=s.sum(dim=-1),

@@ -80,7 +80,8 @@ def spectral_entropy(s: torch.Tensor) -> torch.Tensor:
     """Shannon entropy H(p) in nats of p = s/‖s‖₁ (Roy & Vetterli 2007, eq. 2); exp(H) is :func:`effective_rank`.
 
     NaN for an all-zero spectrum, where p is undefined.
-    """
+
+    Example: ``spectral_entropy(torch.tensor([1.0, 1.0, 1.0, 1.0]))  # log 4``"""
     h, total = _entropy(_spectrum("spectral_entropy", s))
     return _where_nonzero(total, h, math.nan)
 
@@ -91,7 +92,8 @@ def effective_rank(s: torch.Tensor, *, eps: float = 0.0) -> torch.Tensor:
     It is 1 for a rank-1 matrix, n for any matrix with n equal singular values, scale- and rotation-invariant.
     ``eps > 0`` reproduces VERL's reference numerics exactly: p = s/(Σs + eps), erank = exp(−Σ p·log(p + eps)); VERL
     uses eps=1e-8. An all-zero spectrum gives 0 for every eps (VERL's formula would give exp(0) = 1 there).
-    """
+
+    Example: ``effective_rank(cap["blocks.10.hook_resid_post"].singular_values(center=True))``"""
     call = "effective_rank"
     eps = check_number(call, "eps", eps, low=0)
     s = _spectrum(call, s)
@@ -109,7 +111,8 @@ def rankme(s: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
 
     The eps shifts the value slightly above the effective rank (RankMe(I_100) = 100.0036 with eps=1e-7). An all-zero
     spectrum gives 0.
-    """
+
+    Example: ``rankme(torch.ones(100))  # 100.0036``"""
     call = "rankme"
     eps = check_number(call, "eps", eps, low=0)
     s = _spectrum(call, s)
@@ -122,7 +125,8 @@ def stable_rank(s: torch.Tensor) -> torch.Tensor:
     """Stable rank ‖A‖_F²/‖A‖₂² = Σ s²/s_max² (Rudelson & Vershynin 2007): a rank that small values cannot inflate.
 
     Computed as Σ (s/s_max)² so it cannot overflow; 0 for an all-zero spectrum.
-    """
+
+    Example: ``stable_rank(torch.linalg.svdvals(lm.weight("W_Q", 3)))``"""
     s = _spectrum("stable_rank", s)
     smax = s.amax(dim=-1)
     r = s / smax.unsqueeze(-1)
@@ -130,7 +134,9 @@ def stable_rank(s: torch.Tensor) -> torch.Tensor:
 
 
 def nuclear_norm(s: torch.Tensor) -> torch.Tensor:
-    """Nuclear (trace) norm ‖A‖_* = Σ s_k."""
+    """Nuclear (trace) norm ‖A‖_* = Σ s_k.
+
+    Example: ``nuclear_norm(torch.linalg.svdvals(torch.randn(8, 4)))``"""
     return _spectrum("nuclear_norm", s).sum(dim=-1)
 
 
@@ -139,7 +145,8 @@ def participation_ratio(s: torch.Tensor) -> torch.Tensor:
     dimensionality, dynamics and measurement"): the dimensionality of the covariance spectrum when X is centred.
 
     Computed on λ/λ_max (it is scale-invariant) so it cannot overflow; 0 for an all-zero spectrum.
-    """
+
+    Example: ``participation_ratio(singular_values(torch.randn(500, 64), center=True))``"""
     s = _spectrum("participation_ratio", s)
     smax = s.amax(dim=-1)
     r = s / smax.unsqueeze(-1)
@@ -153,7 +160,8 @@ def numerical_rank(s: torch.Tensor, *, tol: float | None = None, n_rows: int | N
     Default tol = s_max · max(k, n_rows) · eps(dtype of s) (Press et al., *Numerical Recipes*, 2nd ed., §2.6; numpy's
     default): pass ``n_rows = max(M, N)`` of the decomposed matrix to match numpy exactly, since k = min(M, N).
     Use the eps of the dtype the SVD ran in, i.e. pass ``s`` in that dtype. An all-zero spectrum has rank 0.
-    """
+
+    Example: ``numerical_rank(torch.linalg.svdvals(x), n_rows=max(x.shape))  # == numpy.linalg.matrix_rank(x)``"""
     call = "numerical_rank"
     if tol is not None:
         tol = check_number(call, "tol", tol, low=0)
@@ -168,6 +176,8 @@ def numerical_rank(s: torch.Tensor, *, tol: float | None = None, n_rows: int | N
 
 
 def condition_number(s: torch.Tensor) -> torch.Tensor:
-    """Condition number κ = s_max/s_min (2-norm); inf when s_min == 0 < s_max, NaN for an all-zero spectrum (0/0)."""
+    """Condition number κ = s_max/s_min (2-norm); inf when s_min == 0 < s_max, NaN for an all-zero spectrum (0/0).
+
+    Example: ``condition_number(torch.tensor([10.0, 2.0, 0.5]))  # 20.0``"""
     s = _spectrum("condition_number", s)
     return s.amax(dim=-1) / s.amin(dim=-1)

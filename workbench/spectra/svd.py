@@ -57,7 +57,9 @@ _CANCELLATION_RATIO = 1e-6
 
 
 class PrecisionWarning(UserWarning):
-    """Singular values computed from the given statistics are less precise than the caller may assume."""
+    """Singular values computed from the given statistics are less precise than the caller may assume.
+
+    Example: ``warnings.simplefilter("error", PrecisionWarning)  # make an imprecise Gram-derived spectrum fail``"""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -126,7 +128,8 @@ def singular_values(x: torch.Tensor, *, center: bool = False) -> torch.Tensor:
     Computes on ``x``'s device in float32 for float32 and lower floats (float16/bfloat16 are upcast, since LAPACK and
     cuSOLVER have no half-precision SVD), float64 for float64 and integer input. ``center=True`` subtracts the mean over
     rows first, so the spectrum is that of the token covariance (as VERL does before its effective rank).
-    """
+
+    Example: ``singular_values(torch.randn(4, 100, 64), center=True).shape  # [4, 64]``"""
     call = "singular_values"
     x = as_tensor(call, "x", x)
     _check_matrix(call, "x", x)
@@ -160,7 +163,8 @@ def batched_singular_values(
     rounding) and 1.5-6x faster on CPU, most for non-square shapes (batched ``svdvals`` of 576 × 1536 is slow).
     ``eig_driver`` (``"auto"``, ``"lapack"``, ``"torch"``) picks the eigenvalue routine of the Gram route, as in
     :func:`singular_values_from_gram`.
-    """
+
+    Example: ``batched_singular_values([lm.weight("W_in", layer) for layer in range(lm.facts.n_layers)])``"""
     call = "batched_singular_values"
     if method not in METHODS:
         raise config_error(call, "method", f"one of {METHODS}", method)
@@ -239,7 +243,8 @@ def singular_values_from_gram(
 
     Warns :class:`PrecisionWarning` when ``gram`` (or ``mean``) arrives in float32 or lower, and when centring cancels
     so much that σ below 1e-6·σ_max are lost; the remedy for both is to accumulate the centred co-moment in float64.
-    """
+
+    Example: ``singular_values_from_gram(x.T @ x, mean=x.mean(0), n=len(x), center=True)``"""
     call = "singular_values_from_gram"
     check_choice(call, "eig_driver", eig_driver, EIG_DRIVERS)
     gram = as_tensor(call, "gram", gram)
