@@ -56,7 +56,8 @@ class Moments:
     ≤ 1.1e-7 at d = 8, ≤ 6e-9 at d ≥ 64, with or without a mean 1e4 times the spread); singular values within
     1e-5·σ_max on SmolLM2-135M's residual, attention and MLP outputs (measured ≤ 2e-6) and for every σ_i ≥ 0.01·σ_max
     of the synthetic rows. ``mean`` and ``comoment`` are float64 whatever the path.
-    """
+
+    Example: ``m = Moments(576, torch.device("cpu")); m.update(torch.randn(32, 576)); m.mean, m.comoment``"""
 
     def __init__(self, d: int, device: torch.device, product_dtype: torch.dtype = torch.float64) -> None:
         check_choice("Moments", "product_dtype", product_dtype, PRODUCT_DTYPES)
@@ -78,6 +79,10 @@ class Moments:
         return self._finalised()[1]
 
     def update(self, rows: torch.Tensor) -> None:
+        """Add a batch of rows ``[m, d]`` to the count, mean and centred co-moment (exact float64 pairwise merge, or the
+        fast float32 shifted-data path per ``product_dtype``).
+
+        Example: ``m.update(torch.randn(32, 576))  # a [rows, d] batch``"""
         m = rows.shape[0]
         if m == 0:
             return
@@ -118,7 +123,9 @@ class Moments:
 
 
 class Reservoir:
-    """A uniform random sample of at most ``size`` rows from a stream (Vitter's Algorithm R), seeded."""
+    """A uniform random sample of at most ``size`` rows from a stream (Vitter's Algorithm R), seeded.
+
+    Example: ``r = Reservoir(4096, 576, torch.device("cpu"), torch.float32, seed=0); r.update(rows); r.sample()``"""
 
     def __init__(self, size: int, d: int, device: torch.device, dtype: torch.dtype, seed: int) -> None:
         self.rows = torch.empty(size, d, device=device, dtype=dtype)
@@ -127,6 +134,10 @@ class Reservoir:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def update(self, rows: torch.Tensor) -> None:
+        """Offer a batch of rows ``[m, d]`` to the sample: each stream row ends up kept with equal probability
+        (Algorithm R).
+
+        Example: ``r.update(torch.randn(32, 576))``"""
         rows = rows.to(device=self.rows.device, dtype=self.rows.dtype)
         fill = min(max(self.size - self.seen, 0), rows.shape[0])
         if fill:
@@ -142,6 +153,9 @@ class Reservoir:
         self.seen += rows.shape[0]
 
     def sample(self) -> torch.Tensor:
+        """A copy of the rows kept so far (fewer than ``size`` while the stream is shorter).
+
+        Example: ``r.sample().shape  # [min(seen, size), d]``"""
         return self.rows[: min(self.seen, self.size)].clone()
 
 
@@ -149,10 +163,14 @@ class RowStore:
     """Rows written at given offsets (``keep="full"`` keeps text order; per-prompt vectors use one row per text).
 
     The caller checked the memory budget before creating it.
-    """
+
+    Example: ``store = RowStore(100, 576, torch.device("cpu"), torch.float32); store.put(0, torch.randn(10, 576))``"""
 
     def __init__(self, n_rows: int, d: int, device: torch.device, dtype: torch.dtype) -> None:
         self.rows = torch.zeros(n_rows, d, device=device, dtype=dtype)
 
     def put(self, offset: int, rows: torch.Tensor) -> None:
+        """Write ``rows`` at ``offset`` (cast to the store's device and dtype).
+
+        Example: ``store.put(10, torch.randn(5, 576))  # rows 10..14``"""
         self.rows[offset:offset + rows.shape[0]] = rows.to(self.rows.device, self.rows.dtype)

@@ -162,7 +162,8 @@ def capture(
     all within 2e-6·σ_max); ``"float64"`` is the exact path, see :class:`~workbench.capture.accumulators.Moments`.
     ``"auto"`` (default): float32, except at sites at least as wide as the number of rows kept (``n <= d``: the
     centred rows are rank-deficient, and float32 products would turn their exact zeros into ~1e-4·σ_max).
-    """
+
+    Example: ``cap = capture(lm, texts, sites="blocks.*.hook_resid_post", keep="per_prompt")``"""
     started = time.perf_counter()
     lm = load_model(lm)
     texts = tok.check_texts(texts)

@@ -70,7 +70,9 @@ class _Running:
 class DatasetGradients:
     """One dataset's averages. Tensors are ``[P, L]`` (projection × layer), ``top`` is ``[P, L, n_top]`` and
     ``cosine`` ``[P, L, L]``; ``*_std`` are standard deviations over samples; ``erank_n`` [P, L] how many samples
-    the effective-rank average holds (the others had Σσ < 1e-12)."""
+    the effective-rank average holds (the others had Σσ < 1e-12).
+
+    Example: ``g: DatasetGradients = dataset_gradients(lm, [("What is 3 + 4?", "3 + 4 = 7.")]); g.n_samples, g.loss``"""
 
     projections: list[str]
     n_samples: int
@@ -89,7 +91,9 @@ class DatasetGradients:
 def sample_ids(lm: LoadedModel, prompt: str, response: str, *, max_length: int, chat_template: bool,
                system_prompt: str | None = DEFAULT_SYSTEM, where: str = "pairs[0]") -> tuple[torch.Tensor, int]:
     """``([1, T] ids, n_prompt)`` as the reference lays a sample out (:func:`~workbench.models.chat.sft_ids`).
-    Raises a ShapeError naming ``where`` when no response token survives the cut to ``max_length``."""
+    Raises a ShapeError naming ``where`` when no response token survives the cut to ``max_length``.
+
+    Example: ``ids, n_prompt = sample_ids(lm, "What is 3 + 4?", "3 + 4 = 7.", max_length=2048, chat_template=True)``"""
     ids, n_prompt = sft_ids(lm, prompt, response, max_length=max_length, chat_template=chat_template,
                             system_prompt=system_prompt)
     if ids.shape[1] <= n_prompt or n_prompt < 1:
@@ -105,7 +109,9 @@ def response_loss(lm: LoadedModel, ids: torch.Tensor, n_prompt: int) -> torch.Te
     Only the positions that predict a response token are unembedded: Hugging Face's ``logits_to_keep`` (passed
     through the bridge) keeps the last T - n_prompt + 1 rows, so the prompt's rows of the 49k- or 262k-wide logits
     are neither computed nor back-propagated through (the same loss as slicing the full logits; a model that ignores
-    the argument returns every row and the slice below still picks the right ones)."""
+    the argument returns every row and the slice below still picks the right ones).
+
+    Example: ``response_loss(lm, ids, n_prompt).backward()``"""
     keep = ids.shape[1] - n_prompt + 1
     logits = lm.model(ids, logits_to_keep=keep) if hasattr(lm.model, "original_model") else lm.model(ids)
     return F.cross_entropy(logits[0, -keep:-1].float(), ids[0, n_prompt:])
@@ -113,7 +119,9 @@ def response_loss(lm: LoadedModel, ids: torch.Tensor, n_prompt: int) -> torch.Te
 
 def factor_sites(lm: LoadedModel, projections: Sequence[str]) -> list[tuple[str, str]]:
     """``(input hook, output hook)`` of every (layer, projection), layer-major: the bridge component's
-    ``hook_in``/``hook_out`` (the Linear's x_t and y_t). ConfigError when the model has no such hooks."""
+    ``hook_in``/``hook_out`` (the Linear's x_t and y_t). ConfigError when the model has no such hooks.
+
+    Example: ``factor_sites(lm, ["W_Q", "W_V"])[0]  # (input hook, output hook) of layer 0's W_Q``"""
     points = lm.hook_points()
     sites = [(site(f"{kind}_in", layer), site(f"{kind}_out", layer))
              for layer in range(lm.facts.n_layers) for kind in projections]
@@ -128,7 +136,9 @@ def dataset_gradients(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, proj
                       max_length: int = 2048, chat_template: bool = True, system_prompt: str | None = DEFAULT_SYSTEM,
                       n_top: int = 8, route: str = "factor", name: str = "dataset",
                       progress: bool = False) -> DatasetGradients:
-    """Per-sample gradient spectra of ``projections`` at every layer over ``pairs``, averaged (see module doc)."""
+    """Per-sample gradient spectra of ``projections`` at every layer over ``pairs``, averaged (see module doc).
+
+    Example: ``dataset_gradients(lm, [("What is 3 + 4?", "3 + 4 = 7.")], projections=["W_Q"], max_length=256)``"""
     if not pairs:
         raise config_error("gradient_spectra", f"datasets[{name!r}]", "at least one (prompt, response) pair", [])
     if route not in ROUTES:

@@ -24,12 +24,16 @@ HookFn = Callable[..., object]
 
 class StopForward(Exception):
     """Raised by a hook to end the forward pass there, once everything wanted has been seen (what follows, e.g. a
-    49k- or 262k-wide unembedding, is skipped). Run the forward inside :func:`stoppable` so it returns normally."""
+    49k- or 262k-wide unembedding, is skipped). Run the forward inside :func:`stoppable` so it returns normally.
+
+    Example: ``def stop_here(x, hook): raise StopForward``  (attached as a hook, run the forward in ``stoppable()``)"""
 
 
 def stoppable() -> AbstractContextManager[None]:
     """``with stoppable(): model(tokens)``: a forward that a hook ended with :class:`StopForward` returns normally
-    (any other exception propagates)."""
+    (any other exception propagates).
+
+    Example: ``with stoppable(): lm.model(tokens)``"""
     return suppress(StopForward)
 
 
@@ -41,7 +45,8 @@ def resolve_sites(available: Iterable[str], sites: str | Iterable[str]) -> list[
     """Expand hook names and glob patterns (``blocks.*.hook_resid_post``) into hook names, in layer order.
 
     Each entry must match at least one hook name; a miss raises :class:`SiteError` with the closest names.
-    """
+
+    Example: ``resolve_sites(lm.hook_points(), "blocks.*.hook_resid_post")``"""
     names = sorted(set(available), key=_natural_key)
     requested = [sites] if isinstance(sites, str) else list(sites)
     if not requested:
@@ -62,7 +67,9 @@ def resolve_sites(available: Iterable[str], sites: str | Iterable[str]) -> list[
 
 @contextmanager
 def hooks_attached(points: Mapping[str, torch.nn.Module], hooks: Mapping[str, HookFn]) -> Iterator[None]:
-    """Attach ``hooks[name]`` (TL signature ``fn(tensor, hook=...)``) to ``points[name]``; remove them on exit."""
+    """Attach ``hooks[name]`` (TL signature ``fn(tensor, hook=...)``) to ``points[name]``; remove them on exit.
+
+    Example: ``with hooks_attached(lm.hook_points(), {"blocks.3.hook_resid_post": fn}): lm.model(tokens)``"""
     attached: list[tuple[torch.nn.Module, HookFn]] = []
     try:
         for name, fn in hooks.items():
@@ -85,7 +92,9 @@ def _remove(point: torch.nn.Module, fn: HookFn) -> None:
 
 
 def count_hooks(points: Mapping[str, torch.nn.Module]) -> int:
-    """Forward hooks currently attached to these points (torch-level, so nothing can hide)."""
+    """Forward hooks currently attached to these points (torch-level, so nothing can hide).
+
+    Example: ``count_hooks(lm.hook_points())  # 0 once every capture has returned``"""
     return sum(len(point._forward_hooks) for point in {id(p): p for p in points.values()}.values())
 
 
@@ -121,7 +130,9 @@ REPRESENTATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_p
 
 def site(kind: str, layer: int | str) -> str:
     """The hook name of ``kind`` at ``layer``: ``site("resid_post", 3)`` -> ``"blocks.3.hook_resid_post"``;
-    ``layer="*"`` gives the glob over every layer."""
+    ``layer="*"`` gives the glob over every layer.
+
+    Example: ``site("resid_post", 3)  # "blocks.3.hook_resid_post"``"""
     if kind not in SITE_KINDS:
         raise SiteError(f"site(): parameter 'kind' must be one of {list(SITE_KINDS)}; received {kind!r}")
     if not (layer == "*" or (is_int(layer) and layer >= 0)):
@@ -130,6 +141,8 @@ def site(kind: str, layer: int | str) -> str:
 
 
 def split_site(site: str) -> tuple[int | None, str]:
-    """``"blocks.12.hook_resid_post"`` -> ``(12, "hook_resid_post")``; sites outside blocks get layer ``None``."""
+    """``"blocks.12.hook_resid_post"`` -> ``(12, "hook_resid_post")``; sites outside blocks get layer ``None``.
+
+    Example: ``split_site("blocks.12.hook_resid_post")  # (12, "hook_resid_post")``"""
     match = re.match(r"^blocks\.(\d+)\.(.+)$", site)
     return (int(match.group(1)), match.group(2)) if match else (None, site)

@@ -46,7 +46,8 @@ class SiteStats:
     ``comoment`` is the centred ``Σ (x − μ)(x − μ)ᵀ``; :attr:`gram` gives the uncentred ``XᵀX``. Optional parts are
     ``None`` unless asked for with ``keep=``: ``reservoir`` (a uniform sample of rows, float32),
     ``last`` / ``mean_pooled`` (one vector per text, in text order), ``full`` (every kept row, in text order).
-    """
+
+    Example: ``stats: SiteStats = cap["blocks.10.hook_resid_post"]; stats.singular_values(center=True)``"""
 
     site: str
     n: int
@@ -66,11 +67,15 @@ class SiteStats:
         return self.comoment + self.n * torch.outer(self.mean, self.mean)
 
     def covariance(self) -> torch.Tensor:
-        """Unbiased covariance ``M / (n − 1)``."""
+        """Unbiased covariance ``M / (n − 1)``.
+
+        Example: ``cap["blocks.10.hook_resid_post"].covariance().shape  # [d, d]``"""
         return self.comoment / max(self.n - 1, 1)
 
     def singular_values(self, *, center: bool = True) -> torch.Tensor:
-        """Exact singular values of the (centred) ``[n, d]`` token matrix, from the streamed statistics."""
+        """Exact singular values of the (centred) ``[n, d]`` token matrix, from the streamed statistics.
+
+        Example: ``cap["blocks.10.hook_resid_post"].singular_values(center=True)``"""
         return singular_values_from_gram(self.comoment if center else self.gram, n=self.n)
 
     def __repr__(self) -> str:
@@ -84,7 +89,9 @@ class SiteStats:
 
 @dataclass(frozen=True)
 class CaptureResult:
-    """Per-site statistics in site order, with what is needed to say where they came from."""
+    """Per-site statistics in site order, with what is needed to say where they came from.
+
+    Example: ``cap: CaptureResult = capture(lm, texts, sites="blocks.*.hook_resid_post"); cap.singular_values()``"""
 
     stats: dict[str, SiteStats]
     model: str
@@ -122,7 +129,9 @@ class CaptureResult:
                 "<p>total variance = trace of the covariance; singular values: <code>.singular_values()</code></p>")
 
     def singular_values(self, *, center: bool = True, sites: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Singular values per site; sites of equal width share one batched eigendecomposition."""
+        """Singular values per site; sites of equal width share one batched eigendecomposition.
+
+        Example: ``cap.singular_values(center=False, sites=["blocks.10.hook_resid_post"])``"""
         chosen = sites or self.sites
         by_width: dict[int, list[str]] = {}
         for site in chosen:

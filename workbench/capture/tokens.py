@@ -21,7 +21,9 @@ Positions = str | int
 
 @dataclass(frozen=True)
 class Tokenized:
-    """One 1-D id tensor per text (BOS included when the model prepends one)."""
+    """One 1-D id tensor per text (BOS included when the model prepends one).
+
+    Example: ``t: Tokenized = tokenize(lm, ["Hello world"], max_length=None, max_tokens=None); t.n_tokens``"""
 
     ids: list[torch.Tensor]
     has_bos: bool
@@ -33,6 +35,11 @@ class Tokenized:
 
 @dataclass(frozen=True)
 class Batch:
+    """One padded batch of texts: which texts (``text_index``), the ``[B, T]`` right-padded ``tokens``, their
+    ``lengths``, and the masks of rows kept for the statistics (``rows``) and averaged for the mean-pooled vector
+    (``pooled``).
+
+    Example: ``batch: Batch = next(batches(tokenized, 8, pad_id(lm), "all", True)); batch.tokens.shape``"""
     text_index: list[int]
     tokens: torch.Tensor  # [B, T]
     lengths: torch.Tensor  # [B]
@@ -41,6 +48,9 @@ class Batch:
 
 
 def check_texts(texts: str | Sequence[str]) -> list[str]:
+    """``texts`` as a list of non-empty strings (a single string is one text); ConfigError naming the first bad entry.
+
+    Example: ``check_texts("one text")  # ["one text"]; empty or blank texts raise a ConfigError``"""
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise config_error("capture", "texts", "a non-empty sequence of strings", texts)
@@ -52,7 +62,9 @@ def check_texts(texts: str | Sequence[str]) -> list[str]:
 
 def tokenize(lm: LoadedModel, texts: list[str], *, max_length: int | None,
              max_tokens: int | None) -> Tokenized:
-    """Tokenize with the model's own BOS policy; cut each text to ``max_length`` and the total to ``max_tokens``."""
+    """Tokenize with the model's own BOS policy; cut each text to ``max_length`` and the total to ``max_tokens``.
+
+    Example: ``tokenize(lm, ["Hello world", "Bonjour"], max_length=128, max_tokens=None).ids``"""
     for name, value in (("max_length", max_length), ("max_tokens", max_tokens)):
         check_optional("capture", name, value, Int(low=2))
     limit = min(max_length or lm.facts.n_ctx, lm.facts.n_ctx)
@@ -72,7 +84,9 @@ def tokenize(lm: LoadedModel, texts: list[str], *, max_length: int | None,
 
 
 def pad_id(lm: LoadedModel) -> int:
-    """The id used for right padding: the tokenizer's pad, else EOS, else BOS, else 0 (pads are never read)."""
+    """The id used for right padding: the tokenizer's pad, else EOS, else BOS, else 0 (pads are never read).
+
+    Example: ``right_pad([torch.tensor([1, 2, 3]), torch.tensor([4])], pad_id(lm))``"""
     for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(lm.tokenizer, attr, None)
         if value is not None:
@@ -81,7 +95,9 @@ def pad_id(lm: LoadedModel) -> int:
 
 
 def right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
-    """``[B, max length]``: the 1-D id tensors ``rows`` right-padded with ``pad``."""
+    """``[B, max length]``: the 1-D id tensors ``rows`` right-padded with ``pad``.
+
+    Example: ``right_pad([torch.tensor([1, 2, 3]), torch.tensor([4])], 0)  # [[1, 2, 3], [4, 0, 0]]``"""
     out = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
@@ -89,6 +105,10 @@ def right_pad(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
 
 
 def check_positions(positions: Positions, tokenized: Tokenized) -> None:
+    """ConfigError unless ``positions`` is ``"all"``, ``"last"`` or an int index valid in every text (BOS included,
+    negative from the end), checked before any forward.
+
+    Example: ``check_positions(-1, tokenize(lm, texts, max_length=None, max_tokens=None))``"""
     if positions in ("all", "last"):
         return
     if not is_int(positions):
@@ -114,6 +134,10 @@ def _masks(lengths: torch.Tensor, width: int, positions: Positions, skip_first: 
 
 def batches(tokenized: Tokenized, batch_size: int, pad_id: int, positions: Positions,
             exclude_bos: bool) -> Iterator[Batch]:
+    """The texts in batches of ``batch_size``, longest first (less padding), each right-padded with the row masks for
+    ``positions`` (the BOS row left out when ``exclude_bos`` and the model prepends one).
+
+    Example: ``for batch in batches(tokenized, 8, pad_id(lm), "all", exclude_bos=True): lm.model(batch.tokens)``"""
     order = sorted(range(len(tokenized.ids)), key=lambda i: -len(tokenized.ids[i]))
     skip_first = exclude_bos and tokenized.has_bos
     for start in range(0, len(order), batch_size):
