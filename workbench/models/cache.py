@@ -22,7 +22,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def cache_root() -> Path:
-    """``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``."""
+    """``$WORKBENCH_CACHE`` if set, else ``~/.cache/workbench``.
+
+    Example: ``cache_root() / "models"``"""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "workbench")
 
 
@@ -46,13 +48,17 @@ def _describe(folder: Path) -> dict[str, dict[str, object]]:
 
 
 def write_manifest(folder: Path, provenance: dict[str, object]) -> None:
-    """Record every file's size (and weight files' SHA-256) so :func:`verify` can detect damage later."""
+    """Record every file's size (and weight files' SHA-256) so :func:`verify` can detect damage later.
+
+    Example: ``write_manifest(folder, {"source": "smollm2-135m"})``"""
     manifest = {"provenance": provenance, "files": _describe(folder)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def verify(folder: Path, *, check_hashes: bool = True) -> str | None:
-    """Return ``None`` when ``folder`` is a complete converted model, else a sentence saying what is wrong."""
+    """Return ``None`` when ``folder`` is a complete converted model, else a sentence saying what is wrong.
+
+    Example: ``verify(cache_root() / "models" / "smollm2-135m", check_hashes=False)  # None when intact``"""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return f"{folder} has no {MANIFEST} (an interrupted or foreign conversion)"
@@ -76,6 +82,7 @@ def build_atomically(target: Path, build: Callable[[Path], dict[str, object]]) -
 
     An existing ``target`` is replaced (the caller decided it was corrupt). On any error the temporary folder is
     removed and ``target`` is left as it was.
-    """
+
+    Example: ``build_atomically(cache_root() / "models" / "mine", lambda tmp: {"source": "mine"})``"""
     replace_folder(target, lambda tmp: write_manifest(tmp, build(tmp)))
     return target

@@ -10,7 +10,9 @@ from workbench.models.loaded import LoadedModel
 def prompt_ids(lm: LoadedModel, prompt: str, *, chat_template: bool = True) -> torch.Tensor:
     """``[1, n]`` ids of ``prompt``: wrapped as a user turn with the generation prompt when ``chat_template`` and the
     tokenizer has a template (as the model saw in instruction tuning), else the bridge's ``to_tokens`` (BOS as the
-    model expects). Never truncated silently."""
+    model expects). Never truncated silently.
+
+    Example: ``prompt_ids(lm, "Why is the sky blue?", chat_template=False).shape  # [1, n]``"""
     tok = lm.tokenizer
     if chat_template and getattr(tok, "chat_template", None):
         text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -21,7 +23,9 @@ def prompt_ids(lm: LoadedModel, prompt: str, *, chat_template: bool = True) -> t
 
 
 def response_ids(lm: LoadedModel, response: str) -> torch.Tensor:
-    """``[1, m]`` ids of ``response`` as a continuation (no special tokens added)."""
+    """``[1, m]`` ids of ``response`` as a continuation (no special tokens added).
+
+    Example: ``torch.cat([prompt_ids(lm, "What is 3 + 4?"), response_ids(lm, "7.")], dim=1)``"""
     ids = lm.tokenizer(response, add_special_tokens=False)["input_ids"]
     return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
@@ -30,7 +34,9 @@ def user_turn(lm: LoadedModel, prompt: str) -> tuple[torch.Tensor, int, int]:
     """``(ids [n], start, end)``: ``prompt`` as a chat user turn with the generation prompt (the layout of
     :func:`prompt_ids`) and the span ``ids[start:end]`` of the user's own text in it — no role words, special tokens
     or template newlines — found from the tokenizer's character offsets. Tokens that straddle the text's edges are
-    left out of the span."""
+    left out of the span.
+
+    Example: ``ids, start, end = user_turn(lm, "Why is the sky blue?"); ids[start:end]``"""
     from workbench.errors import config_error
 
     call = "user_turn"
@@ -61,7 +67,9 @@ def sft_text(lm: LoadedModel, prompt: str, response: str, *, chat_template: bool
     ``main``): with ``chat_template`` and a tokenizer that has one (the reference's ``--run_instruct_version``), the
     chat template of [system ``system_prompt``, user ``prompt``] with the generation prompt, then ``response``; else
     ``prompt + "\\n" + response``. ``system_prompt=None`` leaves the system turn out (the reference does so for
-    models whose name contains "gemma")."""
+    models whose name contains "gemma").
+
+    Example: ``sft_text(lm, "What is 3 + 4?", "3 + 4 = 7.", system_prompt=None)``"""
     tok = lm.tokenizer
     if chat_template and getattr(tok, "chat_template", None):
         turns = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
@@ -75,7 +83,9 @@ def sft_ids(lm: LoadedModel, prompt: str, response: str, *, max_length: int, cha
     """``([1, T] ids, n_prompt)`` of :func:`sft_text`, as the reference tokenises it (``cal_svd_vector_part_text``):
     the whole text at once with the tokenizer's own special tokens, cut to ``max_length`` (``tokenizer.encode(text,
     truncation=True, max_length=...)``); the response starts at token ``len(encode(text[:text.rfind(response)]))``
-    (labels before it are -100). ``n_prompt >= T`` means no response token survived the cut."""
+    (labels before it are -100). ``n_prompt >= T`` means no response token survived the cut.
+
+    Example: ``ids, n_prompt = sft_ids(lm, "What is 3 + 4?", "3 + 4 = 7.", max_length=2048)``"""
     tok = lm.tokenizer
     text = sft_text(lm, prompt, response, chat_template=chat_template, system_prompt=system_prompt)
     ids = tok(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]

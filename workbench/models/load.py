@@ -35,7 +35,8 @@ def load_model(
     ``dtype`` is the parameter dtype of models loaded from disk.
     Raises :class:`ModelLoadError` with what to do: the pip command for a missing package, the known names for an
     unknown one, the expected files for a folder without weights. A damaged cache is detected and rebuilt.
-    """
+
+    Example: ``lm = load_model("smollm2-135m", device="cuda", dtype=torch.bfloat16)``"""
     if isinstance(source, LoadedModel) and device is None:
         return source
     if isinstance(source, (LoadedModel, torch.nn.Module)):

@@ -21,7 +21,9 @@ class WeightParameter:
     """The trainable tensor behind ``LoadedModel.weight(kind, layer)``, and how to read a tensor of its shape (its
     gradient, say) in :func:`~workbench.models.adapters.as_matrix` orientation. ``layout``: ``"tl"`` (the parameter
     is the TL-shaped weight itself), ``"same"`` (already the 2-D matrix) or ``"transposed"`` (a Hugging Face
-    ``[out, in]`` Linear weight)."""
+    ``[out, in]`` Linear weight).
+
+    Example: ``p: WeightParameter = lm.parameters(["W_Q"])[3]; p.matrix(p.param.grad)``"""
 
     kind: str
     layer: int | None
@@ -29,6 +31,10 @@ class WeightParameter:
     layout: str
 
     def matrix(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (a tensor of the parameter's shape, e.g. its gradient) as the 2-D matrix of
+        :func:`~workbench.models.adapters.as_matrix`.
+
+        Example: ``p.matrix(p.param.grad)  # the gradient as the 2-D as_matrix of W_Q``"""
         if self.layout == "tl":
             return as_matrix(self.kind, t)
         return t if self.layout == "same" else t.T
@@ -41,7 +47,8 @@ class LoadedModel:
     ``model`` is a TransformerLens-hookable module (TransformerBridge by default), ``tokenizer`` its tokenizer, and
     ``adapter`` the registered adapter that gives architecture facts and TL-oriented weights. ``name`` identifies the
     source in reports (a bundled name, a folder path, or the class of a model passed in).
-    """
+
+    Example: ``lm: LoadedModel = load_model("smollm2-135m"); lm.weight("W_Q", 3).shape``"""
 
     model: torch.nn.Module
     tokenizer: object
@@ -67,11 +74,15 @@ class LoadedModel:
         return self.facts.n_heads
 
     def weight(self, kind: str, layer: int | None = None) -> torch.Tensor:
-        """A weight matrix in TransformerLens orientation (see :mod:`workbench.models.adapters`)."""
+        """A weight matrix in TransformerLens orientation (see :mod:`workbench.models.adapters`).
+
+        Example: ``lm.weight("W_Q", 3).shape  # torch.Size([9, 576, 64])``"""
         return self.adapter.weight(self.model, kind, layer)
 
     def weights(self) -> Iterator[tuple[str, int | None, torch.Tensor]]:
-        """Every weight matrix as ``(kind, layer, tensor)``: per-layer kinds first, then W_E and W_U."""
+        """Every weight matrix as ``(kind, layer, tensor)``: per-layer kinds first, then W_E and W_U.
+
+        Example: ``{(kind, layer): w.shape for kind, layer, w in lm.weights()}``"""
         facts = self.facts
         for layer in range(facts.n_layers):
             for kind in LAYER_KINDS:
@@ -83,7 +94,9 @@ class LoadedModel:
 
     def parameters(self, kinds: tuple[str, ...] | list[str]) -> list[WeightParameter]:
         """The parameters behind ``weight(kind, layer)`` for every layer (layer-major), found by shared storage and
-        checked value by value, so gradients can be taken with respect to what the forward pass really uses."""
+        checked value by value, so gradients can be taken with respect to what the forward pass really uses.
+
+        Example: ``[p.param.shape for p in lm.parameters(["W_Q", "W_O"])]``"""
         by_storage = {p.untyped_storage().data_ptr(): p for p in self.model.parameters()}
         out = []
         for layer in range(self.facts.n_layers):
@@ -94,7 +107,9 @@ class LoadedModel:
         return out
 
     def hook_points(self) -> dict[str, torch.nn.Module]:
-        """Every hook name (TransformerLens naming, aliases included) mapped to its HookPoint."""
+        """Every hook name (TransformerLens naming, aliases included) mapped to its HookPoint.
+
+        Example: ``sorted(lm.hook_points())[:3]``"""
         return self.adapter.hook_points(self.model)
 
     def __repr__(self) -> str:
@@ -106,7 +121,9 @@ class LoadedModel:
 def as_hooked(lm: LoadedModel | HookedRootModule, *, call: str = "as_hooked") -> torch.nn.Module:
     """The TransformerLens-hookable module of ``lm``: a :class:`LoadedModel`'s ``model``, or ``lm`` itself when it
     is already a TransformerLens ``HookedRootModule`` (``HookedTransformer``) or a ``TransformerBridge`` (which has
-    the same hook interface without subclassing it). Anything else is a ConfigError naming ``call``."""
+    the same hook interface without subclassing it). Anything else is a ConfigError naming ``call``.
+
+    Example: ``as_hooked(lm).run_with_hooks(tokens, fwd_hooks=[("blocks.3.hook_resid_post", fn)])``"""
     if isinstance(lm, LoadedModel):
         return lm.model
     from transformer_lens import HookedRootModule
@@ -119,7 +136,9 @@ def as_hooked(lm: LoadedModel | HookedRootModule, *, call: str = "as_hooked") ->
 
 
 def hook_points(lm: LoadedModel | HookedRootModule, *, call: str = "hook_points") -> dict[str, torch.nn.Module]:
-    """Every hook name of ``lm`` (a :class:`LoadedModel` or a ``HookedRootModule``) mapped to its HookPoint."""
+    """Every hook name of ``lm`` (a :class:`LoadedModel` or a ``HookedRootModule``) mapped to its HookPoint.
+
+    Example: ``hook_points(lm)["blocks.3.hook_resid_post"]``"""
     if isinstance(lm, LoadedModel):
         return lm.hook_points()
     return dict(as_hooked(lm, call=call).hook_dict)
