@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 
 class RotatedSubspace(torch.nn.Module):
-    """k orthonormal directions in R^d (rows of an orthogonally parametrised ``[k, d]`` matrix)."""
+    """k orthonormal directions in R^d (rows of an orthogonally parametrised ``[k, d]`` matrix).
+
+    Example: ``RotatedSubspace(576, 1, generator=torch.Generator().manual_seed(0)).basis().shape  # [576, 1]``"""
 
     def __init__(self, d: int, k: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -59,14 +61,18 @@ class RotatedSubspace(torch.nn.Module):
             self.map = orthogonal(linear, orthogonal_map="householder")
 
     def basis(self) -> torch.Tensor:
-        """``[d, k]`` orthonormal columns."""
+        """``[d, k]`` orthonormal columns.
+
+        Example: ``RotatedSubspace(576, 2).basis().shape  # [576, 2]``"""
         return self.map.weight.T
 
 
 @dataclass(frozen=True)
 class DASFit:
     """The learned basis ``[d, k]`` (the final epoch's; with early stopping the best validation epoch's), the loss
-    history and the learning rate of each epoch; ``site`` the hook site it was fitted at (``None`` if not recorded)."""
+    history and the learning rate of each epoch; ``site`` the hook site it was fitted at (``None`` if not recorded).
+
+    Example: ``fit: DASFit = train_das(lm, base, source, target, site="blocks.5.hook_resid_post"); fit.basis``"""
 
     basis: torch.Tensor
     train_loss: list[float] = field(default_factory=list)
@@ -115,7 +121,8 @@ def train_das(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: to
     final basis. ``patience`` > 0 (an option): early stop after ``patience`` epochs without a better loss on the
     ``val_fraction`` held out (the training loss when it is 0) and return the best basis. ``val_loss`` is the
     training loss when nothing is held out. Model weights are frozen (and restored) throughout.
-    """
+
+    Example: ``fit = train_das(lm, base, source, target, site="blocks.5.hook_resid_post", k=1, epochs=10)``"""
     call = "train_das"
     n = base.shape[0]
     if n == 0:

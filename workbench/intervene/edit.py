@@ -40,7 +40,9 @@ EDIT_FORMAT = 1
 
 def elastic_net_lambda(g: torch.Tensor, *, rho: float, alpha: float = 0.95) -> torch.Tensor:
     """λ = sign(g)·max(|g| − ρα, 0)/(ρ(1 − α)) elementwise (Steer2Edit's elastic-net solution); all zeros when
-    ρ ≤ 0 (the reference's "this component type is not edited"). Float64."""
+    ρ ≤ 0 (the reference's "this component type is not edited"). Float64.
+
+    Example: ``elastic_net_lambda(torch.tensor([0.9, -0.2, 0.05]), rho=0.5)``"""
     call = "elastic_net_lambda"
     rho = check_number(call, "rho", rho, allowed="a finite number (<= 0: edit nothing of this type)")
     alpha = check_number(call, "alpha", alpha, low=0, high=1, high_open=True)
@@ -52,7 +54,9 @@ def elastic_net_lambda(g: torch.Tensor, *, rho: float, alpha: float = 0.95) -> t
 
 def head_attribution(v: torch.Tensor, w_o: torch.Tensor, z_mean: torch.Tensor) -> torch.Tensor:
     """``[H]`` g_j = cos(v̂, z̄_j·W_O[j]) for ``w_o`` ``[H, d_head, d_model]`` and mean head inputs ``z_mean``
-    ``[H, d_head]`` (the ``hook_z`` activations averaged over the positive and negative prompts)."""
+    ``[H, d_head]`` (the ``hook_z`` activations averaged over the positive and negative prompts).
+
+    Example: ``head_attribution(vectors[5].v_attn, lm.weight("W_O", 5), vectors[5].z_mean)``"""
     if w_o.ndim != 3 or z_mean.shape != w_o.shape[:2] or v.shape != (w_o.shape[2],):
         raise shape_error("head_attribution", "z_mean", f"[{w_o.shape[0]}, {w_o.shape[1]}] with v [{w_o.shape[-1]}]",
                           (tuple(z_mean.shape), tuple(v.shape)))
@@ -62,7 +66,9 @@ def head_attribution(v: torch.Tensor, w_o: torch.Tensor, z_mean: torch.Tensor) -
 
 def neuron_attribution(v: torch.Tensor, w_out: torch.Tensor, post_mean: torch.Tensor) -> torch.Tensor:
     """``[d_mlp]`` g_i = cos(v̂, x̄_i·W_out[i]) for ``w_out`` ``[d_mlp, d_model]`` and the mean neuron activations
-    ``post_mean`` ``[d_mlp]`` (``mlp.hook_post``, averaged over the positive and negative prompts)."""
+    ``post_mean`` ``[d_mlp]`` (``mlp.hook_post``, averaged over the positive and negative prompts).
+
+    Example: ``neuron_attribution(vectors[5].v_mlp, lm.weight("W_out", 5), vectors[5].post_mean)``"""
     if w_out.ndim != 2 or post_mean.shape != (w_out.shape[0],) or v.shape != (w_out.shape[1],):
         raise shape_error("neuron_attribution", "post_mean", f"[{w_out.shape[0]}] with v [{w_out.shape[1]}]",
                           (tuple(post_mean.shape), tuple(v.shape)))
@@ -75,7 +81,9 @@ class ComponentEdit:
     """One rank-1 edit: ``kind`` ``"head"`` (row block ``index`` of W_O) or ``"neuron"`` (row ``index`` of W_out) of
     ``layer``; ``lam`` its signed magnitude, ``g`` the attribution it came from, ``v`` the unit direction written
     (``[d_model]``) and ``k`` the unit read-out direction of a head (``[d_head]``; None for a neuron, whose sign is
-    folded into ``lam``)."""
+    folded into ``lam``).
+
+    Example: ``e: ComponentEdit = steer2edit(lm, vectors, rho=0.5)[0]; e.kind, e.layer, e.index, e.delta().shape``"""
 
     kind: str
     layer: int
@@ -86,14 +94,18 @@ class ComponentEdit:
     k: torch.Tensor | None = None
 
     def delta(self) -> torch.Tensor:
-        """The change of the edited rows (``[d_head, d_model]`` for a head, ``[d_model]`` for a neuron)."""
+        """The change of the edited rows (``[d_head, d_model]`` for a head, ``[d_model]`` for a neuron).
+
+        Example: ``steer2edit(lm, vectors, rho=0.5)[0].delta()``"""
         if self.kind == "head":
             return self.lam * torch.outer(self.k.double(), self.v.double())
         return self.lam * self.v.double()
 
 
 def head_edit(layer: int, head: int, lam: float, g: float, v: torch.Tensor, w_o_head: torch.Tensor) -> ComponentEdit:
-    """The edit of head ``head``: k̂ = normalise(W_O[head]·v̂) (``w_o_head`` ``[d_head, d_model]``)."""
+    """The edit of head ``head``: k̂ = normalise(W_O[head]·v̂) (``w_o_head`` ``[d_head, d_model]``).
+
+    Example: ``head_edit(5, 3, lam=2.0, g=0.8, v=vectors[5].v_attn, w_o_head=lm.weight("W_O", 5)[3])``"""
     v_hat = v.double() / v.double().norm()
     k = w_o_head.double() @ v_hat
     norm = k.norm()
@@ -103,7 +115,9 @@ def head_edit(layer: int, head: int, lam: float, g: float, v: torch.Tensor, w_o_
 
 def neuron_edit(layer: int, neuron: int, lam: float, g: float, v: torch.Tensor,
                 w_out_row: torch.Tensor) -> ComponentEdit:
-    """The edit of neuron ``neuron``: W_out[i] += λ·sign(⟨W_out[i], v̂⟩)·v̂ (the sign is folded into ``lam``)."""
+    """The edit of neuron ``neuron``: W_out[i] += λ·sign(⟨W_out[i], v̂⟩)·v̂ (the sign is folded into ``lam``).
+
+    Example: ``neuron_edit(5, 100, lam=1.5, g=0.6, v=vectors[5].v_mlp, w_out_row=lm.weight("W_out", 5)[100])``"""
     v_hat = v.double() / v.double().norm()
     sign = 1.0 if float(w_out_row.double() @ v_hat) > 0 else -1.0  # edit.py: k_sign = 1 if k > 0 else -1
     return ComponentEdit("neuron", layer, neuron, float(lam) * sign, float(g), v_hat, None)
@@ -114,7 +128,9 @@ def steer2edit(lm: LoadedModel, vectors: dict, *, rho: float, rho_mlp: float | N
     """The Steer2Edit edits of every layer in ``vectors`` (:func:`workbench.intervene.steer.contrast_vectors`):
     attributions of every head (against v̂_attn) and neuron (against v̂_mlp), elastic-net λ with ``rho`` for heads and
     ``rho_mlp`` (default ``rho``) for neurons, and a rank-1 edit for each component with λ ≠ 0 (λ = 0 components are
-    left out: sparsity is the point). ``rho`` ≤ 0 edits no head, ``rho_mlp`` ≤ 0 no neuron (edit.py's grids use −1)."""
+    left out: sparsity is the point). ``rho`` ≤ 0 edits no head, ``rho_mlp`` ≤ 0 no neuron (edit.py's grids use −1).
+
+    Example: ``edits = steer2edit(lm, contrast_vectors(lm, pos, neg, layers=[4, 5]), rho=0.5, alpha=0.95)``"""
     rho_mlp = rho if rho_mlp is None else rho_mlp
     edits = []
     for layer, vec in vectors.items():
@@ -155,7 +171,9 @@ def _rows(lm: LoadedModel, edit: ComponentEdit) -> tuple[torch.Tensor, slice | i
 
 class EditHandle:
     """Edits applied to a model's weights; :meth:`revert` puts back the original rows bit for bit (they are saved
-    before the first change). Usable as a context manager."""
+    before the first change). Usable as a context manager.
+
+    Example: ``with EditHandle(lm, edits) as handle: handle.state  # "applied"; reverted on exit``"""
 
     def __init__(self, lm: LoadedModel, edits: Sequence[ComponentEdit]) -> None:
         self.lm = lm
@@ -165,6 +183,10 @@ class EditHandle:
         self.reverted = False  # True once edits that were in the weights have been taken out again
 
     def apply(self) -> EditHandle:
+        """Write the edits into the weights (every edit validated before any weight changes; the original rows saved
+        first); a no-op when already applied. Returns the handle.
+
+        Example: ``handle = EditHandle(lm, edits).apply()``"""
         if self.active:
             return self
         self.reverted = False
@@ -186,7 +208,9 @@ class EditHandle:
         return self
 
     def revert(self) -> None:
-        """Restore every edited row to its saved original (in reverse order, so overlapping edits unwind)."""
+        """Restore every edited row to its saved original (in reverse order, so overlapping edits unwind).
+
+        Example: ``handle.revert()``"""
         with torch.no_grad():
             for matrix, rows, original in reversed(self._saved):
                 matrix[rows] = original
@@ -224,13 +248,17 @@ class EditHandle:
 
 
 def apply_edits(lm: LoadedModel, edits: Sequence[ComponentEdit]) -> EditHandle:
-    """Apply ``edits`` to ``lm``'s weights now; call ``.revert()`` on the handle (or use ``with edited(...)``)."""
+    """Apply ``edits`` to ``lm``'s weights now; call ``.revert()`` on the handle (or use ``with edited(...)``).
+
+    Example: ``handle = apply_edits(lm, edits); handle.revert()``"""
     return EditHandle(lm, edits).apply()
 
 
 @contextmanager
 def edited(lm: LoadedModel, edits: Sequence[ComponentEdit]) -> Iterator[EditHandle]:
-    """Within the block ``lm`` runs with ``edits`` in its weights; reverted exactly on exit, even on error."""
+    """Within the block ``lm`` runs with ``edits`` in its weights; reverted exactly on exit, even on error.
+
+    Example: ``with edited(lm, edits): greedy_continuations(lm, ["I think that"], max_new_tokens=20)``"""
     handle = EditHandle(lm, edits).apply()
     try:
         yield handle
@@ -240,7 +268,9 @@ def edited(lm: LoadedModel, edits: Sequence[ComponentEdit]) -> Iterator[EditHand
 
 def save_edits(edits: Sequence[ComponentEdit], path: str | Path) -> Path:
     """Write ``edits`` to ``path`` (a folder): ``edits.json`` (kind, layer, index, λ, g) and ``factors.safetensors``
-    (v and k of each edit, float64), atomically."""
+    (v and k of each edit, float64), atomically.
+
+    Example: ``save_edits(edits, "runs/sentiment-edits")``"""
     from safetensors.torch import save_file
 
     from workbench.atomic import replace_folder
@@ -263,7 +293,9 @@ def save_edits(edits: Sequence[ComponentEdit], path: str | Path) -> Path:
 
 
 def load_edits(path: str | Path) -> list[ComponentEdit]:
-    """The edits saved by :func:`save_edits` (identical factors, bit for bit)."""
+    """The edits saved by :func:`save_edits` (identical factors, bit for bit).
+
+    Example: ``apply_edits(lm, load_edits("runs/sentiment-edits"))``"""
     from safetensors.torch import load_file
 
     path = Path(path)

@@ -54,7 +54,9 @@ class Generation:
     ``ids``: the new token ids, cut after the first EOS (the EOS kept). ``states[site]``: ``[G, d]`` float32 on the
     CPU, the site's activation at the last position of the forward that produced each of the ``G`` new tokens.
     ``logits``: ``[G, V]`` (``"steps"``) or ``[n + G, V]`` (``"all"``, ``n`` prompt tokens: the logits at every
-    position of prompt + response, as one full forward gives them), float32 on the CPU; None when not asked for."""
+    position of prompt + response, as one full forward gives them), float32 on the CPU; None when not asked for.
+
+    Example: ``gen: Generation = generate(lm, rows, max_new_tokens=20, record=["blocks.5.hook_resid_post"])``"""
 
     ids: list[torch.Tensor]
     states: dict[str, list[torch.Tensor]]
@@ -62,7 +64,9 @@ class Generation:
 
 
 def left_pad(rows: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens [B, T], mask [B, T])``: 1-D id tensors left-padded with ``pad``; ``mask`` is 1 on real tokens."""
+    """``(tokens [B, T], mask [B, T])``: 1-D id tensors left-padded with ``pad``; ``mask`` is 1 on real tokens.
+
+    Example: ``tokens, mask = left_pad([torch.tensor([1, 2, 3]), torch.tensor([4])], 0)  # [[1, 2, 3], [0, 0, 4]]``"""
     width = max(len(r) for r in rows)
     tokens = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -74,14 +78,18 @@ def left_pad(rows: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torc
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Position ids of a left-padded batch: ``cumsum(mask) − 1`` on real tokens, 1 on pads (Hugging Face's and the
-    bridge's convention; pads are masked, their position is never read)."""
+    bridge's convention; pads are masked, their position is never read).
+
+    Example: ``positions_from_mask(torch.tensor([[0, 1, 1], [1, 1, 1]]))  # [[1, 0, 1], [0, 1, 2]]``"""
     pos = mask.long().cumsum(-1) - 1
     return pos.masked_fill(mask == 0, 1)
 
 
 def hf_causal_lm(lm: LoadedModel) -> torch.nn.Module | None:
     """The Hugging Face causal LM a TransformerBridge wraps (its submodules are the bridge's components, so hooks
-    fire when it is called), or None when ``lm.model`` is not such a bridge."""
+    fire when it is called), or None when ``lm.model`` is not such a bridge.
+
+    Example: ``hf_causal_lm(lm) is not None  # True for load_model's TransformerBridge``"""
     try:
         inner = lm.model.original_model
     except AttributeError:
@@ -95,6 +103,9 @@ def hf_causal_lm(lm: LoadedModel) -> torch.nn.Module | None:
 
 
 def eos_id(lm: LoadedModel) -> int | None:
+    """The tokenizer's EOS id, or None when it has none (generation then runs to ``max_new_tokens``).
+
+    Example: ``cut_at_eos(row, eos_id(lm))``"""
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     return int(eos) if eos is not None else None
 
@@ -109,7 +120,9 @@ def generate(lm: LoadedModel, prompts: Sequence[torch.Tensor], *, max_new_tokens
     softmax(logits / ``temperature``) with TransformerLens's ``sample_logits`` (the same draws from torch's global
     generator as ``TransformerBridge.generate`` for the same seed). A batch stops when every row has produced EOS
     (``stop_at_eos``); finished rows are fed EOS, as the bridge does. See the module docstring for ``record``,
-    ``logits`` and ``cached``."""
+    ``logits`` and ``cached``.
+
+    Example: ``generate(lm, [lm.model.to_tokens("Once upon a time")[0]], max_new_tokens=20, logits="all").ids[0]``"""
     call = "generate"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
     check_int(call, "batch_size", batch_size, low=1)
@@ -225,7 +238,9 @@ def _generate_batch(lm: LoadedModel, chunk: list[torch.Tensor], *, max_new_token
 
 
 def cut_at_eos(row: torch.Tensor, eos: int | None) -> torch.Tensor:
-    """``row`` up to and including its first EOS (all of it when there is none)."""
+    """``row`` up to and including its first EOS (all of it when there is none).
+
+    Example: ``cut_at_eos(torch.tensor([5, 7, 2, 9]), 2)  # tensor([5, 7, 2])``"""
     if eos is not None and bool((row == eos).any()):
         return row[:int((row == eos).nonzero()[0]) + 1]
     return row

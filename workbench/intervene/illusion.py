@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 
 def row_space(readers: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
-    """``[d, r]`` orthonormal basis of the column space of ``readers`` ``[d, m]`` (the directions they can see)."""
+    """``[d, r]`` orthonormal basis of the column space of ``readers`` ``[d, m]`` (the directions they can see).
+
+    Example: ``row_space(lm.weight("W_Q", 6)[0])  # [d_model, r]: what head 6.0's queries can read``"""
     u, s, _ = torch.linalg.svd(readers.double(), full_matrices=False)
     r = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
     return u[:, :r]
@@ -43,6 +45,10 @@ def row_space(readers: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Split:
+    """A direction split by :func:`split_direction`: ``v_row`` (seen by the readers) + ``v_null`` (invisible to them),
+    the share ``row_fraction`` = ‖v_row‖²/‖v‖² and ``null_leak`` (≈1e-16 when the split is exact).
+
+    Example: ``s: Split = split_direction(fit.basis[:, 0], readers); s.row_fraction, s.null_leak``"""
     v_row: torch.Tensor
     v_null: torch.Tensor
     row_fraction: float  # ‖v_row‖²/‖v‖²
@@ -50,7 +56,9 @@ class Split:
 
 
 def split_direction(v: torch.Tensor, readers: torch.Tensor, rtol: float = 1e-6) -> Split:
-    """v = v_row + v_null with respect to ``readers`` ``[d, m]`` (v ``[d]``)."""
+    """v = v_row + v_null with respect to ``readers`` ``[d, m]`` (v ``[d]``).
+
+    Example: ``split_direction(fit.basis[:, 0], readers).row_fraction``"""
     if v.ndim != 1 or readers.ndim != 2 or readers.shape[0] != v.shape[0]:
         raise shape_error("split_direction", "readers", f"[{v.shape[0]}, m] (rows = the site's width)",
                           tuple(readers.shape))
@@ -68,7 +76,9 @@ class Diagnostics:
 
     ``row_std_ratio``: std over inputs of the projection on v̂_row divided by the median std over random unit
     directions of the row space (≪ 1: dormant). ``null_feature_corr``/``row_feature_corr``: |Pearson r| between the
-    projection on v̂_null / v̂_row and the feature label (high for the null part: disconnected but informative)."""
+    projection on v̂_null / v̂_row and the feature label (high for the null part: disconnected but informative).
+
+    Example: ``d: Diagnostics = diagnose(lm, **args); d.likely_illusion, d.reasons  # args as in diagnose's example``"""
 
     site: str
     position: int
@@ -98,7 +108,8 @@ def diagnose(lm: LoadedModel | HookedRootModule, *, site: str, position: int, di
     Verdict (this project's heuristic thresholds, see the module docstring): v's effect (FLDD) ≥ ``min_effect``
     while v_row and v_null alone each reach < ``part_share`` of it, and the null part is feature-correlated
     (|r| ≥ ``corr_threshold``) or the row part dormant (std ratio < ``dormant_ratio``).
-    """
+
+    Example: ``diagnose(lm, site=s, position=-1, direction=v, readers=r, base=b, source=x, answer=a, counterfactual=c)``"""
     split = split_direction(direction, readers)
     src_ans = counterfactual if source_answer is None else source_answer
     src_alt = answer if source_alternative is None else source_alternative

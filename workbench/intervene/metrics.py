@@ -33,7 +33,9 @@ from workbench.errors import shape_error
 
 
 def logit_diff(logits: torch.Tensor, answer: torch.Tensor, alternative: torch.Tensor) -> torch.Tensor:
-    """``[B]`` logit(answer) − logit(alternative) at the last position of ``[B, P, V]`` (or ``[B, V]``) logits."""
+    """``[B]`` logit(answer) − logit(alternative) at the last position of ``[B, P, V]`` (or ``[B, V]``) logits.
+
+    Example: ``logit_diff(forward(lm, tokens), io_ids, s_ids).mean()``"""
     last = logits[:, -1] if logits.ndim == 3 else logits
     if answer.shape != (last.shape[0],) or alternative.shape != answer.shape:
         raise shape_error("logit_diff", "answer", f"[{last.shape[0]}] token ids", tuple(answer.shape))
@@ -42,7 +44,9 @@ def logit_diff(logits: torch.Tensor, answer: torch.Tensor, alternative: torch.Te
 
 
 def argmax_hits(logits: torch.Tensor, counterfactual: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: the last position's argmax over the whole vocabulary is ``counterfactual`` (interchange hit)."""
+    """``[B]`` bool: the last position's argmax over the whole vocabulary is ``counterfactual`` (interchange hit).
+
+    Example: ``argmax_hits(patched_logits(lm, base, source, patches), counterfactual).float().mean()``"""
     last = logits[:, -1] if logits.ndim == 3 else logits
     if counterfactual.shape != (last.shape[0],):
         raise shape_error("argmax_hits", "counterfactual", f"[{last.shape[0]}] token ids", tuple(counterfactual.shape))
@@ -52,7 +56,9 @@ def argmax_hits(logits: torch.Tensor, counterfactual: torch.Tensor) -> torch.Ten
 @dataclass(frozen=True)
 class PatchEffect:
     """Means over pairs (see the module docstring). ``ld_whole``: mean LD of the whole-site residual patch that
-    ``recovered`` is relative to (NaN when none was given)."""
+    ``recovered`` is relative to (NaN when none was given).
+
+    Example: ``e: PatchEffect = patch_effect(ld_base, ld_patched, hits=hits); e.fldd, e.to_dict()``"""
 
     n: int
     ld_base: float
@@ -67,6 +73,9 @@ class PatchEffect:
     sign_rate: float
 
     def to_dict(self) -> dict[str, float]:
+        """The metrics as a plain ``{name: float}`` dict (for JSON results and tables).
+
+        Example: ``patch_effect(ld_base, ld_patched, hits=hits).to_dict()["fldd"]``"""
         return dict(self.__dict__)
 
 
@@ -75,7 +84,9 @@ def _ratio(num: float, den: float) -> float:
 
 
 def fldd(ld_base: torch.Tensor, ld_patched: torch.Tensor) -> float:
-    """1 − mean LD_patched / mean LD_base (the notebook's ``include_fractional_ld``, as a fraction, not %)."""
+    """1 − mean LD_patched / mean LD_base (the notebook's ``include_fractional_ld``, as a fraction, not %).
+
+    Example: ``fldd(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0]))  # 0.8``"""
     base = float(ld_base.double().mean())
     return 1 - float(ld_patched.double().mean()) / base if abs(base) > 1e-9 else math.nan
 
@@ -83,7 +94,9 @@ def fldd(ld_base: torch.Tensor, ld_patched: torch.Tensor) -> float:
 def patch_effect(ld_base: torch.Tensor, ld_patched: torch.Tensor, *, hits: torch.Tensor,
                  ld_whole: torch.Tensor | None = None, ld_source: torch.Tensor | None = None) -> PatchEffect:
     """The metrics of one patch from per-pair ``[N]`` tensors: clean and patched LD, the interchange ``hits``
-    (:func:`argmax_hits` of the patched logits), the whole-site residual patch's LD and the source run's LD."""
+    (:func:`argmax_hits` of the patched logits), the whole-site residual patch's LD and the source run's LD.
+
+    Example: ``patch_effect(ld_base, ld_patched, hits=argmax_hits(patched, counterfactual), ld_source=ld_src)``"""
     n = ld_base.shape[0]
     for name, t in (("ld_patched", ld_patched), ("hits", hits), ("ld_whole", ld_whole), ("ld_source", ld_source)):
         if t is not None and t.shape != (n,):

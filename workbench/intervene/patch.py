@@ -39,7 +39,9 @@ class Patch:
     """Where and what to patch. ``positions``: None (all), an int or a list of ints (negative from the end).
     ``heads``: head indices for per-head sites (``attn.hook_z``/``hook_q``/... shaped ``[B, P, H, d_head]``).
     ``basis``: ``[d, k]`` (or ``[d]``) linearly independent directions, any norms, to patch only span(basis) (an
-    orthonormal basis of the span is computed once per :func:`patching`); None patches everything."""
+    orthonormal basis of the span is computed once per :func:`patching`); None patches everything.
+
+    Example: ``Patch("blocks.5.hook_resid_post", positions=-1, basis=fit.basis)``"""
 
     site: str
     positions: Positions = None
@@ -49,7 +51,9 @@ class Patch:
 
 def forward(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor) -> torch.Tensor:
     """The model's output (logits) for ``inputs``, moved to the model's device first (callers build token ids on
-    the CPU; the bridge's forward does not move them, and an embedding lookup across devices fails)."""
+    the CPU; the bridge's forward does not move them, and an embedding lookup across devices fails).
+
+    Example: ``logits = forward(lm, lm.model.to_tokens(["The cat sat on the"]))``"""
     model = as_hooked(lm, call="patch")
     param = next(model.parameters(), None)
     if isinstance(inputs, torch.Tensor) and param is not None and inputs.device != param.device:
@@ -61,7 +65,8 @@ def orthonormal(basis: torch.Tensor, d: int, call: str = "subspace_patch") -> to
     """``[d, k]`` (or ``[d]``) directions → an orthonormal ``[d, k]`` basis of their span (reduced QR).
 
     Raises when k ≥ d (patching all of span(R^d) is a whole-site patch: use ``basis=None``) or a direction is zero.
-    """
+
+    Example: ``orthonormal(torch.randn(576, 3), 576).T @ orthonormal(torch.randn(576, 3), 576)``"""
     if not isinstance(basis, torch.Tensor) or basis.ndim not in (1, 2):
         raise config_error(call, "basis", "a [d] or [d, k] tensor", getattr(basis, "shape", type(basis).__name__))
     b = basis[:, None] if basis.ndim == 1 else basis
@@ -84,7 +89,9 @@ def subspace_patch(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor
     ``basis``: ``[d]`` or ``[d, k]`` linearly independent directions of any norm — P = V (VᵀV)⁻¹ Vᵀ, so a non-unit
     ``v`` patches exactly along span(v), as the reference's ``DirectionPatch`` does (for an orthonormal V, VᵀV = I
     and this is ``base + (source − base) V Vᵀ``). A zero, non-finite or rank-deficient basis raises
-    :class:`ShapeError`. Computes in the tensors' dtype; differentiable in ``basis`` (DAS trains through it)."""
+    :class:`ShapeError`. Computes in the tensors' dtype; differentiable in ``basis`` (DAS trains through it).
+
+    Example: ``subspace_patch(base_acts, source_acts, torch.randn(576, 2))``"""
     call = "subspace_patch"
     if base.shape != source.shape:
         raise shape_error(call, "source", f"the base's shape {tuple(base.shape)}", tuple(source.shape))
@@ -143,7 +150,9 @@ def _mask(shape: torch.Size, patch: Patch, device: torch.device, call: str) -> t
 def apply_patch(base: torch.Tensor, source: torch.Tensor, patch: Patch, basis: torch.Tensor | None = None
                 ) -> torch.Tensor:
     """The patched activation for one site (``base``/``source`` shaped ``[B, P, ...]``); a new tensor,
-    differentiable in ``basis`` (any linearly independent directions: see :func:`subspace_patch`)."""
+    differentiable in ``basis`` (any linearly independent directions: see :func:`subspace_patch`).
+
+    Example: ``apply_patch(base_acts, source_acts, Patch("blocks.5.hook_resid_post", positions=-1))``"""
     call = "apply_patch"
     if base.shape != source.shape:
         raise shape_error(call, "source", f"the base activation's shape {tuple(base.shape)} (same token length)",
@@ -159,7 +168,9 @@ def _mix(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor | None) -
 
 def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards. The
-    forward stops as soon as every site has been recorded (what follows, unembedding included, is not computed)."""
+    forward stops as soon as every site has been recorded (what follows, unembedding included, is not computed).
+
+    Example: ``acts = record(lm, tokens, ["blocks.5.hook_resid_post", "blocks.6.attn.hook_z"])``"""
     points = hook_points(lm)
     names = check_sites(points, sites)
     store: dict[str, torch.Tensor] = {}
@@ -177,6 +188,10 @@ def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequ
 
 
 def check_sites(points: Mapping[str, torch.nn.Module], sites: Sequence[str]) -> list[str]:
+    """``sites`` without duplicates, each an exact hook name of ``points``; SiteError naming the closest hooks for an
+    unknown one, or saying a pattern is not allowed.
+
+    Example: ``check_sites(lm.hook_points(), ["blocks.5.hook_resid_post"])``"""
     for site in sites:
         if site not in points:
             resolve_sites(points, [site])  # raises SiteError with the closest names
@@ -190,7 +205,9 @@ def patching(lm: LoadedModel | HookedRootModule, patches: Sequence[Patch], sourc
     """Within the block, every forward of ``lm`` has ``patches`` applied, with the source activations given.
 
     ``bases`` optionally overrides a patch's basis by site (e.g. a trainable DAS basis). Hooks are removed on exit,
-    also when the forward or a hook raises."""
+    also when the forward or a hook raises.
+
+    Example: ``with patching(lm, [Patch(site, positions=-1)], record(lm, source, [site])): forward(lm, base)``"""
     points = hook_points(lm)
     check_sites(points, [p.site for p in patches])
     by_site: dict[str, list[Patch]] = {}
@@ -216,7 +233,9 @@ def patching(lm: LoadedModel | HookedRootModule, patches: Sequence[Patch], sourc
 
 
 def patched_logits(lm: LoadedModel | HookedRootModule, base: torch.Tensor, source: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
-    """Run ``source`` (recording the patched sites), then ``base`` with the patches applied; returns the output."""
+    """Run ``source`` (recording the patched sites), then ``base`` with the patches applied; returns the output.
+
+    Example: ``patched_logits(lm, base, source, [Patch("blocks.5.hook_resid_post", positions=-1)])``"""
     if base.shape != source.shape:
         raise shape_error("patched_logits", "source", f"the base inputs' shape {tuple(base.shape)} (equal token "
                           "lengths: patching is position-aligned)", tuple(source.shape))
@@ -238,14 +257,18 @@ class Prefix:
     from block ``layer`` on (:func:`last_logits`; :func:`prefix_state` makes one for c = P-1): ``entries``, every
     layer's keys and values at positions 0..c-1 as Hugging Face's cache holds them (:func:`cached_prefix`), and
     ``resid`` ``[B, P - c, d]``, the ``hook_resid_pre`` of ``layer`` at positions c..P-1. Exact only while every patch
-    acts at positions >= c (the recomputed ones; the earlier ones cannot change)."""
+    acts at positions >= c (the recomputed ones; the earlier ones cannot change).
+
+    Example: ``prefix: Prefix = prefix_state(lm, base, ["blocks.5.hook_resid_post"]); last_logits(lm, base, start=prefix)``"""
 
     layer: int
     resid: torch.Tensor
     entries: tuple[tuple[torch.Tensor | None, torch.Tensor | None], ...]
 
     def rows(self, idx: torch.Tensor) -> Prefix:
-        """The same state for the inputs ``idx`` (a batch's rows)."""
+        """The same state for the inputs ``idx`` (a batch's rows).
+
+        Example: ``last_logits(lm, base[:8], start=prefix.rows(torch.arange(8)))``"""
         pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
         return replace(self, resid=pick(self.resid), entries=tuple((pick(k), pick(v)) for k, v in self.entries))
 
@@ -253,7 +276,9 @@ class Prefix:
 def cached_prefix(lm: LoadedModel, inputs: torch.Tensor, at: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Every layer's (keys, values) at positions 0..``at``-1 of ``inputs`` ``[B, P]``: one cached forward of those
     positions (no grad, nothing unembedded but one row), for :class:`Prefix`. The model must be a TransformerBridge
-    over a Hugging Face causal LM (see :func:`workbench.intervene.generation.hf_causal_lm`)."""
+    over a Hugging Face causal LM (see :func:`workbench.intervene.generation.hf_causal_lm`).
+
+    Example: ``entries = cached_prefix(lm, tokens, tokens.shape[1] - 1)``"""
     check_int("cached_prefix", "at", at, low=1, high=inputs.shape[1] - 1)
     return _cached(lm, inputs[:, :at], at, {})
 
@@ -275,7 +300,9 @@ def prefix_state(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites
     """The :class:`Prefix` of ``inputs`` for patches at ``sites`` at the last position only, starting at the
     earliest block holding one of them, from one cached forward without grad. None when the model is not a
     TransformerBridge over a Hugging Face causal LM (or a site is outside the blocks, or the inputs have one
-    position)."""
+    position).
+
+    Example: ``last_logits(lm, base, start=prefix_state(lm, base, ["blocks.5.hook_resid_post"]))``"""
     model = as_hooked(lm, call="prefix_state")
     layers = [split_site(s)[0] for s in sites]
     if not isinstance(lm, LoadedModel) or hf_causal_lm(lm) is None or _bridge_blocks(model) is None or not layers \
@@ -315,7 +342,9 @@ def last_logits(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, *, sta
       bridge's, so the hooks fire, on ``[B, P - c, ...]`` activations: a patch of position P-1 is position -1).
 
     Differentiable (DAS trains through it). Any other model (a ``HookedRootModule``) runs the full forward and
-    takes no ``start``."""
+    takes no ``start``.
+
+    Example: ``last_logits(lm, tokens).argmax(-1)``"""
     model = as_hooked(lm, call="last_logits")
     blocks = _bridge_blocks(model)
     if isinstance(start, Prefix):
@@ -354,7 +383,9 @@ def last_logits(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, *, sta
 def resume_point(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> Start | None:
     """``(layer, resid_pre)`` for :func:`last_logits`' ``start``: the earliest block ``layer`` holding one of
     ``sites`` and its ``hook_resid_pre`` for ``inputs`` (recorded without grad, the forward stopped there); None
-    when nothing can be skipped (not a TransformerBridge, a site outside the blocks, or layer 0)."""
+    when nothing can be skipped (not a TransformerBridge, a site outside the blocks, or layer 0).
+
+    Example: ``last_logits(lm, base, start=resume_point(lm, base, ["blocks.5.hook_resid_post"]))``"""
     model = as_hooked(lm, call="resume_point")
     layers = [split_site(s)[0] for s in sites]
     if _bridge_blocks(model) is None or not layers or None in layers or min(layers) == 0:

@@ -27,7 +27,9 @@ UNEMBED_INPUT = "unembed.hook_in"
 
 def final_residual(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``[B, T, d]``: the input of the unembedding (after the final norm) for ``tokens`` ``[B, T]``; the forward stops
-    there (no logits are computed)."""
+    there (no logits are computed).
+
+    Example: ``unembed(lm, final_residual(lm, tokens))  # == the logits``"""
     box: dict[str, torch.Tensor] = {}
 
     def hook(x: torch.Tensor, hook=None) -> None:
@@ -45,7 +47,9 @@ def final_residual(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def unembed(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``[..., V]`` of final residuals ``x`` ``[..., d]`` through the model's own unembedding (float32)."""
+    """Logits ``[..., V]`` of final residuals ``x`` ``[..., d]`` through the model's own unembedding (float32).
+
+    Example: ``unembed(lm, final_residual(lm, tokens)[:, -1])``"""
     flat = x.reshape(-1, 1, x.shape[-1])
     with torch.no_grad():
         out = lm.model.unembed(flat)
@@ -54,7 +58,9 @@ def unembed(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
 
 def position_logits(lm: LoadedModel, tokens: torch.Tensor, positions: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
     """``[B, V]`` next-token logits of example ``b`` at ``positions[b]`` (e.g. each prompt's last real token in a
-    right-padded batch), computed without unembedding the other positions."""
+    right-padded batch), computed without unembedding the other positions.
+
+    Example: ``tokens, last = right_padded(lm, texts); position_logits(lm, tokens, last)``"""
     call = "position_logits"
     if tokens.ndim != 2:
         raise shape_error(call, "tokens", "a [B, T] id tensor", tuple(tokens.shape))
@@ -70,21 +76,27 @@ def position_logits(lm: LoadedModel, tokens: torch.Tensor, positions: torch.Tens
 
 def token_set_margin(logits: torch.Tensor, plus_ids: Sequence[int], minus_ids: Sequence[int]) -> torch.Tensor:
     """``[B]`` Σ p(plus tokens) − Σ p(minus tokens) of next-token ``logits`` ``[B, V]`` (softmax over the whole
-    vocabulary, float64): e.g. Spanish vs English tokens, positive vs negative words."""
+    vocabulary, float64): e.g. Spanish vs English tokens, positive vs negative words.
+
+    Example: ``token_set_margin(last_logits(lm, tokens), es_ids, en_ids)``"""
     p = torch.softmax(logits.double(), dim=-1)
     return p[:, list(plus_ids)].sum(-1) - p[:, list(minus_ids)].sum(-1)
 
 
 def texts_margin(lm: LoadedModel, texts: Sequence[str], plus_ids: Sequence[int], minus_ids: Sequence[int], *,
                  batch_size: int = 32) -> torch.Tensor:
-    """``[B]`` :func:`token_set_margin` at the next token after each of ``texts``."""
+    """``[B]`` :func:`token_set_margin` at the next token after each of ``texts``.
+
+    Example: ``texts_margin(lm, ["The movie was"], positive_ids, negative_ids)``"""
     tokens, last = right_padded(lm, texts)
     return token_set_margin(position_logits(lm, tokens, last, batch_size=batch_size), plus_ids, minus_ids)
 
 
 def right_padded(lm: LoadedModel, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(tokens [B, T], last [B])``: the texts tokenised as the model does (BOS policy included), right-padded, and
-    the index of each text's last real token."""
+    the index of each text's last real token.
+
+    Example: ``tokens, last = right_padded(lm, ["Hello", "A longer text"])``"""
     rows = [lm.model.to_tokens(t)[0].cpu() for t in texts]
     return right_pad(rows, pad_id(lm)), torch.tensor([len(r) - 1 for r in rows])
 
@@ -94,7 +106,9 @@ def greedy_continuations(lm: LoadedModel, prompts: Sequence[str], *, max_new_tok
     """Greedy continuations (new token ids, cut after the first EOS) of each prompt, generated in left-padded batches
     with the KV cache by :func:`workbench.intervene.generation.generate` — equal to generating each prompt alone and to
     the bridge's ``generate`` (tests). Steering hooks with ``positions="last"`` steer each prompt's last token and
-    every generated token."""
+    every generated token.
+
+    Example: ``greedy_continuations(lm, ["Once upon a time"], max_new_tokens=20)``"""
     call = "greedy_continuations"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
     rows = [lm.model.to_tokens(p)[0].cpu() for p in prompts]
@@ -103,7 +117,9 @@ def greedy_continuations(lm: LoadedModel, prompts: Sequence[str], *, max_new_tok
 
 def greedy_from_ids(lm: LoadedModel, ids: torch.Tensor, *, max_new_tokens: int, progress: bool = False) -> torch.Tensor:
     """The greedy continuation (new token ids, cut after the first EOS) of one prompt given as ids ``[T]`` — for
-    prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``)."""
+    prompts laid out by hand (e.g. a chat template, whose text would get a second BOS from ``to_tokens``).
+
+    Example: ``greedy_from_ids(lm, prompt_ids(lm, "Why is the sky blue?")[0], max_new_tokens=40)``"""
     call = "greedy_from_ids"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
     if ids.ndim != 1 or len(ids) == 0:
@@ -119,7 +135,9 @@ def continuation_nll(lm: LoadedModel, prompts: Sequence[str], continuations: Seq
     ``steers``: optional ``positions -> [Steer, ...]``; it is called with a ``[b, T]`` bool mask of the positions from
     each prompt's last token onward (where generation-time steering with ``positions="last"`` acts) and the forward
     runs under those steers, so the likelihood is the steered model's, exactly as if it had been steering while
-    reading the continuation."""
+    reading the continuation.
+
+    Example: ``continuation_nll(lm, prompts, greedy_continuations(lm, prompts, max_new_tokens=20))``"""
     from workbench.intervene.steer import steering
 
     if len(prompts) != len(continuations):

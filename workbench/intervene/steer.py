@@ -33,7 +33,9 @@ Shift = Callable[[torch.Tensor], torch.Tensor]  # [..., d] activations -> [..., 
 
 @dataclass(frozen=True)
 class Steer:
-    """Add ``scale · vector`` (a ``[d]`` tensor) or ``scale · shift(x)`` at ``site`` and ``positions``."""
+    """Add ``scale · vector`` (a ``[d]`` tensor) or ``scale · shift(x)`` at ``site`` and ``positions``.
+
+    Example: ``Steer("blocks.5.hook_resid_post", v, scale=4.0, positions="last")  # then: with steering(lm, [steer]): ...````"""
 
     site: str
     vector: torch.Tensor | Shift
@@ -53,7 +55,9 @@ def _rows(n_pos: int, positions, call: str) -> list[int] | slice:
 
 
 def apply_steer(x: torch.Tensor, steer: Steer) -> torch.Tensor:
-    """``x`` ``[B, P, d]`` with the steer added (a new tensor)."""
+    """``x`` ``[B, P, d]`` with the steer added (a new tensor).
+
+    Example: ``apply_steer(torch.zeros(1, 3, 576), Steer("blocks.5.hook_resid_post", v, scale=2.0))``"""
     call = "steering"
     out = x.clone()
     if isinstance(steer.positions, torch.Tensor) and steer.positions.dtype == torch.bool:
@@ -95,7 +99,9 @@ def _delta(part: torch.Tensor, steer: Steer, x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def steering(lm: LoadedModel | HookedRootModule, steers: Sequence[Steer]) -> Iterator[None]:
-    """Within the block every forward (and ``generate``) of ``lm`` is steered; hooks removed on exit."""
+    """Within the block every forward (and ``generate``) of ``lm`` is steered; hooks removed on exit.
+
+    Example: ``with steering(lm, vector_steers(vectors, 4.0)): greedy_continuations(lm, ["I think"], max_new_tokens=9)``"""
     points = hook_points(lm)
     for s in steers:
         check_number("steering", "scale", s.scale)
@@ -127,7 +133,9 @@ class ContrastVectors:
     ``[n_heads, d_head]``) and ``post_mean`` of each MLP neuron to W_out (``mlp.hook_post``, ``[d_mlp]``), both averaged
     over the positive and the negative set (the mean of the two set means). A set's mean is the mean over texts of
     each text's own mean over its tokens (``average="texts"``, the reference) or over all tokens pooled
-    (``average="tokens"``, an option)."""
+    (``average="tokens"``, an option).
+
+    Example: ``cv: ContrastVectors = contrast_vectors(lm, pos, neg, layers=[5])[5]; cv.v_resid.shape  # [d_model]``"""
 
     layer: int
     v_attn: torch.Tensor
@@ -149,7 +157,9 @@ def contrast_vectors(lm: LoadedModel, positive: Sequence[str], negative: Sequenc
     extract_directions.py: ``span_mean_per_layer`` per text, then the mean over texts, so a long text weighs as much
     as a short one) or ``"tokens"`` (every token of the set pooled, an option). The reference averages a response's
     positions [start − 1, end − 1) — the states that generate its tokens; these texts have no prompt/response split,
-    so every token but BOS is used. Float32 means."""
+    so every token but BOS is used. Float32 means.
+
+    Example: ``vectors = contrast_vectors(lm, ["I love it"], ["I hate it"], layers=[4, 5], span="last")``"""
     call = "contrast_vectors"
     if span not in SPANS:
         raise config_error(call, "span", f"one of {list(SPANS)}", span)
@@ -189,7 +199,9 @@ def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: s
     ``hook_resid_post`` (``where="resid"``); ``positions="all"`` steers every position (None in :class:`Steer`).
     With the raw per-layer v, as the reference's evaluate.py ``LinearInterventionHook`` adds
     ``output + direction * weight`` (weights 0.1–1.5); ``unit=True`` (an option) adds α·v̂ instead, one norm for every
-    layer."""
+    layer.
+
+    Example: ``vector_steers(vectors, 4.0, where="resid", positions="last", unit=True)``"""
     if where not in ("components", "resid"):
         raise config_error("vector_steers", "where", "'components' or 'resid'", where)
     pos = None if positions == "all" else positions
