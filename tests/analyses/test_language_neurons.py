@@ -145,7 +145,7 @@ def test_zero_strength_steering_is_identical_to_no_steering(tiny_lang_model):
 def test_sae_cache_hit_on_rerun(tiny_lang_model, monkeypatch):
     config = LanguageNeuronsConfig(**(SMALL | {"layers": [1, 2], "window": [1, 2]}))
     first = run_analysis(tiny_lang_model, "language_neurons", config)
-    import workbench.sae as sae
+    import workbench.sae.training as sae
 
     def no_training(*args, **kwargs):
         raise AssertionError("the SAE was retrained although it is cached")

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-import workbench.sae as wsae
+import workbench.sae.training as wsae
 from workbench.errors import ConfigError, ShapeError
 from workbench.sae import INFO_FILE, TrainedSAE, cached_sae, decoder_directions, encode, train_sae
 

@@ -189,13 +189,18 @@ def _check_spec(call: str, n_rows: int, *, d_sae: Any, k: Any, architecture: Any
 
 def train_sae(activations: torch.Tensor, *, d_sae: int, k: int = 32, architecture: str = "topk", epochs: int = 50,
               lr: float = 5e-4, batch_size: int = 256, seed: int = 0, l1_coefficient: float = 5e-3,
-              device: str | torch.device | None = None, progress: bool = False) -> TrainedSAE:
+              device: str | torch.device | None = None, progress: bool = False,
+              hook_name: str | None = None) -> TrainedSAE:
     """Train a sae-lens SAE on the rows of ``activations`` ``[N, d]`` and return it ready for inference.
 
     ``architecture``: ``"topk"`` (``TopKTrainingSAE`` with ``k`` active features per row) or ``"standard"``
     (``StandardTrainingSAE``: ReLU, loss MSE + ``l1_coefficient`` · L1; ``k`` is ignored). ``device``: where to train
     (default: the device of ``activations``). ``seed`` fixes the initialisation and the batch order without touching
-    the caller's global RNG state. The SAE trains in float32 whatever the input dtype.
+    the caller's global RNG state. The SAE trains in float32 whatever the input dtype. ``hook_name``: the TransformerLens
+    hook the rows came from, recorded in the SAE's metadata (``sae.cfg.metadata.hook_name``, saved in its
+    ``cfg.json``) so that :func:`workbench.sae.feature_stats` can refuse the SAE at another site.
+
+    Example: ``train_sae(cap.stats["blocks.3.hook_resid_post"].full, d_sae=2304, k=32, epochs=20)``
     """
     call = "train_sae"
     activations = _check_activations(call, activations)
@@ -203,10 +208,17 @@ def train_sae(activations: torch.Tensor, *, d_sae: int, k: int = 32, architectur
                        batch_size=batch_size, seed=seed, l1_coefficient=l1_coefficient)
     target = _check_device(call, device, activations.device)
     check_bool(call, "progress", progress)
-    return _train(activations, spec, target, progress)
+    return _train(activations, spec, target, progress, _check_hook_name(call, hook_name))
 
 
-def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progress: bool) -> TrainedSAE:
+def _check_hook_name(call: str, hook_name: Any) -> str | None:
+    if hook_name is not None and (not isinstance(hook_name, str) or not hook_name):
+        raise config_error(call, "hook_name", "None or a TransformerLens hook name (a non-empty str)", hook_name)
+    return hook_name
+
+
+def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progress: bool,
+           hook_name: str | None = None) -> TrainedSAE:
     from sae_lens import (
         SAE,
         LoggingConfig,
@@ -268,6 +280,8 @@ def _train(activations: torch.Tensor, spec: _Spec, device: torch.device, progres
         training_sae.save_inference_model(tmp)
         sae = SAE.load_from_disk(tmp, device=str(device), fold_W_dec_norm=spec.architecture == "standard")
     sae.eval()
+    if hook_name is not None:
+        sae.cfg.metadata.hook_name = hook_name
     fvu, l0 = _fit_stats(sae, x)
     return TrainedSAE(sae=sae, fvu=fvu, l0=l0, history=tuple(history))
 
@@ -397,6 +411,7 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
     activations = _check_activations(call, args.pop("activations"))
     device = _check_device(call, args.pop("device"), activations.device)
     progress = check_bool(call, "progress", args.pop("progress"))
+    hook_name = _check_hook_name(call, args.pop("hook_name"))
     spec = _check_spec(call, activations.shape[0], **args)
     if cache_dir is None:
         from workbench.models.cache import cache_root
@@ -413,6 +428,8 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
         "train": spec.identity(),
         "sae_lens": _sae_lens_version(),
     }
+    if hook_name is not None:  # only when given, so the cache names of SAEs trained without one stay as they were
+        identity["hook_name"] = hook_name
     name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir) / f"{spec.architecture}-{spec.d_sae}-{name}"
     if folder.is_dir():
@@ -420,7 +437,7 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
         if hit is not None:
             return hit
 
-    trained = _train(activations, spec, device, progress)
+    trained = _train(activations, spec, device, progress, hook_name)
 
     def fill(tmp: Path) -> None:
         trained.sae.save_model(tmp)
