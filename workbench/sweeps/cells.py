@@ -26,6 +26,9 @@ CELLS = "cells"  # DIR/cells/<id>/
 
 
 def cell_folder(out: Path, cell_id: str) -> Path:
+    """The folder of one cell's outputs: ``out/cells/<cell_id>/``.
+
+    Example: ``read_cell(cell_folder(Path("sweeps/ckpts"), cell.id))``"""
     return Path(out) / CELLS / cell_id
 
 
@@ -34,7 +37,9 @@ def run_cell(cell: Cell, lm: LoadedModel, out: Path, *, progress: bool = False) 
 
     An exception inside the analysis (or reading its prompts) does not propagate: the cell is recorded ``failed``
     with ``"TypeName: message"`` and the traceback in ``error.txt``. KeyboardInterrupt and SystemExit do propagate
-    (nothing is written)."""
+    (nothing is written).
+
+    Example: ``run_cell(spec.cells[0], load_model(spec.cells[0].model), Path("sweeps/ckpts"))["status"]``"""
     import torch
 
     from workbench import registry
@@ -64,13 +69,17 @@ def run_cell(cell: Cell, lm: LoadedModel, out: Path, *, progress: bool = False) 
 
 
 def failed_record(cell: Cell, error: BaseException | str, seconds: float = 0.0) -> dict[str, Any]:
-    """The record of a cell that failed: ``error`` is an exception (``"TypeName: message"``) or a message."""
+    """The record of a cell that failed: ``error`` is an exception (``"TypeName: message"``) or a message.
+
+    Example: ``write_cell(out, failed_record(cell, "worker lost"), error="worker lost")``"""
     text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
     return _record(cell, "failed", text, seconds, [])
 
 
 def write_cell(out: Path, record: dict[str, Any], *, report: dict | None = None, error: str | None = None) -> dict:
-    """Write ``out/cells/<record id>/`` atomically: ``cell.json``, plus ``report.json`` and/or ``error.txt``."""
+    """Write ``out/cells/<record id>/`` atomically: ``cell.json``, plus ``report.json`` and/or ``error.txt``.
+
+    Example: ``write_cell(Path("sweeps/ckpts"), record, report=result_report)``"""
 
     def fill(folder: Path) -> None:
         if report is not None:
@@ -84,7 +93,9 @@ def write_cell(out: Path, record: dict[str, Any], *, report: dict | None = None,
 
 
 def read_cell(folder: Path) -> dict[str, Any] | None:
-    """A cell folder's record, or None when ``cell.json`` is missing or not a valid record."""
+    """A cell folder's record, or None when ``cell.json`` is missing or not a valid record.
+
+    Example: ``read_cell(Path("sweeps/ckpts/cells") / cell.id)["status"]  # "done" or "failed"``"""
     try:
         record = json.loads((Path(folder) / "cell.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -81,7 +81,8 @@ def finetune_checkpoints(model: str | Path = "smollm2-135m", out: str | Path = "
     loss, measured before that update; at step 0 the first batch's loss on the untouched model), ``loss_avg`` (mean
     batch loss since the previous saved step), ``held_out_loss`` (mean over every held-out response token; null
     without held-out pairs), ``tokens`` (response tokens trained on so far) and ``seconds``.
-    """
+
+    Example: ``folders = finetune_checkpoints("smollm2-135m", "checkpoints", steps=[0, 50, 100], lr=1e-5)``"""
     steps = _check_steps(steps)
     _check_hyper(lr, batch_size, max_length, seed)
     data = _pairs(pairs)

@@ -50,12 +50,16 @@ h1{margin-bottom:.2em}.wb-table{border-collapse:collapse;font-size:12px;margin:1
 # ---- the two tables -------------------------------------------------------------------------------------------------
 
 def is_sweep(folder: Path) -> bool:
-    """A sweep folder holds ``results.duckdb`` or a ``cells/`` folder."""
+    """A sweep folder holds ``results.duckdb`` or a ``cells/`` folder.
+
+    Example: ``is_sweep(Path("sweeps/readme"))  # True after run_sweep wrote it``"""
     return (folder / "results.duckdb").is_file() or (folder / "cells").is_dir()
 
 
 def find_sweeps(folder: str | Path) -> list[Path]:
-    """``folder`` itself when it is a sweep, then its sub-folders that are sweeps (sorted by name)."""
+    """``folder`` itself when it is a sweep, then its sub-folders that are sweeps (sorted by name).
+
+    Example: ``find_sweeps("sweeps")  # every sweep folder under sweeps/``"""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -66,7 +70,9 @@ def find_sweeps(folder: str | Path) -> list[Path]:
 def read_sweep(out: str | Path):
     """``(cells, metrics)`` DataFrames of a sweep folder, read without writing anything (safe beside a running sweep):
     from ``results.duckdb`` opened read-only, or from ``cells/*/cell.json`` (the source of truth) when the database
-    is missing, damaged or held by the writer for longer than the store waits."""
+    is missing, damaged or held by the writer for longer than the store waits.
+
+    Example: ``cells, metrics = read_sweep("sweeps/readme")``"""
     from workbench.sweeps.store import DB_NAME, ResultsStore
 
     out = Path(out)
@@ -104,7 +110,9 @@ def _report_tables(out: Path):
 
 def site_kind(site: Any) -> str:
     """The kind of a site: the site without its ``blocks.N.`` part; per-head matrices (``W_Q.h3``) are their own
-    kind (``W_Q per head``)."""
+    kind (``W_Q per head``).
+
+    Example: ``site_kind("blocks.3.hook_resid_post")  # "hook_resid_post"``"""
     if not isinstance(site, str) or not site:
         return "(no site)"
     kind = _BLOCK.sub("", site, count=1)
@@ -139,7 +147,9 @@ def _config_key(value: Any) -> str:
 
 
 def config_text(value: Any) -> str:
-    """A config as ``field=value, ...`` (``defaults`` when empty)."""
+    """A config as ``field=value, ...`` (``defaults`` when empty).
+
+    Example: ``config_text({"per_head": True, "esd_matrix": "W_Q"})  # "esd_matrix=W_Q, per_head=true"``"""
     data = json.loads(_config_key(value))
     return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in data.items()) or "defaults"
 
@@ -288,7 +298,9 @@ def layer_figure(metrics_df, analysis: str, metric: str, *, cells_df=None):
     """``metric`` per layer for ``analysis``: one line per model/checkpoint (label; prompts and config in the legend
     when they vary), a dropdown over site kinds. ``metrics_df`` is the store's metrics table; when it lacks the cells'
     columns (label, step, prompts, config), pass the cells table as ``cells_df``. Rows without a layer (embeddings)
-    are left out here; they appear in :func:`step_figure`."""
+    are left out here; they appear in :func:`step_figure`.
+
+    Example: ``layer_figure(metrics, "activation_spectra", "erank (centred)", cells_df=cells).show()``"""
     import plotly.graph_objects as go
 
     df = _rows("layer_figure", metrics_df, cells_df, analysis, metric)
@@ -317,7 +329,9 @@ def layer_figure(metrics_df, analysis: str, metric: str, *, cells_df=None):
 def step_figure(cells_df, metrics_df, analysis: str, metric: str):
     """The mean of ``metric`` over the layers (and heads) of each site kind against checkpoint step, one line per
     family of checkpoints (with its prompts and config when they vary); None when no cell of ``analysis`` has a
-    step."""
+    step.
+
+    Example: ``step_figure(cells, metrics, "weight_spectra", "α")  # None: no cell of the sweep has a step``"""
     import plotly.graph_objects as go
 
     df = _rows("step_figure", metrics_df, cells_df, analysis, metric)
@@ -351,7 +365,9 @@ def _hover(name: str, step: int | None, kind: str, x: str, y: str) -> str:
 # ---- the report -----------------------------------------------------------------------------------------------------
 
 def counts_line(cells_df) -> str:
-    """``N cells: D done, F failed`` (other statuses named too)."""
+    """``N cells: D done, F failed`` (other statuses named too).
+
+    Example: ``counts_line(store.cells())  # e.g. "3 cells: 3 done, 0 failed"``"""
     counts = cells_df["status"].value_counts().to_dict() if len(cells_df) else {}
     parts = [f"{counts.pop('done', 0)} done", f"{counts.pop('failed', 0)} failed"]
     parts += [f"{n} {status}" for status, n in sorted(counts.items())]
@@ -363,7 +379,9 @@ def _plural(n: int, noun: str) -> str:
 
 
 def cells_table(cells_df) -> tuple[list[str], list[list[Any]]]:
-    """``(header, rows)`` of the cells: id, label, step, analysis, prompts, config, status, seconds, error."""
+    """``(header, rows)`` of the cells: id, label, step, analysis, prompts, config, status, seconds, error.
+
+    Example: ``header, rows = cells_table(store.cells())``"""
     rows = []
     for _, c in cells_df.iterrows():
         rows.append([c["id"], c["label"], "-" if _step(c.get("step")) is None else _step(c["step"]), c["analysis"],
@@ -374,7 +392,9 @@ def cells_table(cells_df) -> tuple[list[str], list[list[Any]]]:
 
 
 def report_html(out: str | Path, cells_df, metrics_df) -> str:
-    """The sweep report as one HTML page (plotly.js inlined once; it opens offline)."""
+    """The sweep report as one HTML page (plotly.js inlined once; it opens offline).
+
+    Example: ``Path("page.html").write_text(report_html("sweeps/readme", *read_sweep("sweeps/readme")))``"""
     from plotly.offline import get_plotlyjs
 
     out = Path(out)
@@ -441,7 +461,9 @@ def _title(analysis: str) -> str:
 
 def write_sweep_report(out: str | Path) -> Path:
     """Write ``out/report.html`` from the sweep's results (read through the store) atomically: a temporary file in
-    ``out`` renamed over the old report, so a reader never sees half a page."""
+    ``out`` renamed over the old report, so a reader never sees half a page.
+
+    Example: ``write_sweep_report("sweeps/readme")  # sweeps/readme/report.html``"""
     out = Path(out)
     if not out.is_dir():
         raise config_error("write_sweep_report", "out", "a sweep folder", str(out))

@@ -51,7 +51,9 @@ _WAITING = ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY")  # Ray's s
 @dataclass(frozen=True)
 class SweepSummary:
     """What a run did. ``loads``: per worker, the models it loaded, in order (each at most once unless the worker
-    was restarted); ``report``: the comparative report's path, None when it was not written."""
+    was restarted); ``report``: the comparative report's path, None when it was not written.
+
+    Example: ``summary: SweepSummary = run_sweep(load_spec("sweep.toml"), "sweeps/readme"); summary.failed``"""
 
     total: int
     done_now: int
@@ -61,13 +63,18 @@ class SweepSummary:
     report: str | None = None
 
     def line(self) -> str:
+        """The one-line summary the CLI prints last: ``sweep: N cells, D done now, S skipped (already done), F failed``.
+
+        Example: ``run_sweep(load_spec("sweep.toml"), "sweeps/readme").line()``"""
         return (f"sweep: {self.total} cells, {self.done_now} done now, {self.skipped} skipped (already done), "
                 f"{self.failed} failed")
 
 
 class CellWorker:
     """The body of a Ray actor (wrapped with ``ray.remote`` by :func:`run_sweep`): runs cells, keeping the last
-    model it loaded, and writes each cell's folder itself."""
+    model it loaded, and writes each cell's folder itself.
+
+    Example: ``worker = CellWorker("sweeps/readme", "cpu"); worker.run(spec.cells[0].to_dict())``"""
 
     def __init__(self, out: str, device: str) -> None:
         self.out, self.device = Path(out), device
@@ -76,7 +83,9 @@ class CellWorker:
         self.loaded: list[str] = []
 
     def run(self, cell_data: dict[str, Any]) -> dict[str, Any]:
-        """Run one cell (loading its model unless already held); return its record plus ``worker`` facts."""
+        """Run one cell (loading its model unless already held); return its record plus ``worker`` facts.
+
+        Example: ``CellWorker("sweeps/readme", "cpu").run(spec.cells[0].to_dict())["status"]``"""
         cell = Cell.from_dict(cell_data)
         loaded = self.model != cell.model
         if loaded:
@@ -88,7 +97,9 @@ class CellWorker:
         return run_cell(cell, self.lm, self.out) | {"worker": self._facts(loaded)}
 
     def loads(self) -> list[str]:
-        """The models this worker has loaded, in order (the test that each model loads once per worker reads it)."""
+        """The models this worker has loaded, in order (the test that each model loads once per worker reads it).
+
+        Example: ``worker.loads()  # ["smollm2-135m"]``"""
         return list(self.loaded)
 
     def _load(self, model: str) -> None:
@@ -114,7 +125,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, m
     ``out/sweep.log`` (a line per cell) and the comparative report ``out/report.html``.
 
     ``max_parallel``: the number of workers (default: the cluster's CPUs, or GPUs for a ``cuda`` device, at most the
-    number of cells to run). Raises ConfigError for a bad ``device`` or ``max_parallel`` before anything runs."""
+    number of cells to run). Raises ConfigError for a bad ``device`` or ``max_parallel`` before anything runs.
+
+    Example: ``run_sweep(load_spec("sweep.toml"), "sweeps/readme", max_parallel=1).line()``"""
     _check_args(device, max_parallel)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

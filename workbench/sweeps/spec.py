@@ -32,7 +32,9 @@ DEFAULT_PROMPTS = ("bundled:all",)
 
 
 class SpecError(ConfigError):
-    """A sweep spec is malformed; the message names the spec file and the offending key."""
+    """A sweep spec is malformed; the message names the spec file and the offending key.
+
+    Example: ``pytest.raises(SpecError, load_spec, "bad.toml")  # its message names the file and the key``"""
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class Cell:
 
     ``model`` is a bundled name or an absolute folder path; ``prompts`` is ``"bundled:<name>"``, an absolute file path
     or ``"-"`` (the analysis reads no prompts); ``config`` holds the grid point's fields only (``{}``: the defaults);
-    ``prompts_sha`` is the sha256 of a prompt file's bytes (``""`` otherwise), read once when the spec is parsed."""
+    ``prompts_sha`` is the sha256 of a prompt file's bytes (``""`` otherwise), read once when the spec is parsed.
+
+    Example: ``cell: Cell = load_spec("sweep.toml").cells[0]; cell.id, cell.to_dict()``"""
 
     model: str
     label: str
@@ -67,17 +71,25 @@ class Cell:
         return hash(self.id)
 
     def to_dict(self) -> dict[str, Any]:
+        """The cell as a plain dict (what ``cell.json`` and the Ray workers receive).
+
+        Example: ``Cell.from_dict(cell.to_dict()) == cell``"""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
+        """A cell from :meth:`to_dict`'s dict; keys that are not fields (e.g. a record's status) are ignored.
+
+        Example: ``Cell.from_dict(json.loads(Path("cell.json").read_text()))``"""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A parsed spec: its cells in order (model by model), and the file it came from (None for a dict)."""
+    """A parsed spec: its cells in order (model by model), and the file it came from (None for a dict).
+
+    Example: ``spec: SweepSpec = load_spec("sweep.toml"); len(spec.cells), spec.models()``"""
 
     path: Path | None
     cells: tuple[Cell, ...]
@@ -85,12 +97,16 @@ class SweepSpec:
     prompts: tuple[str, ...] = ()
 
     def models(self) -> list[str]:
-        """The distinct models, in order."""
+        """The distinct models, in order.
+
+        Example: ``load_spec("sweep.toml").models()  # ["smollm2-135m"]``"""
         return list(dict.fromkeys(c.model for c in self.cells))
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read a ``.toml`` (or ``.json``) spec; relative paths in it are relative to the file's folder."""
+    """Read a ``.toml`` (or ``.json``) spec; relative paths in it are relative to the file's folder.
+
+    Example: ``run_sweep(load_spec("sweep.toml"), "sweeps/readme")``"""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(path)!r} is not a file")
@@ -110,7 +126,9 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def parse_spec(data: dict[str, Any], base: Path) -> SweepSpec:
-    """Check a spec's keys and expand its cells: models × analyses × prompts × that analysis' grid (product)."""
+    """Check a spec's keys and expand its cells: models × analyses × prompts × that analysis' grid (product).
+
+    Example: ``parse_spec({"analyses": ["weight_spectra"], "models": [{"source": "smollm2-135m"}]}, Path("."))``"""
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise SpecError(f"unknown key(s) {unknown}; a spec has only {list(TOP_KEYS)}")
@@ -137,7 +155,9 @@ def parse_spec(data: dict[str, Any], base: Path) -> SweepSpec:
 
 
 def reads_prompts(analysis: str) -> bool:
-    """Whether a registered analysis reads prompts (it declares ``sites`` or ``per_prompt_sites``)."""
+    """Whether a registered analysis reads prompts (it declares ``sites`` or ``per_prompt_sites``).
+
+    Example: ``reads_prompts("activation_spectra"), reads_prompts("weight_spectra")  # (True, False)``"""
     from workbench import registry
 
     spec = registry.get(analysis)
@@ -146,7 +166,9 @@ def reads_prompts(analysis: str) -> bool:
 
 def prompt_texts(prompts: str) -> list[str] | None:
     """The texts of a cell's prompt set: ``bundled:all`` (the 232 passages), ``bundled:<category>``, a .txt/.jsonl
-    path, or ``"-"`` → None."""
+    path, or ``"-"`` → None.
+
+    Example: ``len(prompt_texts("bundled:all"))  # 232``"""
     from workbench.prompts import default_prompts, read_prompts
 
     if prompts == NO_PROMPTS:

@@ -45,7 +45,9 @@ LOCK_WAIT_S = 10.0
 
 class ResultsStore:
     """The database at ``path``. Writes (:meth:`upsert`) replace a cell's rows in one transaction, so a cell written
-    twice is still one row in ``cells`` and one set of rows in ``metrics``."""
+    twice is still one row in ``cells`` and one set of rows in ``metrics``.
+
+    Example: ``store = ResultsStore("sweeps/readme/results.duckdb", read_only=True); store.cells()``"""
 
     def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
@@ -54,7 +56,9 @@ class ResultsStore:
     @contextmanager
     def connect(self) -> Iterator[Any]:
         """A DuckDB connection to the file (schema created on a writable one), closed on exit. Another process
-        holding the file's lock is waited for up to ``LOCK_WAIT_S``."""
+        holding the file's lock is waited for up to ``LOCK_WAIT_S``.
+
+        Example: ``with store.connect() as con: con.execute("SELECT count(*) FROM cells").fetchone()``"""
         import duckdb
 
         deadline = time.monotonic() + LOCK_WAIT_S
@@ -74,12 +78,16 @@ class ResultsStore:
             con.close()
 
     def upsert(self, record: dict[str, Any]) -> None:
-        """Insert or replace one cell record (as ``cell.json`` holds it) and its metrics."""
+        """Insert or replace one cell record (as ``cell.json`` holds it) and its metrics.
+
+        Example: ``store.upsert(read_cell(Path("sweeps/readme/cells") / cell_id))``"""
         self.upsert_many([record])
 
     def upsert_many(self, records: Iterable[dict[str, Any]]) -> int:
         """Insert or replace several records in one transaction (of one id given twice, the last); returns how
-        many cells were written."""
+        many cells were written.
+
+        Example: ``ResultsStore("sweeps/readme/results.duckdb").upsert_many(read_records(Path("sweeps/readme")))``"""
         records = list({r["id"]: r for r in records}.values())
         if not records:
             return 0
@@ -100,30 +108,40 @@ class ResultsStore:
         return len(records)
 
     def ids(self, status: str | None = None) -> set[str]:
-        """Ids of the cells in the database (with that ``status``: ``"done"`` or ``"failed"``)."""
+        """Ids of the cells in the database (with that ``status``: ``"done"`` or ``"failed"``).
+
+        Example: ``store.ids("failed")``"""
         where, params = ("WHERE status = ?", [status]) if status is not None else ("", [])
         with self.connect() as con:
             return {row[0] for row in con.execute(f"SELECT id FROM cells {where}", params).fetchall()}
 
     def cells(self) -> pandas.DataFrame:
-        """The ``cells`` table, ordered by analysis, label, step and prompts."""
+        """The ``cells`` table, ordered by analysis, label, step and prompts.
+
+        Example: ``open_store("sweeps/readme").cells()``"""
         return self.query("SELECT * FROM cells ORDER BY analysis, label, step, prompts, id")
 
     def metrics(self, analysis: str | None = None, metric: str | None = None) -> pandas.DataFrame:
-        """The ``metrics`` table, optionally of one analysis and/or one metric."""
+        """The ``metrics`` table, optionally of one analysis and/or one metric.
+
+        Example: ``store.metrics("activation_spectra", "erank (centred)")``"""
         clauses = [(c, v) for c, v in (("analysis = ?", analysis), ("metric = ?", metric)) if v is not None]
         where = ("WHERE " + " AND ".join(c for c, _ in clauses)) if clauses else ""
         return self.query(f"SELECT * FROM metrics {where} ORDER BY cell, metric, layer, site", [v for _, v in clauses])
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> pandas.DataFrame:
-        """Any SQL on the two tables, as a pandas DataFrame."""
+        """Any SQL on the two tables, as a pandas DataFrame.
+
+        Example: ``store.query("SELECT * FROM metrics WHERE layer = ?", [0])``"""
         with self.connect() as con:
             return con.execute(sql, list(params)).df()
 
     def check(self) -> None:
         """Raise ``duckdb.Error`` unless both tables have the expected columns and every value can be read (a
         damaged block fails its checksum here; a full scan of two narrow tables takes milliseconds per million
-        rows)."""
+        rows).
+
+        Example: ``open_store("sweeps/readme").check()  # None when the database is sound``"""
         with self.connect() as con:
             for table, columns in (("cells", CELL_COLUMNS), ("metrics", METRIC_COLUMNS)):
                 found = tuple(r[0] for r in con.execute(f"DESCRIBE {table}").fetchall())
@@ -135,7 +153,9 @@ class ResultsStore:
 
 
 def read_records(out: Path) -> Iterator[dict[str, Any]]:
-    """Every readable ``cell.json`` under ``out/cells/`` (temporary and damaged folders skipped), by folder name."""
+    """Every readable ``cell.json`` under ``out/cells/`` (temporary and damaged folders skipped), by folder name.
+
+    Example: ``[r["id"] for r in read_records(Path("sweeps/readme"))]``"""
     root = Path(out) / CELLS
     if not root.is_dir():
         return
@@ -146,7 +166,9 @@ def read_records(out: Path) -> Iterator[dict[str, Any]]:
 
 def reindex(out: str | Path) -> int:
     """Rebuild ``out/results.duckdb`` from the cell folders: built into a temporary file, then renamed over the old
-    one (a reader sees the old or the new database, never half of one). Returns the number of cells indexed."""
+    one (a reader sees the old or the new database, never half of one). Returns the number of cells indexed.
+
+    Example: ``reindex("sweeps/readme")  # the number of cells indexed``"""
     out = Path(out)
     target = out / DB_NAME
     tmp = out / f".{DB_NAME}.tmp-{os.getpid()}"
@@ -164,7 +186,9 @@ def reindex(out: str | Path) -> int:
 
 
 def open_store(out: str | Path) -> ResultsStore:
-    """The sweep's store, rebuilt from the cell folders first when the file is missing or damaged (logged)."""
+    """The sweep's store, rebuilt from the cell folders first when the file is missing or damaged (logged).
+
+    Example: ``open_store("sweeps/readme").query("SELECT metric, count(*) FROM metrics GROUP BY metric")``"""
     import duckdb
 
     out = Path(out)
