@@ -22,7 +22,9 @@ ECI_EPS = 1e-8  # the reference's w = s / (Σ s + 1e-8)
 
 def class_activation(hidden: torch.Tensor, unembed_column: torch.Tensor, bias: float = 0.0) -> torch.Tensor:
     """``[P]`` relu(h_p · W_U[:, c] + b_c): the logit of class ``c`` read at every position's final (normed) hidden
-    state ``hidden`` ``[P, d]``, clipped at 0 — the reference's ``logits[:, cls_id].clip(min=0)``."""
+    state ``hidden`` ``[P, d]``, clipped at 0 — the reference's ``logits[:, cls_id].clip(min=0)``.
+
+    Example: ``raw = class_activation(final_residual(lm, tokens)[0], lm.weight("W_U")[:, token_id])``"""
     if hidden.ndim != 2 or unembed_column.shape != (hidden.shape[1],):
         raise shape_error("class_activation", "unembed_column", f"[{hidden.shape[-1]}] with hidden [P, d]",
                           (tuple(hidden.shape), tuple(unembed_column.shape)))
@@ -33,7 +35,9 @@ def interference(activation: torch.Tensor, earlier_maps: torch.Tensor, earlier_s
                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(weights [K'], I [P], s*)``: the parts of :func:`estimated_causal_inference` — the normalised weights of the
     earlier tokens kept, the interference map I = Σ_i w_i·map_i and the least-squares scale s* = ⟨A, I⟩/⟨I, I⟩ (0
-    when I is all zero or no token is kept). Exposed so an evaluation can say *what* ECI removed."""
+    when I is all zero or no token is kept). Exposed so an evaluation can say *what* ECI removed.
+
+    Example: ``weights, i_map, scale = interference(activation, earlier_maps, earlier_scores)``"""
     call = "estimated_causal_inference"
     a = activation.double()
     if earlier_maps.ndim != 2 or earlier_maps.shape[1:] != a.shape or earlier_scores.shape != earlier_maps.shape[:1]:
@@ -56,7 +60,9 @@ def estimated_causal_inference(activation: torch.Tensor, earlier_maps: torch.Ten
     closed form of the reference's least-squares ``minimize_scalar``; xmed-lab/TAM ``tam.py``, ``TAM`` and
     ``least_squares``). ``activation`` ``[P]``, ``earlier_maps`` ``[K, P]``, ``earlier_scores`` ``[K]`` (y's
     activation where each earlier token is weighted). With no earlier token kept, or an all-zero interference map,
-    ``A`` is returned unchanged (clipped at 0)."""
+    ``A`` is returned unchanged (clipped at 0).
+
+    Example: ``eci = estimated_causal_inference(activation, earlier_maps, earlier_scores, keep=keep)``"""
     _, inter, scale = interference(activation, earlier_maps, earlier_scores, keep)
     return (activation.double() - scale * inter).clamp_min(0)
 
@@ -81,7 +87,9 @@ KERNEL_SIZE = Int(low=1, odd=True)
 
 
 def check_kernel_size(call: str, kernel_size: object) -> None:
-    """The filter's window must be an odd int >= 1 (checked before any generation by the callers)."""
+    """The filter's window must be an odd int >= 1 (checked before any generation by the callers).
+
+    Example: ``check_kernel_size("text_token_maps", 3)  # None; 2 or 0 raise a ConfigError``"""
     KERNEL_SIZE.check(call, "kernel_size", kernel_size)
 
 
@@ -89,6 +97,9 @@ ECI_WEIGHTS = ("reference", "own_position")
 
 
 def check_eci_weights(call: str, eci_weights: object) -> None:
+    """ConfigError unless ``eci_weights`` is one of :data:`ECI_WEIGHTS` (checked before any generation by the callers).
+
+    Example: ``check_eci_weights("text_token_maps", "own_position")  # None; anything else is a ConfigError``"""
     if eci_weights not in ECI_WEIGHTS:
         raise config_error(call, "eci_weights", f"one of {list(ECI_WEIGHTS)}", eci_weights)
 
@@ -107,7 +118,9 @@ def interfering_tokens(prompt_positions: torch.Tensor, n_prompt: int, p: int,
     does: for the first generated token the last prompt token's own position *is* ``p − 1``.
 
     ``"own_position"`` (this project's earlier reading, a deviation kept as an option): every earlier token is
-    weighted at its own position, so the last entry is ``p − 1`` — the explained token's top logit."""
+    weighted at its own position, so the last entry is ``p − 1`` — the explained token's top logit.
+
+    Example: ``earlier, weight_at = interfering_tokens(torch.arange(1, 6), 6, 8)``"""
     check_eci_weights("interfering_tokens", eci_weights)
     generated = torch.arange(n_prompt, p, device=prompt_positions.device)  # on prompt_positions' device
     earlier = torch.cat([prompt_positions.long(), generated])
@@ -124,7 +137,9 @@ def explained_token_maps(region_logits: torch.Tensor, logits: torch.Tensor, ids:
     ``region_logits`` ``[N, V]``: raw = relu(logit of y) per region position; ECI removes the interference of the
     ``earlier`` positions' tokens (``ids[earlier]``): each one's own map over the region, weighted by y's activation at
     ``weight_at`` (default: each token's own position; :func:`interfering_tokens` gives the reference's), tokens equal
-    to y excluded (:func:`estimated_causal_inference`)."""
+    to y excluded (:func:`estimated_causal_inference`).
+
+    Example: ``raw, eci = explained_token_maps(logits[1:6], logits, ids, earlier, int(ids[8]), weight_at)``"""
     weight_at = earlier if weight_at is None else weight_at
     raw = region_logits[:, y].clamp_min(0)
     maps = region_logits[:, ids[earlier]].T.clamp_min(0)  # [K, N]: each earlier token's own map
@@ -136,7 +151,9 @@ def rank_gaussian_filter(x: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
     """The reference's rank Gaussian filter on a 2-D map (``kernel_size`` × ``kernel_size`` windows) or its 1-D
     variant on a token sequence (windows of ``kernel_size``), with reflect padding as ``np.pad(mode="reflect")``.
     Each output = Σ sorted(window)·g / Σ g, g = exp(−k²/(2σ²)) over the rank offsets k (centred), σ = std/mean of the
-    window (population std); 0 where the window mean ≤ 0; the constant where the window is constant and positive."""
+    window (population std); 0 where the window mean ≤ 0; the constant where the window is constant and positive.
+
+    Example: ``rank_gaussian_filter(torch.rand(5, 12), kernel_size=3)``"""
     call = "rank_gaussian_filter"
     check_kernel_size(call, kernel_size)
     if x.ndim not in (1, 2):
@@ -156,7 +173,9 @@ def rank_gaussian_filter(x: torch.Tensor, kernel_size: int = 3) -> torch.Tensor:
 
 def min_max(*maps: torch.Tensor, joint: bool = True) -> list[torch.Tensor]:
     """Min–max normalise ``maps`` to [0, 1]: ``joint=True`` over all of them together (the reference normalises image
-    and text scores together), else each on its own. A constant input maps to zeros."""
+    and text scores together), else each on its own. A constant input maps to zeros.
+
+    Example: ``image_map, text_map = min_max(image_scores, text_scores, joint=True)``"""
     if not maps:
         raise config_error("min_max", "maps", "at least one tensor", maps)
     groups = [torch.cat([m.double().flatten() for m in maps])] if joint else [m.double().flatten() for m in maps]

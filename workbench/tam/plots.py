@@ -14,14 +14,18 @@ STAGE_TITLES = {"raw": "raw class activation", "eci": "after causal-inference re
 
 
 def shown(token: str) -> str:
-    """A token as a tick label: newlines and tabs visible, surrounding spaces kept readable."""
+    """A token as a tick label: newlines and tabs visible, surrounding spaces kept readable.
+
+    Example: ``[shown(t) for t in maps.prompt_tokens]``  (``""`` becomes ``"∅"``, a newline ``"⏎"``)"""
     return token.replace("\n", "⏎").replace("\t", "⇥") or "∅"
 
 
 def text_maps_figure(maps, title: str = "") -> go.Figure:
     """One heat-map strip per generated token (rows) over the prompt tokens (columns), for the raw, ECI and filtered
     maps side by side. Each row is min–max normalised on its own (the colours compare inputs for one output); the
-    hover shows the unnormalised score."""
+    hover shows the unnormalised score.
+
+    Example: ``text_maps_figure(text_token_maps(lm, "The capital of France is"), title="France").show()``"""
     stages = ("raw", "eci", "filtered")
     fig = make_subplots(rows=1, cols=3, shared_yaxes=True, horizontal_spacing=0.02,
                         subplot_titles=[STAGE_TITLES[s] for s in stages])
@@ -44,14 +48,18 @@ def text_maps_figure(maps, title: str = "") -> go.Figure:
 
 
 def upsample(grid_map: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """A ``[h, w]`` map resized to ``height × width`` (bilinear, as the reference's ``cv2.resize``)."""
+    """A ``[h, w]`` map resized to ``height × width`` (bilinear, as the reference's ``cv2.resize``).
+
+    Example: ``upsample(maps.filtered[0, 0], 448, 448).shape  # (448, 448)``"""
     x = grid_map.double().cpu()[None, None]
     return torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def image_overlay_figure(image: np.ndarray, stage_maps: dict[str, torch.Tensor], title: str = "") -> go.Figure:
     """The image (``[H, W, 3]`` uint8) with each stage's ``[h, w]`` map (already normalised to [0, 1]) upsampled and
-    overlaid at half opacity, stages side by side."""
+    overlaid at half opacity, stages side by side.
+
+    Example: ``image_overlay_figure(np.asarray(image), {"raw": raw_map, "filtered": filtered_map}, title="token 0")``"""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         from workbench.errors import shape_error

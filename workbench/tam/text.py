@@ -31,7 +31,9 @@ STAGES = ("raw", "eci", "filtered")
 class TextTokenMaps:
     """Maps of a text model's generated tokens over its prompt tokens (BOS excluded): ``raw`` (class activations),
     ``eci`` (after estimated causal inference) and ``filtered`` (1-D rank Gaussian filter of ``eci``), each
-    ``[G, P]`` for G generated and P prompt tokens, not normalised (see :func:`workbench.tam.min_max`)."""
+    ``[G, P]`` for G generated and P prompt tokens, not normalised (see :func:`workbench.tam.min_max`).
+
+    Example: ``maps: TextTokenMaps = text_token_maps(lm, "The capital of France is", max_new_tokens=3)``"""
 
     prompt_tokens: list[str]
     generated_tokens: list[str]
@@ -40,12 +42,17 @@ class TextTokenMaps:
     filtered: torch.Tensor
 
     def stage(self, name: str) -> torch.Tensor:
+        """The ``[G, P]`` map of one stage: ``"raw"``, ``"eci"`` or ``"filtered"`` (ConfigError otherwise).
+
+        Example: ``maps.stage("eci").shape  # [G, P]``"""
         if name not in STAGES:
             raise config_error("TextTokenMaps.stage", "name", f"one of {list(STAGES)}", name)
         return getattr(self, name)
 
     def step(self, t: int) -> dict[str, torch.Tensor | str]:
-        """The maps of generated token ``t`` (negative counts from the end); a clear error when out of range."""
+        """The maps of generated token ``t`` (negative counts from the end); a clear error when out of range.
+
+        Example: ``maps.step(-1)["token"]  # the last generated token, with its three maps``"""
         g = len(self.generated_tokens)
         check_int("TextTokenMaps.step", "t", t, low=-g, high=g, high_open=True,
                   allowed=f"a generated-token index in [{-g}, {g})")
@@ -53,7 +60,9 @@ class TextTokenMaps:
 
     def top_inputs(self) -> list[dict]:
         """Per generated token, the prompt token with the largest score at each stage and its share of the map's
-        total (0 when the map is all zero): "which input explains this output"."""
+        total (0 when the map is all zero): "which input explains this output".
+
+        Example: ``[(r["output"], r["eci"]["token"]) for r in maps.top_inputs()]``"""
         rows = []
         for t, token in enumerate(self.generated_tokens):
             row: dict = {"step": t, "output": token}
@@ -66,7 +75,9 @@ class TextTokenMaps:
         return rows
 
     def figure(self, title: str = ""):
-        """Heat-map strips (one row per generated token) for the raw, ECI and filtered maps side by side."""
+        """Heat-map strips (one row per generated token) for the raw, ECI and filtered maps side by side.
+
+        Example: ``text_token_maps(lm, "The capital of France is").figure("France").show()``"""
         from workbench.tam.plots import text_maps_figure
 
         return text_maps_figure(self, title)
@@ -91,7 +102,9 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
       token at the position that generated it, never y_t's own generating position — or ``"own_position"``), removed
       by :func:`estimated_causal_inference`;
     - the 1-D :func:`rank_gaussian_filter` (width ``kernel_size``) of the result (unfiltered when the prompt is
-      shorter than the filter's half-width + 1)."""
+      shorter than the filter's half-width + 1).
+
+    Example: ``raw, eci, filtered = maps_from_logits(sequence_logits(lm, ids), ids, n_prompt, kernel_size=3)``"""
     call = "maps_from_logits"
     if logits.ndim != 2 or ids.ndim != 1 or logits.shape[0] != ids.shape[0]:
         raise shape_error(call, "logits", "[T, V] logits for ids [T]", (tuple(logits.shape), tuple(ids.shape)))
@@ -119,14 +132,18 @@ def maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: int, *, 
 
 def sequence_logits(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
     """``[T, V]`` float64 logits of every position of ``ids`` ``[T]`` (one forward; causal, so equal to the logits
-    seen while generating them), on the model's device."""
+    seen while generating them), on the model's device.
+
+    Example: ``logits = sequence_logits(lm, lm.model.to_tokens("The capital of France is Paris")[0])``"""
     from workbench.intervene.readout import final_residual, unembed
 
     return unembed(lm, final_residual(lm, ids[None])[0]).double()
 
 
 def first_prompt_position(lm: LoadedModel, prompt_ids: torch.Tensor) -> int:
-    """1 when the tokenizer's BOS leads ``prompt_ids`` (BOS gets no score), else 0."""
+    """1 when the tokenizer's BOS leads ``prompt_ids`` (BOS gets no score), else 0.
+
+    Example: ``first_prompt_position(lm, lm.model.to_tokens("Hello")[0])  # 1: SmolLM2 prepends BOS``"""
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     return 1 if bos is not None and int(prompt_ids[0]) == bos else 0
 
@@ -135,7 +152,9 @@ def prompt_layout(lm: LoadedModel, prompt: str, chat_template: bool) -> tuple[to
     """``(ids [n], first, last)``: the prompt's ids and the span of its text tokens. ``chat_template``: a user turn
     of the model's chat template with the generation prompt (the reference's layout: its text scores cover only the
     user's text, and the first answer token is generated at a template position), else the bridge's ``to_tokens``
-    with BOS excluded from the span."""
+    with BOS excluded from the span.
+
+    Example: ``ids, first, last = prompt_layout(lm, "The capital of France is", chat_template=True)``"""
     from workbench.models.chat import user_turn
 
     if chat_template:
@@ -149,7 +168,9 @@ def text_token_maps(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 16, k
     """TAM on a text model: greedy-generate up to ``max_new_tokens`` after ``prompt`` (laid out by
     :func:`prompt_layout`) with the KV-cached loop, which also returns every position's logits (the prefill's and each
     step's: what one forward over prompt + continuation gives, :func:`sequence_logits`), and :func:`maps_from_logits`
-    gives the maps of each generated token over the prompt's text tokens."""
+    gives the maps of each generated token over the prompt's text tokens.
+
+    Example: ``text_token_maps(lm, "The capital of France is", max_new_tokens=3, chat_template=True).figure()``"""
     from workbench.intervene.generation import generate
 
     call = "text_token_maps"

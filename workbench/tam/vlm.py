@@ -57,7 +57,9 @@ SEQUENCE_KEYS_ZERO = ("mm_token_type_ids", "token_type_ids")  # per-position key
 
 @dataclass(frozen=True)
 class ImageLayout:
-    """Where the image tokens are (``positions`` into the sequence) and their ``grid`` (frames, height, width)."""
+    """Where the image tokens are (``positions`` into the sequence) and their ``grid`` (frames, height, width).
+
+    Example: ``layout: ImageLayout = image_layout(model, inputs); layout.grid  # e.g. (1, 16, 16)``"""
 
     positions: torch.Tensor
     grid: tuple[int, int, int]
@@ -65,6 +67,10 @@ class ImageLayout:
 
 
 def image_token_id(model) -> int:
+    """The id of the image placeholder token, read from the VLM's config (``image_token_id`` or ``image_token_index``);
+    ConfigError when it names none.
+
+    Example: ``image_token_id(model) in inputs["input_ids"][0]  # the id of the image placeholder tokens``"""
     cfg = model.config
     for name in ("image_token_id", "image_token_index"):
         value = getattr(cfg, name, None)
@@ -76,7 +82,9 @@ def image_token_id(model) -> int:
 
 def image_layout(model, inputs: Mapping[str, torch.Tensor], grid: tuple[int, ...] | None = None) -> ImageLayout:
     """The image-token positions and grid of one prompt (see the module docstring for the recognised layouts);
-    ``grid`` (h, w) or (t, h, w) overrides the inferred one. Raises when the grid's size is not the token count."""
+    ``grid`` (h, w) or (t, h, w) overrides the inferred one. Raises when the grid's size is not the token count.
+
+    Example: ``image_layout(model, inputs, grid=(16, 16)).positions``"""
     call = "image_layout"
     ids = inputs["input_ids"]
     if ids.ndim != 2 or ids.shape[0] != 1:
@@ -113,7 +121,9 @@ class VLMTokenMaps:
     """Per generated token: ``raw`` and ``eci`` image maps ``[G, t, h, w]`` (unnormalised), ``filtered`` (after
     the joint min–max and the filter, as the reference shows it), and ``text`` ``[G, K + G − 1]``: the normalised
     weights of the ``K`` user-text tokens ``text_tokens`` followed by the earlier generated tokens (NaN from the
-    explained token on)."""
+    explained token on).
+
+    Example: ``maps: VLMTokenMaps = vlm_token_maps(model, inputs, tokenizer=processor.tokenizer)``"""
 
     generated_tokens: list[str]
     text_tokens: list[str]
@@ -124,7 +134,9 @@ class VLMTokenMaps:
     text: torch.Tensor
 
     def figure(self, t: int, image, frame: int = 0):
-        """Generated token ``t``'s maps upsampled and overlaid on ``image`` (an RGB array or PIL image)."""
+        """Generated token ``t``'s maps upsampled and overlaid on ``image`` (an RGB array or PIL image).
+
+        Example: ``vlm_token_maps(model, inputs, tokenizer=processor.tokenizer).figure(0, image).show()``"""
         import numpy as np
 
         from workbench.tam.plots import image_overlay_figure
@@ -159,7 +171,9 @@ def user_text_span(model, ids: torch.Tensor, layout: ImageLayout, special: set[i
     """``[start, end)`` of the user's prompt text in ``ids``: from after the image block (and its vision-end token,
     when the model has one) to the first special token after it (the end of the turn) — the reference's
     ``prompt_id`` span, found without per-model ids. A template whose turn ends in plain text (LLaVA-1.5's
-    "ASSISTANT:") keeps those words: pass ``prompt_span`` to :func:`vlm_token_maps` there."""
+    "ASSISTANT:") keeps those words: pass ``prompt_span`` to :func:`vlm_token_maps` there.
+
+    Example: ``start, end = user_text_span(model, ids, image_layout(model, inputs), special)``"""
     start = int(layout.positions.max()) + 1
     end_id = getattr(model.config, "vision_end_token_id", None)
     if start < len(ids) and isinstance(end_id, int) and int(ids[start]) == end_id:
@@ -194,7 +208,9 @@ def image_maps_from_logits(logits: torch.Tensor, ids: torch.Tensor, n_prompt: in
                            eci_weights: str = "reference") -> tuple[torch.Tensor, ...]:
     """``(raw, eci, filtered, text)`` of the tokens ``ids[n_prompt:]`` over the image grid, from the logits ``[T, V]``
     of one forward over prompt + answer (see :func:`vlm_token_maps`; a pure function, so it is checked against a
-    transcription of the reference on synthetic logits)."""
+    transcription of the reference on synthetic logits).
+
+    Example: ``raw, eci, filtered, text = image_maps_from_logits(logits, ids, n_prompt, layout, text_pos)``"""
     logits, ids = logits.double().cpu(), ids.long().cpu()
     at_image = logits[layout.positions]  # [N, V]
     width = len(text_pos) + len(ids) - n_prompt - 1
@@ -225,7 +241,9 @@ def vlm_token_maps(model, inputs: Mapping[str, torch.Tensor], *, tokenizer=None,
     weighted as :func:`~workbench.tam.core.interfering_tokens` says (``eci_weights``). ``text_positions="all_text"``
     (every non-special, non-image prompt position) and ``eci_weights="own_position"`` are this project's earlier
     choices, kept as options. The text scores shown (``VLMTokenMaps.text``) are those weights (the reference's
-    ``txt_scores[:-1]``), min–max normalised together with the ECI image map when ``joint``."""
+    ``txt_scores[:-1]``), min–max normalised together with the ECI image map when ``joint``.
+
+    Example: ``vlm_token_maps(model, inputs, tokenizer=processor.tokenizer, max_new_tokens=16).figure(0, image)``"""
     call = "vlm_token_maps"
     check_int(call, "max_new_tokens", max_new_tokens, low=1)
     check_kernel_size(call, kernel_size)
