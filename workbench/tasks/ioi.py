@@ -79,7 +79,9 @@ HALVES = ("train", "test")
 
 def split_templates(half: str) -> list[int]:
     """The template indices of ``half``: the first ⌈T/2⌉ for ``"train"``, the rest for ``"test"`` (the reference's
-    data_utils.py gives its 3 templates as ``TEMPLATES[:2]`` / ``TEMPLATES[2:]``)."""
+    data_utils.py gives its 3 templates as ``TEMPLATES[:2]`` / ``TEMPLATES[2:]``).
+
+    Example: ``split_templates("train")  # the first half of the template indices``"""
     if half not in HALVES:
         raise config_error("split_templates", "half", f"one of {list(HALVES)}", half)
     cut = -(-len(TEMPLATES) // 2)
@@ -103,7 +105,8 @@ class PatchPair:
     ``counterfactual``: what the base run should predict once the position feature comes from the source (the
     subject, e.g. " John"). ``template``: index into :data:`TEMPLATES`. ``variant``: ``"ABB->BAB"`` or
     ``"BAB->ABB"`` (base order -> source order).
-    """
+
+    Example: ``pair: PatchPair = ioi_pairs(lm.tokenizer, 8)[0]; pair.base, pair.answer, pair.counterfactual``"""
 
     base: str
     source: str
@@ -114,7 +117,9 @@ class PatchPair:
 
 
 def ioi_prompt(template: int, order: str, io: str, s: str, place: str, obj: str) -> str:
-    """The IOI prompt of ``TEMPLATES[template]`` with IO ``io`` and subject ``s``; ``order`` is "ABB" or "BAB"."""
+    """The IOI prompt of ``TEMPLATES[template]`` with IO ``io`` and subject ``s``; ``order`` is "ABB" or "BAB".
+
+    Example: ``ioi_prompt(0, "ABB", "Mary", "John", "store", "a drink")``"""
     if order not in ("ABB", "BAB"):
         raise config_error("ioi_prompt", "order", "'ABB' or 'BAB'", order)
     check_int("ioi_prompt", "template", template, low=0, high=len(TEMPLATES), high_open=True)
@@ -127,7 +132,9 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def single_token_names(tokenizer, names: Sequence[str] = NAMES) -> list[str]:
-    """The names whose ``" " + name`` is exactly one token of ``tokenizer`` (and not its unknown token), in order."""
+    """The names whose ``" " + name`` is exactly one token of ``tokenizer`` (and not its unknown token), in order.
+
+    Example: ``single_token_names(lm.tokenizer)[:5]``"""
     unk = getattr(tokenizer, "unk_token_id", None)
     kept = []
     for name in names:
@@ -150,7 +157,8 @@ def ioi_pairs(tokenizer, n: int, *, seed: int = 0, templates: list[int] | None =
     and the templates (:func:`split_templates`), as the reference's data_utils.py builds ``train_distribution`` /
     ``test_distribution``: the two halves share nothing, so test numbers are out of distribution. ``templates``, if
     given with ``half``, must lie in that half.
-    """
+
+    Example: ``ioi_pairs(lm.tokenizer, 64, seed=0, half="train")``"""
     call = "ioi_pairs"
     check_int(call, "n", n, low=1)
     check_int(call, "seed", seed)

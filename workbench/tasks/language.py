@@ -61,7 +61,9 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
 def split_words(text: str) -> list[str]:
-    """Alphabetic words (apostrophes kept inside: "don't"), lower case; curly apostrophes count as straight ones."""
+    """Alphabetic words (apostrophes kept inside: "don't"), lower case; curly apostrophes count as straight ones.
+
+    Example: ``split_words("Don't stop, ¡Vamos!")  # ["don't", "stop", "vamos"]``"""
     return _WORD.findall(text.replace("\u2019", "'").lower())
 
 
@@ -89,7 +91,8 @@ def spanish_score(text: str) -> float:
     runs of letters (apostrophes inside kept, "don't"), compared in lower case. The 0.5 smoothing keeps the score
     strictly inside (0, 1) and makes text with no evidence either way score exactly 0.5; English prose of ten
     words typically scores below 0.1, Spanish above 0.9, and a half-and-half mix near 0.5.
-    """
+
+    Example: ``spanish_score("El gato está en la casa")  # > 0.5``"""
     es, en, _ = _evidence(text)
     return (es + SMOOTHING) / (es + en + 2 * SMOOTHING)
 
@@ -100,7 +103,8 @@ def detect_language(text: str) -> str:
     Rule: fewer than 3 alphabetic words (empty text included) -> ``"unknown"``; otherwise ``"es"`` if the Spanish
     evidence ``S`` exceeds the English evidence ``E`` (equivalently ``spanish_score > 0.5``), ``"en"`` if ``E``
     exceeds ``S``, and ``"unknown"`` on a tie (no evidence at all included).
-    """
+
+    Example: ``detect_language("The cat is on the mat")  # "en"``"""
     es, en, n_words = _evidence(text)
     if n_words < MIN_WORDS or es == en:
         return "unknown"
@@ -113,14 +117,18 @@ def _records() -> list[dict]:
 
 
 def en_es_topics() -> list[str]:
-    """Topics of the bundled English/Spanish pairs (food, travel, weather, ...), in file order."""
+    """Topics of the bundled English/Spanish pairs (food, travel, weather, ...), in file order.
+
+    Example: ``en_es_topics()[:3]``"""
     return list(dict.fromkeys(r["topic"] for r in _records()))
 
 
 def load_en_es_pairs(split: str | None = None, *, seed: int = 0,
                      test_fraction: float = 0.3) -> list[tuple[str, str]]:
     """The bundled (English, Spanish) sentence pairs written for this project, in file order; ``split``: None (all),
-    ``"train"`` or ``"test"`` as :func:`split_pairs` makes them."""
+    ``"train"`` or ``"test"`` as :func:`split_pairs` makes them.
+
+    Example: ``train = load_en_es_pairs("train", seed=0, test_fraction=0.3)``"""
     pairs = [(r["en"], r["es"]) for r in _records()]
     return split_pairs(pairs, split, seed=seed, test_fraction=test_fraction, call="load_en_es_pairs")
 
@@ -130,7 +138,9 @@ def split_pairs(pairs: Sequence[tuple[str, str]], split: str | None, *, seed: in
     """A deterministic train/test split of ``pairs``: ``random.Random(seed)`` permutes the pair indices and the first
     ``round(test_fraction * n)`` of them form the test split, the rest the train split (both returned in the input
     order, disjoint, together all pairs; ``split=None`` returns all). ``test_fraction`` must be in (0, 1) and leave
-    at least one pair on each side."""
+    at least one pair on each side.
+
+    Example: ``split_pairs(load_en_es_pairs(), "test", seed=1, test_fraction=0.2)``"""
     if split is not None and split not in SPLITS:
         raise config_error(call, "split", f"None or one of {list(SPLITS)}", split)
     check_int(call, "seed", seed)
@@ -164,7 +174,8 @@ def language_token_ids(tokenizer, pairs: Sequence[tuple[str, str]], *,
     first token counted for that side (special tokens, the unknown token included, are skipped). A token is kept for
     a language when it occurs at least ``min_count`` times on that side and never on the other. Both lists are
     sorted and disjoint; a :class:`ConfigError` is raised when either is empty.
-    """
+
+    Example: ``en_ids, es_ids = language_token_ids(lm.tokenizer, load_en_es_pairs("train"), min_count=2)``"""
     call = "language_token_ids"
     if not callable(tokenizer):
         raise config_error(call, "tokenizer", "a Hugging Face tokenizer (callable on a string)", tokenizer)
@@ -199,7 +210,9 @@ def language_token_ids(tokenizer, pairs: Sequence[tuple[str, str]], *,
 def read_en_es_pairs(path) -> list[tuple[str, str]]:
     """(English, Spanish) pairs from a JSONL file, one ``{"en": ..., "es": ...}`` object a line (the bundled file's
     format; other keys such as ``"topic"`` are ignored). Every line must carry both sides as non-empty strings: a
-    line with one side missing (unpaired data) is refused with its line number, before anything is computed."""
+    line with one side missing (unpaired data) is refused with its line number, before anything is computed.
+
+    Example: ``read_en_es_pairs("my-pairs.jsonl")  # lines of {"en": ..., "es": ...}``"""
     from pathlib import Path
 
     call = "read_en_es_pairs"
@@ -228,7 +241,9 @@ def read_en_es_pairs(path) -> list[tuple[str, str]]:
 
 def language_margin(logits, en_ids: Sequence[int], es_ids: Sequence[int]):
     """``[B]`` M = Σ p(Spanish tokens) − Σ p(English tokens) of next-token ``logits`` ``[B, V]`` (softmax over the
-    whole vocabulary), the Neural FOXP2 margin; in [−1, 1], positive when Spanish-marking tokens are more likely."""
+    whole vocabulary), the Neural FOXP2 margin; in [−1, 1], positive when Spanish-marking tokens are more likely.
+
+    Example: ``language_margin(last_logits(lm, tokens), en_ids, es_ids)``"""
     from workbench.intervene.readout import token_set_margin
 
     return token_set_margin(logits, es_ids, en_ids)
@@ -249,7 +264,9 @@ def unicode_token_ids(tokenizer, ranges: Sequence[tuple[int, int]] = SPANISH_UNI
     Consequences of reading raw token strings, kept as the reference has them: a byte-level BPE's space marker "Ġ" is
     U+0120 (inside U+0100–024F), so every space-prefixed token of such a tokenizer (Llama 3, SmolLM2, GPT-2) counts as
     target; SentencePiece's "▁" (U+2581) is neither ASCII nor in range, so Gemma's space-prefixed English words count
-    as neither. Both lists sorted; a :class:`ConfigError` when either is empty."""
+    as neither. Both lists sorted; a :class:`ConfigError` when either is empty.
+
+    Example: ``en_ids, target_ids = unicode_token_ids(lm.tokenizer)``"""
     call = "unicode_token_ids"
     if not hasattr(tokenizer, "convert_ids_to_tokens") or not isinstance(getattr(tokenizer, "vocab_size", None), int):
         raise config_error(call, "tokenizer", "a Hugging Face tokenizer (vocab_size, convert_ids_to_tokens)", tokenizer)

@@ -38,7 +38,9 @@ LIST_ITEMS = ("apples", "bread", "milk", "eggs", "cheese", "butter", "rice", "su
 
 @dataclass(frozen=True)
 class RecallPrompt:
-    """``prompt`` whose correct next token is ``target`` (with its leading space), which occurs once in it."""
+    """``prompt`` whose correct next token is ``target`` (with its leading space), which occurs once in it.
+
+    Example: ``p: RecallPrompt = recall_prompts(lm.tokenizer, 3)[0]; p.family, p.prompt, p.target``"""
 
     family: str
     prompt: str
@@ -47,7 +49,9 @@ class RecallPrompt:
 
 def recall_prompts(tokenizer, n: int, *, seed: int = 0) -> list[RecallPrompt]:
     """``n`` prompts, the families in turn (name, secret, list, name, …), deterministic for ``seed``; only words that
-    are a single token of ``tokenizer`` are drawn, and a prompt whose target token occurs more than once is redrawn."""
+    are a single token of ``tokenizer`` are drawn, and a prompt whose target token occurs more than once is redrawn.
+
+    Example: ``recall_prompts(lm.tokenizer, 30, seed=0)``"""
     call = "recall_prompts"
     check_int(call, "n", n, low=1)
     check_int(call, "seed", seed)

@@ -21,24 +21,32 @@ def _data(name: str) -> str:
 
 
 def sentiment_pairs() -> list[tuple[str, str]]:
-    """The bundled (positive, negative) texts, in file order."""
+    """The bundled (positive, negative) texts, in file order.
+
+    Example: ``positive, negative = zip(*sentiment_pairs())``"""
     return [(r["positive"], r["negative"]) for r in map(json.loads, _data("sentiment_pairs.jsonl").splitlines())
             if r]
 
 
 def sentiment_prompts() -> list[str]:
-    """The bundled neutral prompts (each invites an evaluative continuation)."""
+    """The bundled neutral prompts (each invites an evaluative continuation).
+
+    Example: ``greedy_continuations(lm, sentiment_prompts()[:4], max_new_tokens=20)``"""
     return [line.strip() for line in _data("sentiment_prompts.txt").splitlines() if line.strip()]
 
 
 def sentiment_lexicon() -> tuple[frozenset[str], frozenset[str]]:
-    """(positive words, negative words), lower case, disjoint."""
+    """(positive words, negative words), lower case, disjoint.
+
+    Example: ``positive_words, negative_words = sentiment_lexicon()``"""
     data = json.loads(_data("sentiment_lexicon.json"))
     return frozenset(data["positive"]), frozenset(data["negative"])
 
 
 def sentiment_score(text: str) -> float:
-    """(positive − negative lexicon words) / number of words of ``text``, in [−1, 1]; 0 for text without words."""
+    """(positive − negative lexicon words) / number of words of ``text``, in [−1, 1]; 0 for text without words.
+
+    Example: ``sentiment_score("a wonderful, happy day")  # > 0``"""
     pos, neg = sentiment_lexicon()
     found = split_words(text)
     if not found:
@@ -49,7 +57,9 @@ def sentiment_score(text: str) -> float:
 def sentiment_token_ids(tokenizer, words: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
     """(positive ids, negative ids): the first token of each lexicon word written after a space
     (``tokenizer(" " + word)``), keeping tokens that belong to one side only. A :class:`ConfigError` when a side is
-    empty (a tokenizer that knows none of the words)."""
+    empty (a tokenizer that knows none of the words).
+
+    Example: ``pos_ids, neg_ids = sentiment_token_ids(lm.tokenizer)``"""
     pos_words, neg_words = sentiment_lexicon()
     special = set(getattr(tokenizer, "all_special_ids", None) or [])
 
