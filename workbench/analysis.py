@@ -23,7 +23,9 @@ from workbench.results import Config, Result
 
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis as the registry, runner, CLI, report and dashboard see it."""
+    """An analysis as the registry, runner, CLI, report and dashboard see it.
+
+    Example: ``a: Analysis = registry.get("weight_spectra"); a.needs_weights, a.config().to_dict()``"""
 
     name: str
     description: str
@@ -42,7 +44,9 @@ class Analysis:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What an analysis' ``compute`` receives. ``capture``/``weights`` are present when the analysis asked."""
+    """What an analysis' ``compute`` receives. ``capture``/``weights`` are present when the analysis asked.
+
+    Example: ``compute(Inputs(model_name=lm.name, facts=lm.facts, model=lm), RankMeConfig())``"""
 
     model_name: str
     facts: ModelFacts

@@ -18,7 +18,9 @@ T = TypeVar("T")
 
 def umask_mode(mode: int) -> int:
     """``mode`` less the process umask: what ``open``/``mkdir`` would have given (``mkdtemp``/``mkstemp`` give 0o700
-    and 0o600, which would hide a report or a sweep's folders from the other users of a shared disk)."""
+    and 0o600, which would hide a report or a sweep's folders from the other users of a shared disk).
+
+    Example: ``os.chmod(tmp_folder, umask_mode(0o777))  # as mkdir would have made it``"""
     mask = os.umask(0)
     os.umask(mask)
     return mode & ~mask
@@ -29,7 +31,8 @@ def replace_folder(target: Path, fill: Callable[[Path], T]) -> T:
 
     An existing ``target`` is replaced only once ``fill`` has succeeded. On any error the temporary folder is removed
     and ``target`` is left as it was. Returns what ``fill`` returned.
-    """
+
+    Example: ``replace_folder(Path("reports/run"), lambda tmp: (tmp / "report.json").write_text("{}"))``"""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

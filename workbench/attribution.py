@@ -13,7 +13,9 @@ def gradient_x_input(lm: LoadedModel, ids: torch.Tensor, target_id: int) -> torc
     """``[T]`` gradient × input of the next-token logit of ``target_id`` at the last position of ``ids`` ``[T]``,
     per input position: Σ_d e_{p,d}·∂logit/∂e_{p,d} over the token embeddings (the output of the model's ``embed``
     module) — Shrikumar et al. 2016, computed by captum's ``LayerGradientXActivation`` on that module. Signed; the
-    parameters' ``requires_grad`` flags are left as they were."""
+    parameters' ``requires_grad`` flags are left as they were.
+
+    Example: ``gradient_x_input(lm, lm.model.to_tokens("The capital of France is")[0], paris_id).argmax()``"""
     from captum.attr import LayerGradientXActivation
 
     vocab = lm.model.cfg.d_vocab

@@ -85,7 +85,9 @@ def report(
                                                       "formats, comma-separated: png, svg, pdf, jpeg, webp (needs "
                                                       "Chromium: apt-get install chromium, or BROWSER_PATH)")] = None,
 ) -> None:
-    """Write a spectral report (self-contained HTML + JSON) on a model."""
+    """Write a spectral report (self-contained HTML + JSON) on a model.
+    \f  (the CLI help stops here; the example is for Python callers)
+    Example: ``report(model="smollm2-135m", out=Path("reports/smollm2"), figures="png,svg")  # CLI: workbench report``"""
     import torch
 
     from workbench import registry
@@ -229,7 +231,9 @@ def _provenance(lm: LoadedModel, results, prompts, names, batch_size, max_tokens
 
 
 def dashboard_command(model: str, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``)."""
+    """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``).
+
+    Example: ``subprocess.run(dashboard_command("smollm2-135m", "127.0.0.1", 8501))``"""
     import importlib.util
 
     spec = importlib.util.find_spec("workbench_app")
@@ -245,7 +249,9 @@ def dashboard(
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 shares it on the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8501,
 ) -> None:
-    """Open the Streamlit dashboard (http://HOST:PORT) on a model."""
+    """Open the Streamlit dashboard (http://HOST:PORT) on a model.
+    \f  (the CLI help stops here; the example is for Python callers)
+    Example: ``dashboard(model="smollm2-135m", port=8502)  # = workbench app --port 8502``"""
     import os
     import subprocess
 
@@ -262,7 +268,9 @@ app.command("dashboard", help="Alias of `workbench app`: open the Streamlit dash
 def analyses(
     as_json: Annotated[bool, typer.Option("--json", help="print the same as JSON on stdout")] = False,
 ) -> None:
-    """List the registered analyses: name, description, whether in the default report, config fields' defaults."""
+    """List the registered analyses: name, description, whether in the default report, config fields' defaults.
+    \f  (the CLI help stops here; the example is for Python callers)
+    Example: ``analyses(as_json=True)  # = workbench analyses --json``"""
     import json
 
     rows = analyses_table()
@@ -278,7 +286,9 @@ def analyses(
 
 def analyses_table() -> list[dict]:
     """Every registered analysis as ``{name, description, in_default_report, config: {field: default}}`` (a field
-    without a default shows ``null``; a non-JSON default its ``repr``)."""
+    without a default shows ``null``; a non-JSON default its ``repr``).
+
+    Example: ``[row["name"] for row in analyses_table() if row["in_default_report"]]``"""
     import dataclasses
     import json
 
@@ -320,7 +330,9 @@ def sweep(
     reindex: Annotated[Path | None, typer.Option("--reindex", help="rebuild DIR/results.duckdb from DIR/cells/ "
                                                                     "and exit")] = None,
 ) -> None:
-    """Run a sweep of analyses over models, checkpoints, prompt sets and configs on Ray (resumable)."""
+    """Run a sweep of analyses over models, checkpoints, prompt sets and configs on Ray (resumable).
+    \f  (the CLI help stops here; the example is for Python callers)
+    Example: ``sweep(Path("sweep.toml"), out=Path("sweeps/ckpts"), max_parallel=1)  # CLI: workbench sweep``"""
     from workbench.errors import WorkbenchError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -359,7 +371,9 @@ def _reindex(folder: Path, spec: Path | None, out: Path | None) -> None:
 
 def main() -> None:
     """The ``workbench`` entry point: an unexpected exception exits 1 with one ``error: unexpected ...`` line on
-    stderr (``WORKBENCH_DEBUG=1`` re-raises it, with Python's traceback)."""
+    stderr (``WORKBENCH_DEBUG=1`` re-raises it, with Python's traceback).
+
+    Example: ``main()  # what the installed ``workbench`` script runs, e.g. with sys.argv = ["workbench", "analyses"]``"""
     import os
 
     try:

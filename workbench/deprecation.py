@@ -10,7 +10,9 @@ from typing import Any
 
 def moved(old_module: str, names: dict[str, str]) -> Callable[[str], Any]:
     """A module ``__getattr__`` for ``old_module`` that serves each moved name from its new module
-    (``names``: name → new module) with a :class:`DeprecationWarning` naming the new import."""
+    (``names``: name → new module) with a :class:`DeprecationWarning` naming the new import.
+
+    Example: ``__getattr__ = moved("workbench.old", {"train_sae": "workbench.sae.training"})  # in workbench/old.py``"""
 
     def __getattr__(name: str) -> Any:
         if name not in names:

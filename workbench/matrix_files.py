@@ -24,7 +24,9 @@ SUFFIXES = (".npy", ".pt", ".safetensors")
 
 
 def read_matrices(path: str | Path, *, min_rows: int = 2) -> dict[str, torch.Tensor]:
-    """Named float matrices from ``path`` (see the module docstring), each with at least ``min_rows`` rows."""
+    """Named float matrices from ``path`` (see the module docstring), each with at least ``min_rows`` rows.
+
+    Example: ``{name: m.shape for name, m in read_matrices("embeddings.npy", min_rows=2).items()}``"""
     path = Path(path)
     call = "read_matrices"
     if path.suffix not in SUFFIXES:

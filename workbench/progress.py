@@ -21,7 +21,9 @@ _CALLBACK: ContextVar[Callback | None] = ContextVar("workbench_progress_callback
 
 
 class Bar:
-    """A tqdm bar that also reports to the active :func:`reporting` callback."""
+    """A tqdm bar that also reports to the active :func:`reporting` callback.
+
+    Example: ``with reporting(print): n = sum(1 for _ in Bar(range(3), desc="steps"))  # print gets each step``"""
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
                  disable: bool = False, leave: bool = True, unit: str = "it") -> None:
@@ -36,12 +38,18 @@ class Bar:
             self._callback(desc, 0, total)
 
     def update(self, n: int = 1) -> None:
+        """Advance the bar by ``n`` and tell the active :func:`reporting` callback ``(desc, done, total)``.
+
+        Example: ``b = bar(total=10, desc="cells"); b.update(2)``"""
         self.n += n
         self._tqdm.update(n)
         if self._callback is not None:
             self._callback(self.desc, self.n, self.total)
 
     def close(self) -> None:
+        """Close the terminal bar (the callback, if any, has already seen the last update).
+
+        Example: ``b.close()``"""
         self._tqdm.close()
 
     def __iter__(self) -> Iterator[Any]:
@@ -56,13 +64,17 @@ class Bar:
 
 
 def bar(iterable: Iterable | None = None, **kwargs: Any) -> Bar:
-    """A progress bar over ``iterable`` (or a manual one with ``total=``); see the module docstring."""
+    """A progress bar over ``iterable`` (or a manual one with ``total=``); see the module docstring.
+
+    Example: ``for text in bar(texts, desc="capture", disable=not progress): ...``"""
     return Bar(iterable, **kwargs)
 
 
 @contextmanager
 def reporting(callback: Callback):
-    """Send every bar's progress in this context (this thread) to ``callback(desc, done, total)``."""
+    """Send every bar's progress in this context (this thread) to ``callback(desc, done, total)``.
+
+    Example: ``with reporting(lambda desc, done, total: print(desc, done, total)): run_analysis(lm, "rankme")``"""
     token = _CALLBACK.set(callback)
     try:
         yield

@@ -17,7 +17,9 @@ def _default_records() -> list[dict]:
 
 
 def default_prompts(category: str | None = None) -> list[str]:
-    """The 232 English passages written for this project, or those of one ``category`` (see :func:`categories`)."""
+    """The 232 English passages written for this project, or those of one ``category`` (see :func:`categories`).
+
+    Example: ``texts = default_prompts("code")  # or default_prompts() for all 232``"""
     records = _default_records()
     if category is not None and category not in categories():
         raise config_error("default_prompts", "category", f"None or one of {categories()}", category)
@@ -25,12 +27,16 @@ def default_prompts(category: str | None = None) -> list[str]:
 
 
 def categories() -> list[str]:
-    """Categories of the bundled passages (prose, code, dialogue, maths, ...), in file order."""
+    """Categories of the bundled passages (prose, code, dialogue, maths, ...), in file order.
+
+    Example: ``{c: len(default_prompts(c)) for c in categories()}``"""
     return list(dict.fromkeys(r["category"] for r in _default_records()))
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Read a prompt file; errors name the file, the line and what was expected."""
+    """Read a prompt file; errors name the file, the line and what was expected.
+
+    Example: ``read_prompts("prompts.txt")  # or a .jsonl of {"text": ...}``"""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"read_prompts(): parameter 'path' must be an existing file; received {str(path)!r}")
@@ -40,7 +46,9 @@ def read_prompts(path: str | Path) -> list[str]:
 def parse_prompts(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BYTES) -> list[str]:
     """Prompts from the bytes of a file called ``name`` (an upload in the dashboard): .txt one per non-blank line,
     .jsonl one ``{"text": ...}`` object per line. Refused with a message naming the file: another extension, more
-    than ``max_bytes``, binary (NUL bytes) or non-UTF-8 content, a bad JSONL line (its number), no prompts."""
+    than ``max_bytes``, binary (NUL bytes) or non-UTF-8 content, a bad JSONL line (its number), no prompts.
+
+    Example: ``parse_prompts("upload.txt", Path("prompts.txt").read_bytes())  # one prompt per non-blank line``"""
     call = "read_prompts"
     suffix = Path(name).suffix
     if suffix not in (".txt", ".jsonl"):
@@ -106,7 +114,9 @@ PAIR_SETS = {"instruction": "instruction_pairs.jsonl", "reasoning": "reasoning_p
 
 def bundled_pairs(name: str) -> list[tuple[str, str]]:
     """A bundled (prompt, response) set written for this project: ``"instruction"`` (direct answers to everyday
-    requests) or ``"reasoning"`` (multi-step problems answered step by step)."""
+    requests) or ``"reasoning"`` (multi-step problems answered step by step).
+
+    Example: ``prompt, response = bundled_pairs("reasoning")[0]``"""
     if name not in PAIR_SETS:
         raise config_error("bundled_pairs", "name", f"one of {list(PAIR_SETS)}", name)
     text = resources.files("workbench.data").joinpath(PAIR_SETS[name]).read_text(encoding="utf-8")
@@ -115,7 +125,9 @@ def bundled_pairs(name: str) -> list[tuple[str, str]]:
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs from a JSONL file of ``{"prompt": ..., "response": ...}`` objects (other keys are
-    ignored); errors name the file and line."""
+    ignored); errors name the file and line.
+
+    Example: ``read_pairs("my-pairs.jsonl")``"""
     path = Path(path)
     if not path.is_file() or path.suffix != ".jsonl":
         raise ConfigError(f"read_pairs(): parameter 'path' must be an existing .jsonl file; received {str(path)!r}")
@@ -124,7 +136,9 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
 
 def parse_pairs(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BYTES) -> list[tuple[str, str]]:
     """(prompt, response) pairs from the bytes of a .jsonl file called ``name`` (an upload), refused as
-    :func:`parse_prompts` refuses bad files."""
+    :func:`parse_prompts` refuses bad files.
+
+    Example: ``parse_pairs("upload.jsonl", Path("my-pairs.jsonl").read_bytes())  # [(prompt, response), ...]``"""
     if Path(name).suffix != ".jsonl":
         raise ConfigError(f"read_pairs(): parameter 'path' must be a .jsonl file; received {Path(name).name!r}")
     return _pairs(name, _decode("read_pairs", name, data, max_bytes))

@@ -28,7 +28,9 @@ __all__ = ["GROUP", "Analysis", "default_model", "get", "names", "register", "re
 
 def register(analysis: Analysis) -> Analysis:
     """Register an analysis by hand (a notebook, a test); a name (or a result kind) registered twice raises, the
-    entry points' included."""
+    entry points' included.
+
+    Example: ``register(Analysis(name="my_rank", description="...", config=MyConfig, result=MyResult, compute=fn))``"""
     _load()
     if not isinstance(analysis, Analysis):
         raise config_error("register", "analysis", "a workbench.analysis.Analysis", analysis)
@@ -76,12 +78,18 @@ def _load() -> None:
 
 
 def names(*, default_only: bool = False) -> list[str]:
-    """Registered analysis names; ``default_only``: those the report runs when none are named."""
+    """Registered analysis names; ``default_only``: those the report runs when none are named.
+
+    Example: ``names(default_only=True)  # what `workbench report` runs by default``"""
     _load()
     return [n for n, a in _REGISTRY.items() if a.in_default_report or not default_only]
 
 
 def get(name: str) -> Analysis:
+    """The registered analysis called ``name`` (loading the entry points first); ConfigError listing the names
+    otherwise.
+
+    Example: ``get("rankme").config()``"""
     _load()
     if name not in _REGISTRY:
         raise config_error("get_analysis", "name", f"one of {list(_REGISTRY)}", name)
@@ -90,13 +98,17 @@ def get(name: str) -> Analysis:
 
 def default_model(analyses: list[str], fallback: str) -> str:
     """The model for a run of ``analyses`` when the user named none: the analyses' shared ``default_model`` (e.g.
-    Gemma 3 for language steering, which needs a multilingual model), else ``fallback``."""
+    Gemma 3 for language steering, which needs a multilingual model), else ``fallback``.
+
+    Example: ``default_model(["language_neurons"], "smollm2-135m")  # "gemma3-270m"``"""
     wanted = {get(name).default_model for name in analyses}
     return wanted.pop() if len(wanted) == 1 and None not in wanted else fallback
 
 
 def result_from_dict(data: dict[str, Any]) -> Result:
-    """Rebuild any registered result from its ``to_dict`` form (dispatch on its ``kind``)."""
+    """Rebuild any registered result from its ``to_dict`` form (dispatch on its ``kind``).
+
+    Example: ``result_from_dict(result.to_dict()) == result``"""
     _load()
     for analysis in _REGISTRY.values():
         if analysis.result.kind == data.get("kind"):

@@ -28,6 +28,10 @@ solid #4a7bd0}"""
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a report's numbers depend on (``"not installed"`` for a missing one), for its
+    provenance.
+
+    Example: ``package_versions()["torch"]``"""
     out = {}
     for name in PACKAGES:
         try:
@@ -39,26 +43,40 @@ def package_versions() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Report:
-    """Results by analysis name, plus provenance (model, sites, token count, versions, seed, duration, ...)."""
+    """Results by analysis name, plus provenance (model, sites, token count, versions, seed, duration, ...).
+
+    Example: ``Report(run_analyses(lm, ["activation_spectra", "weight_spectra"], texts=texts)).write("reports/nb")``"""
 
     results: dict[str, Result]
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data: its provenance and every result's ``to_dict``.
+
+        Example: ``Report.from_dict(report.to_dict()).results.keys()``"""
         return {"provenance": self.provenance, "results": {k: r.to_dict() for k, r in self.results.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a report from :meth:`to_dict`'s data (each result by its ``kind`` through the registry).
+
+        Example: ``Report.from_dict(json.loads(Path("reports/nb/report.json").read_text()))``"""
         results = {k: registry.result_from_dict(v) for k, v in data["results"].items()}
         return cls(results=results, provenance=data.get("provenance", {}))
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        """Read a ``report.json`` (or the folder holding one)."""
+        """Read a ``report.json`` (or the folder holding one).
+
+        Example: ``Report.load("reports/nb").results["weight_spectra"].summary()``"""
         path = Path(path)
         return cls.from_dict(json.loads((path / "report.json" if path.is_dir() else path).read_text()))
 
     def to_html(self) -> str:
+        """The report as one self-contained HTML page: provenance table, then each result's title, summary, figures and
+        table (plotly.js inlined once, so it opens offline).
+
+        Example: ``Path("page.html").write_text(Report.load("reports/nb").to_html())``"""
         from plotly.offline import get_plotlyjs
 
         sections = [self._section(name, result) for name, result in self.results.items()]
@@ -89,7 +107,9 @@ class Report:
                 f"</section>")
 
     def write(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Write ``out/report.json`` and ``out/report.html`` atomically; refuse an existing ``out`` unless told."""
+        """Write ``out/report.json`` and ``out/report.html`` atomically; refuse an existing ``out`` unless told.
+
+        Example: ``Report({"rankme": run_analysis(lm, "rankme")}).write("reports/rankme", overwrite=True)``"""
         out = Path(out)
         if out.exists() and not overwrite:
             raise ConfigError(f"Report.write(): parameter 'out' must not exist (or pass overwrite=True / "

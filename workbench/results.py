@@ -24,15 +24,24 @@ from workbench.validation import Constraint
 
 
 class Serialisable:
-    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass with JSON-valued fields."""
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` for a frozen dataclass with JSON-valued fields.
+
+    Example: ``type(result).from_json(result.to_json()) == result``"""
 
     kind: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
+        """The object as JSON-ready data: its ``kind`` and every dataclass field.
+
+        Example: ``type(result).from_dict(result.to_dict()) == result``"""
         return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        """Rebuild from :meth:`to_dict`'s data (``kind`` optional, but checked when present); a ConfigError names an
+        unknown field.
+
+        Example: ``RankMeConfig.from_dict({"eps": 1e-6})``"""
         data = dict(data)
         kind = data.pop("kind", cls.kind)
         if kind != cls.kind:
@@ -44,10 +53,16 @@ class Serialisable:
         return cls(**data)
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON text.
+
+        Example: ``Path("result.json").write_text(result.to_json())``"""
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
     def from_json(cls, text: str):
+        """Rebuild from :meth:`to_json`'s text.
+
+        Example: ``type(result).from_json(Path("result.json").read_text())``"""
         return cls.from_dict(json.loads(text))
 
 
@@ -63,7 +78,9 @@ PAPER_SCALE = 3.0
 
 
 def table_figure(title: str, header: list[str], rows: list[list[Any]]) -> Any:
-    """A plotly table (for lists a reader scans in the report: edited components, example generations)."""
+    """A plotly table (for lists a reader scans in the report: edited components, example generations).
+
+    Example: ``table_figure("Edited components", ["layer", "λ"], [[5, 2.0], [6, -1.5]]).show()``"""
     import plotly.graph_objects as go
 
     columns = [[fmt(row[i]) if not isinstance(row[i], str) else row[i] for row in rows] for i in range(len(header))]
@@ -80,11 +97,18 @@ class Config(Serialisable):
     """Base of analysis configs. ``constraints`` maps every field to a :class:`workbench.validation.Constraint`
     (``{"n_values": Int(low=1), "kinds": ListOf(Choice(KINDS), nonempty=True)}``); ``validate``, run on
     construction, checks each field against its entry and raises ConfigError naming the field. A rule across fields
-    goes in a ``validate`` override that calls ``super().validate()`` first and then ``self.check``."""
+    goes in a ``validate`` override that calls ``super().validate()`` first and then ``self.check``.
+
+    Example: ``WeightSpectraConfig(per_head=True).validate()  # a Config: fields checked on construction too``"""
 
     constraints: ClassVar[dict[str, Constraint]] = {}
 
     def validate(self) -> None:
+        """Check every field against ``constraints`` (storing the converted values) and raise ConfigError naming the
+        first bad one; runs on construction. A subclass with rules across fields overrides it, calls
+        ``super().validate()`` and then :meth:`check`.
+
+        Example: ``WeightSpectraConfig(esd_layer=5).validate()  # None; runs on construction too``"""
         cls = type(self)
         names = [f.name for f in dataclasses.fields(self)]
         missing, unknown = [n for n in names if n not in cls.constraints], sorted(set(cls.constraints) - set(names))
@@ -98,29 +122,42 @@ class Config(Serialisable):
         self.validate()
 
     def check(self, name: str, ok: bool, allowed: str) -> None:
-        """A rule the table cannot say (across fields): raise ConfigError naming ``name`` unless ``ok``."""
+        """A rule the table cannot say (across fields): raise ConfigError naming ``name`` unless ``ok``.
+
+        Example: ``self.check("max_seq_len", self.max_seq_len >= self.stride, f"an int >= stride ({self.stride})")``"""
         if not ok:
             raise config_error(type(self).__name__, name, allowed, getattr(self, name))
 
 
 class Result(Serialisable):
-    """Base of analysis results: ``plot()`` returns a plotly Figure, ``table()`` rows for the report."""
+    """Base of analysis results: ``plot()`` returns a plotly Figure, ``table()`` rows for the report.
+
+    Example: ``result: Result = run_analysis(lm, "weight_spectra"); result.summary(), result.table()``"""
 
     title: ClassVar[str] = "Result"
 
     def plot(self):  # -> plotly.graph_objects.Figure
+        """The result's main plotly Figure (each result class implements it).
+
+        Example: ``run_analysis(lm, "weight_spectra").plot().show()``"""
         raise NotImplementedError
 
     def figures(self) -> list:
-        """Every figure the report shows for this result (default: the one from ``plot``)."""
+        """Every figure the report shows for this result (default: the one from ``plot``).
+
+        Example: ``[fig.layout.title.text for fig in run_analysis(lm, "weight_spectra").figures()]``"""
         return [self.plot()]
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
-        """``(header, rows)`` shown under the figures."""
+        """``(header, rows)`` shown under the figures.
+
+        Example: ``header, rows = run_analysis(lm, "weight_spectra").table()``"""
         return [], []
 
     def summary(self) -> str:
-        """A sentence or two in plain words: what the numbers say, including when they say little."""
+        """A sentence or two in plain words: what the numbers say, including when they say little.
+
+        Example: ``print(run_analysis(lm, "rankme").summary())``"""
         return ""
 
     def metrics(self) -> list[tuple[str, int | None, str | None, float]]:
@@ -137,7 +174,9 @@ class Result(Serialisable):
         without a site column (token_maps: ``TAM raw``). A table whose keys are already unique keeps its plain
         sites. Rows that differ by a number which is a setting, not a measurement (a steering strength), still repeat
         keys: override this method there and put the setting into the site (:func:`setting`), as rankme, steer2edit
-        and language_neurons do."""
+        and language_neurons do.
+
+        Example: ``[m for m in run_analysis(lm, "weight_spectra").metrics() if m[0] == "alpha"][:3]``"""
         header, rows = self.table()
         if not header:
             return []
@@ -217,7 +256,9 @@ def figures_html(figures: list) -> str:
 
 
 def check_figure_formats(formats: Any, call: str = "Result.save_figures", param: str = "formats") -> tuple[str, ...]:
-    """``formats`` as a tuple of lower-case names, or ConfigError naming the unknown ones (before any work)."""
+    """``formats`` as a tuple of lower-case names, or ConfigError naming the unknown ones (before any work).
+
+    Example: ``check_figure_formats("PNG")  # ("png",); an unknown format raises ConfigError``"""
     if isinstance(formats, str):
         formats = (formats,)
     wanted = tuple(str(f).strip().lower() for f in formats)
@@ -228,7 +269,9 @@ def check_figure_formats(formats: Any, call: str = "Result.save_figures", param:
 
 
 def paper_figure(fig: Any, width: int = PAPER_WIDTH, height: int | None = None) -> Any:
-    """A copy of ``fig`` laid out for a paper: white template, 11-px text (13-px title), tight margins, fixed size."""
+    """A copy of ``fig`` laid out for a paper: white template, 11-px text (13-px title), tight margins, fixed size.
+
+    Example: ``paper_figure(result.plot(), width=700).write_image("figure.pdf")``"""
     import plotly.graph_objects as go
 
     out = go.Figure(fig)
@@ -322,12 +365,17 @@ def _table_metrics(header: list[str], key_cols: set[int], keyed: list[tuple[str 
 def setting(name: str, value: float) -> str:
     """``name=value`` for a setting in a metrics site key (``λ=2``, ``ρ=0.05``, ``seed=1``): an int as written, a
     float by its shortest round-trip repr without a trailing ``.0``, so ``2`` and ``2.0`` name one setting and two
-    different floats never share a name."""
+    different floats never share a name.
+
+    Example: ``setting("λ", 2.0)  # "λ=2"``"""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(float(value))
     return f"{name}={text.removesuffix('.0')}"
 
 
 def fmt(value: Any) -> str:
+    """A value for a table cell: a float to 4 significant digits (NaN/inf as written), anything else as ``str``.
+
+    Example: ``fmt(0.123456), fmt(float("nan")), fmt(3)  # ("0.1235", "nan", "3")``"""
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
@@ -336,7 +384,9 @@ def fmt(value: Any) -> str:
 
 
 def table_html(header: list[str], rows: list[list[Any]]) -> str:
-    """A plain HTML table (escaped)."""
+    """A plain HTML table (escaped).
+
+    Example: ``IPython.display.HTML(table_html(*result.table()))``"""
     if not header:
         return ""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

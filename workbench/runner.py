@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def resolve_configs(analyses: Sequence[str] | Mapping[str, Config | None]) -> dict[str, Config]:
-    """Names (or name → config) to name → validated config (defaults where None)."""
+    """Names (or name → config) to name → validated config (defaults where None).
+
+    Example: ``resolve_configs({"rankme": None, "weight_spectra": WeightSpectraConfig(per_head=True)})``"""
     items = analyses.items() if isinstance(analyses, Mapping) else ((name, None) for name in analyses)
     out: dict[str, Config] = {}
     for name, config in items:
@@ -51,7 +53,9 @@ def run_analyses(
 
     ``timings``: a dict to fill with wall-clock seconds per step — ``"capture"`` (the shared capture; absent when no
     analysis needs one), ``"weights"`` (gathering them, when asked) and each analysis by name (its ``compute``,
-    including any capture or generation of its own)."""
+    including any capture or generation of its own).
+
+    Example: ``run_analyses(lm, ["activation_spectra", "weight_spectra"], texts=default_prompts()[:32])``"""
     timings = {} if timings is None else timings
     lm = load_model(lm, device=device)
     configs = resolve_configs(analyses)
@@ -91,5 +95,7 @@ def run_analyses(
 
 
 def run_analysis(lm: LoadedModel | str, name: str, config: Config | None = None, **kwargs) -> Result:
-    """One analysis by name (see :func:`run_analyses` for the keyword arguments)."""
+    """One analysis by name (see :func:`run_analyses` for the keyword arguments).
+
+    Example: ``run_analysis(lm, "weight_spectra", WeightSpectraConfig(per_head=True)).plot()``"""
     return run_analyses(lm, {name: config}, **kwargs)[name]

@@ -28,12 +28,16 @@ from workbench.errors import config_error
 
 
 def is_int(x: object) -> bool:
-    """An int that is not a bool (``True`` is an int in Python; no parameter means it as a count)."""
+    """An int that is not a bool (``True`` is an int in Python; no parameter means it as a count).
+
+    Example: ``is_int(3), is_int(True)  # (True, False)``"""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def is_number(x: object) -> bool:
-    """A finite int or float that is not a bool."""
+    """A finite int or float that is not a bool.
+
+    Example: ``is_number(0.5), is_number(float("nan"))  # (True, False)``"""
     if not isinstance(x, (int, float)) or isinstance(x, bool):
         return False
     try:
@@ -49,14 +53,22 @@ def is_number(x: object) -> bool:
 class Constraint:
     """One rule for one value. Subclasses implement ``accepts``, ``_allowed`` (the words after "must be") and
     ``_plural`` (how a list names its items: ``"ints >= 1"``); ``convert`` turns an accepted value into the one
-    returned by ``check``."""
+    returned by ``check``.
+
+    Example: ``Int(low=1).check("capture", "batch_size", 8)  # 8; every Constraint has check/accepts/where``"""
 
     allowed_text: str | Callable[[], str] | None = None  # replaces the generated wording (a callable: computed late)
 
     def accepts(self, value: Any) -> bool:
+        """Whether ``value`` satisfies the rule (no conversion, no error).
+
+        Example: ``Int(low=1).accepts(0)  # False``"""
         raise NotImplementedError
 
     def convert(self, value: Any) -> Any:
+        """The accepted ``value`` as ``check`` returns it (e.g. a Number as float; the identity by default).
+
+        Example: ``Number().convert(3)  # 3.0``"""
         return value
 
     def _allowed(self) -> str:
@@ -77,7 +89,9 @@ class Constraint:
         return self._plural()
 
     def check(self, call: str, name: str, value: Any) -> Any:
-        """``value`` (converted) when accepted, else raise ``ConfigError`` naming ``call``, ``name`` and the rule."""
+        """``value`` (converted) when accepted, else raise ``ConfigError`` naming ``call``, ``name`` and the rule.
+
+        Example: ``Number(low=0, low_open=True).check("rankme", "eps", 1e-7)``"""
         try:
             ok = self.accepts(value)
         except (TypeError, ValueError, OverflowError):  # a predicate applied to a value of an unexpected type
@@ -87,7 +101,9 @@ class Constraint:
         return self.convert(value)
 
     def where(self, predicate: Callable[[Any], bool], allowed: str, plural: str | None = None) -> Where:
-        """This constraint and ``predicate`` (called only on accepted values), described as ``allowed``."""
+        """This constraint and ``predicate`` (called only on accepted values), described as ``allowed``.
+
+        Example: ``ListOf(Int(low=0), nonempty=True).where(lambda xs: sorted(xs) == xs, "increasing layer indices")``"""
         return Where(self, predicate, allowed, plural)
 
 
@@ -110,7 +126,9 @@ def _within(value: float, low: float | None, high: float | None, low_open: bool,
 @dataclass(frozen=True)
 class Int(Constraint):
     """An int (not a bool) with optional bounds: ``low``/``high`` inclusive unless ``low_open``/``high_open``;
-    ``odd`` asks for an odd one."""
+    ``odd`` asks for an odd one.
+
+    Example: ``Int(low=1, odd=True).check("token_maps", "kernel_size", 3)``"""
 
     low: int | None = None
     high: int | None = None
@@ -135,7 +153,9 @@ class Int(Constraint):
 
 @dataclass(frozen=True)
 class Number(Constraint):
-    """A finite int or float (not a bool), returned as float; bounds as :class:`Int`."""
+    """A finite int or float (not a bool), returned as float; bounds as :class:`Int`.
+
+    Example: ``Number(low=0, high=1, low_open=True, high_open=True).check("subspace_patching", "test_fraction", 0.2)``"""
 
     low: float | None = None
     high: float | None = None
@@ -158,7 +178,9 @@ class Number(Constraint):
 
 @dataclass(frozen=True)
 class Bool(Constraint):
-    """``True`` or ``False`` (not 0/1, not a truthy string)."""
+    """``True`` or ``False`` (not 0/1, not a truthy string).
+
+    Example: ``Bool().check("rankme", "center", True)``"""
 
     allowed_text: str | Callable[[], str] | None = None
 
@@ -174,7 +196,9 @@ class Bool(Constraint):
 
 @dataclass(frozen=True)
 class Choice(Constraint):
-    """One of ``choices`` (a tuple, list or dict's keys); the message lists them."""
+    """One of ``choices`` (a tuple, list or dict's keys); the message lists them.
+
+    Example: ``Choice(("l2", "standardised")).check("language_neurons", "inputs", "l2")``"""
 
     choices: Iterable[Any]
     allowed_text: str | Callable[[], str] | None = None
@@ -191,7 +215,9 @@ class Choice(Constraint):
 
 @dataclass(frozen=True)
 class Str(Constraint):
-    """A str; ``nonempty``: with a non-blank character."""
+    """A str; ``nonempty``: with a non-blank character.
+
+    Example: ``Str(nonempty=True).check("erank_dynamics", "prompt", "Why is the sky blue?")``"""
 
     nonempty: bool = False
     allowed_text: str | Callable[[], str] | None = None
@@ -208,7 +234,9 @@ class Str(Constraint):
 
 @dataclass(frozen=True)
 class Optional(Constraint):
-    """``None`` or what ``inner`` accepts ("None or <inner>")."""
+    """``None`` or what ``inner`` accepts ("None or <inner>").
+
+    Example: ``Optional(ListOf(Int(low=0))).check("activation_spectra", "layers", None)``"""
 
     inner: Constraint
     allowed_text: str | Callable[[], str] | None = None
@@ -226,7 +254,9 @@ class Optional(Constraint):
 @dataclass(frozen=True)
 class ListOf(Constraint):
     """A list or tuple whose items ``item`` accepts (returned as a list of converted items); ``nonempty``,
-    ``distinct`` (no repeats) and ``length`` (exactly that many) as named."""
+    ``distinct`` (no repeats) and ``length`` (exactly that many) as named.
+
+    Example: ``ListOf(Str(nonempty=True), nonempty=True, distinct=True).check("rankme", "poolings", ["last", "mean"])``"""
 
     item: Constraint
     nonempty: bool = False
@@ -253,7 +283,9 @@ class ListOf(Constraint):
 
 @dataclass(frozen=True)
 class DictOf(Constraint):
-    """A dict whose keys ``key`` and values ``value`` accept; ``nonempty`` as named."""
+    """A dict whose keys ``key`` and values ``value`` accept; ``nonempty`` as named.
+
+    Example: ``DictOf(Str(nonempty=True), Str(), nonempty=True).check("rankme", "prompt_sets", {"a": "report"})``"""
 
     key: Constraint = Str(nonempty=True)
     value: Constraint = Str()
@@ -274,7 +306,9 @@ class DictOf(Constraint):
 @dataclass(frozen=True)
 class Where(Constraint):
     """``base`` and ``predicate`` (called only on values ``base`` accepts), described as ``allowed_text``; built by
-    :meth:`Constraint.where`."""
+    :meth:`Constraint.where`.
+
+    Example: ``w: Where = Int(low=0).where(lambda x: x % 2 == 0, "an even int >= 0")``"""
 
     base: Constraint
     predicate: Callable[[Any], bool]
@@ -300,39 +334,53 @@ class Where(Constraint):
 
 def check_int(call: str, name: str, value: Any, *, low: int | None = None, high: int | None = None,
               low_open: bool = False, high_open: bool = False, allowed: str | None = None) -> int:
-    """``value`` as an int, bounds inclusive unless open (``"an int >= 1"``, ``"an int in [0, 8)"``)."""
+    """``value`` as an int, bounds inclusive unless open (``"an int >= 1"``, ``"an int in [0, 8)"``).
+
+    Example: ``check_int("capture", "batch_size", 8, low=1)``"""
     return Int(low, high, low_open, high_open, allowed_text=allowed).check(call, name, value)
 
 
 def check_number(call: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, allowed: str | None = None) -> float:
-    """``value`` as a float: a finite int or float, not a bool (``"a number > 0"``, ``"a number in [0, 1)"``)."""
+    """``value`` as a float: a finite int or float, not a bool (``"a number > 0"``, ``"a number in [0, 1)"``).
+
+    Example: ``check_number("rankme", "eps", 1e-7, low=0, low_open=True)``"""
     return Number(low, high, low_open, high_open, allowed_text=allowed).check(call, name, value)
 
 
 def check_bool(call: str, name: str, value: Any, *, allowed: str | None = None) -> bool:
-    """``value`` when it is ``True`` or ``False``."""
+    """``value`` when it is ``True`` or ``False``.
+
+    Example: ``check_bool("capture", "exclude_bos", True)``"""
     return Bool(allowed_text=allowed).check(call, name, value)
 
 
 def check_choice(call: str, name: str, value: Any, choices: Iterable[Any], *, allowed: str | None = None) -> Any:
-    """``value`` when it is one of ``choices`` (``"one of ['a', 'b']"``)."""
+    """``value`` when it is one of ``choices`` (``"one of ['a', 'b']"``).
+
+    Example: ``check_choice("capture", "gram_dtype", "auto", ("auto", "float32", "float64"))``"""
     return Choice(choices, allowed_text=allowed).check(call, name, value)
 
 
 def check_str(call: str, name: str, value: Any, *, nonempty: bool = False, allowed: str | None = None) -> str:
-    """``value`` when it is a str (``nonempty``: not blank)."""
+    """``value`` when it is a str (``nonempty``: not blank).
+
+    Example: ``check_str("erank_dynamics", "prompt", "Why is the sky blue?", nonempty=True)``"""
     return Str(nonempty, allowed_text=allowed).check(call, name, value)
 
 
 def check_optional(call: str, name: str, value: Any, constraint: Constraint) -> Any:
-    """``None``, or ``value`` checked by ``constraint`` (the message says ``"None or <allowed>"``)."""
+    """``None``, or ``value`` checked by ``constraint`` (the message says ``"None or <allowed>"``).
+
+    Example: ``check_optional("capture", "max_tokens", None, Int(low=1))``"""
     return Optional(constraint).check(call, name, value)
 
 
 def check_list(call: str, name: str, value: Any, item: Constraint, *, nonempty: bool = False, distinct: bool = False,
                length: int | None = None, allowed: str | None = None) -> list:
-    """``value`` as a list of items each checked by ``item`` (a list or tuple is accepted)."""
+    """``value`` as a list of items each checked by ``item`` (a list or tuple is accepted).
+
+    Example: ``check_list("steer2edit", "layers", [4, 5], Int(low=0), nonempty=True, distinct=True)``"""
     return ListOf(item, nonempty, distinct, length, allowed_text=allowed).check(call, name, value)
 
 
