@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("workbench", "analyses")
-EXCLUDED = ("workbench/sae.py", "workbench/sae/")
 EXAMPLE = re.compile(r"^Example:\s*``(.+?)``")
 PROPERTY_DECORATORS = {"property", "cached_property"}
 
@@ -201,8 +200,6 @@ def repository_sources() -> dict[str, str]:
     for folder in FOLDERS:
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel == EXCLUDED[0] or rel.startswith(EXCLUDED[1]):
-                continue
             out[rel] = path.read_text(encoding="utf-8")
     return out
 

@@ -61,6 +61,8 @@ class TrainedSAE:
     architecture's auxiliary terms).
     ``path``: the cache folder it was saved to or loaded from (``None`` when not cached).
     ``key``: the ``key`` given to :func:`cached_sae` (``None`` from :func:`train_sae`).
+
+    Example: ``sae = train_sae(x, d_sae=64, k=4); sae.fvu, sae.l0, TrainedSAE.__name__``
     """
 
     sae: SAE
@@ -319,7 +321,9 @@ def _unwrap(call: str, sae: Any) -> SAE:
 
 @torch.no_grad()
 def encode(sae: TrainedSAE | SAE, x: torch.Tensor) -> torch.Tensor:
-    """Feature activations ``[N, d_sae]`` of the rows of ``x`` ``[N, d]`` (float32, on the device of ``x``)."""
+    """Feature activations ``[N, d_sae]`` of the rows of ``x`` ``[N, d]`` (float32, on the device of ``x``).
+
+    Example: ``encode(sae, z).shape``"""
     call = "encode"
     model = _unwrap(call, sae)
     x = _check_activations_for(call, x, int(model.cfg.d_in))
@@ -338,7 +342,9 @@ def _check_activations_for(call: str, x: Any, d_in: int) -> torch.Tensor:
 
 
 def decoder_directions(sae: TrainedSAE | SAE) -> torch.Tensor:
-    """The decoder matrix ``W_dec`` ``[d_sae, d]`` (a detached copy); rows are unit norm for SAEs from this module."""
+    """The decoder matrix ``W_dec`` ``[d_sae, d]`` (a detached copy); rows are unit norm for SAEs from this module.
+
+    Example: ``decoder_directions(sae).shape``"""
     return _unwrap("decoder_directions", sae).W_dec.detach().clone()
 
 
@@ -389,6 +395,8 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
     stored with the SAE. ``cache_dir``: default ``workbench.models.cache.cache_root() / "sae"``. A folder that is
     incomplete, unreadable or trained for other arguments is retrained and replaced; the folder is written atomically
     (:func:`workbench.atomic.replace_folder`), so an interrupted save leaves nothing behind.
+
+    Example: ``cached_sae(z, key={"model": "gemma3-270m", "layer": 15}, d_sae=1024, k=32)``
     """
     call = "cached_sae"
     if not isinstance(key, dict):
