@@ -23,6 +23,7 @@ st.markdown("""
 | Analyses | any registered analysis with its config as JSON |
 | Reports | open past JSON reports and compare two |
 | Sweeps | a sweep folder's cells compared: each metric per layer and against checkpoint step, and their status |
+| Features | an SAE's features (trained here or loaded from sae-lens): top contexts, logit effects, search by token |
 """)
 st.subheader("Registered analyses")
 st.dataframe([{"analysis": n, "description": registry.get(n).description,
