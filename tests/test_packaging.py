@@ -48,6 +48,16 @@ def test_wheel_ships_the_dashboard_pages_and_bundled_data(wheel):
     assert all(f"workbench_analyses/{p}/__init__.py".replace("/./", "/") in names for p in packages)
 
 
+def test_wheel_ships_every_library_module(wheel):
+    """Every tracked .py file of the library is in the wheel (a new subpackage missing from pyproject.toml's
+    ``packages`` list would otherwise install without its modules)."""
+    names = set(wheel.namelist())
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "workbench/*.py", "workbench/**/*.py"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    missing = [t for t in tracked if t not in names]
+    assert tracked and not missing, missing
+
+
 def test_wheel_entry_points_are_the_builtin_analyses(wheel):
     from workbench import registry
 

@@ -88,34 +88,36 @@ class _Running:
         self._merge_top(acts, batch)
 
     def _merge_top(self, acts: torch.Tensor, batch: tok.Batch) -> None:
+        """Fold the batch's top contexts into the kept ``k`` per feature. Only features whose batch maximum beats
+        their current ``k``-th value can change, so only those are merged (after the first batches, few are)."""
         b_size, t_size, f = acts.shape
         w, dev = self.window, acts.device
         kk = min(self.k, b_size * t_size)
         values, index = acts.reshape(-1, f).topk(kk, dim=0)  # [kk, F]
-        values, index = values.T, index.T  # [F, kk]
+        changed = (values[0] > self.top_value[:, -1]).nonzero().flatten()
+        if not len(changed):
+            return
+        values, index = values[:, changed].T, index[:, changed].T  # [C, kk]
         row, pos = index // t_size, index % t_size
-        offsets = torch.arange(-w, w + 1, device=dev)
-        at = pos[..., None] + offsets  # [F, kk, 2w+1]
-        lengths = batch.lengths.to(dev)
-        inside = (at >= 0) & (at < lengths[row][..., None])
+        at = pos[..., None] + torch.arange(-w, w + 1, device=dev)  # [C, kk, 2w+1]
+        inside = (at >= 0) & (at < batch.lengths.to(dev)[row][..., None])
         clamped = at.clamp(0, t_size - 1)
-        tokens = batch.tokens.to(dev)[row[..., None], clamped]
-        feature = torch.arange(f, device=dev)[:, None, None]
-        window_acts = acts[row[..., None], clamped, feature]
+        tokens = torch.where(inside, batch.tokens.to(dev)[row[..., None], clamped], -1)
+        window_acts = torch.where(inside, acts[row[..., None], clamped, changed[:, None, None]], 0.0)
         texts = torch.tensor(batch.text_index, device=dev)[row]
-        merged_value = torch.cat([self.top_value, values], 1)
-        best = merged_value.topk(self.k, dim=1).indices  # [F, k]
+        merged_value = torch.cat([self.top_value[changed], values], 1)
+        best = merged_value.topk(self.k, dim=1).indices  # [C, k]
 
-        def pick(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            both = torch.cat([old, new], 1)
+        def pick(kept: torch.Tensor, new: torch.Tensor) -> None:
+            both = torch.cat([kept[changed], new], 1)
             index_ = best.reshape(best.shape + (1,) * (both.ndim - 2)).expand(-1, -1, *both.shape[2:])
-            return both.gather(1, index_)
+            kept[changed] = both.gather(1, index_)
 
-        self.top_value = merged_value.gather(1, best)
-        self.top_text = pick(self.top_text, texts)
-        self.top_pos = pick(self.top_pos, pos)
-        self.top_tokens = pick(self.top_tokens, torch.where(inside, tokens, -1))
-        self.top_acts = pick(self.top_acts, torch.where(inside, window_acts, 0.0))
+        self.top_value[changed] = merged_value.gather(1, best)
+        pick(self.top_text, texts)
+        pick(self.top_pos, pos)
+        pick(self.top_tokens, tokens)
+        pick(self.top_acts, window_acts)
 
 
 def _as_sae(call: str, sae: Any, device: torch.device):
