@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("bench_capture_overhead.py", "bench_batched_spectra.py", "bench_capture_memory.py", "bench_readout.py",
-           "bench_gradient_spectra.py", "bench_generate.py")
+           "bench_gradient_spectra.py", "bench_generate.py", "bench_sae_features.py")
 
 
 def busy_cpu_seconds() -> float:

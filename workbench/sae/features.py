@@ -243,21 +243,15 @@ def _result(lm, sae, site, given, tokenized, state: _Running, logits, seconds: f
     n = max(state.n_tokens, 1)
     order = state.top_value.argsort(dim=1, descending=True, stable=True)
     kept = state.top_value.gather(1, order).cpu()
-    texts = state.top_text.gather(1, order).cpu()
-    positions = state.top_pos.gather(1, order).cpu()
-    windows = state.top_tokens.gather(1, order[..., None].expand_as(state.top_tokens)).cpu()
-    window_acts = state.top_acts.gather(1, order[..., None].expand_as(state.top_acts)).cpu()
-    contexts = []
-    used: set[int] = set()
-    for f in range(state.n_features):
-        live = int((kept[f] > 0).sum())
-        rows = []
-        for j in range(live):
-            ids = windows[f, j].tolist()
-            used.update(i for i in ids if i >= 0)
-            rows.append({"value": _round(kept[f, j]), "text": int(texts[f, j]), "position": int(positions[f, j]),
-                         "tokens": ids, "acts": [_round(a) for a in window_acts[f, j].tolist()]})
-        contexts.append(rows)
+    live = (kept > 0).sum(1).tolist()
+    kept, texts = kept.tolist(), state.top_text.gather(1, order).tolist()
+    positions = state.top_pos.gather(1, order).tolist()
+    windows = state.top_tokens.gather(1, order[..., None].expand_as(state.top_tokens)).tolist()
+    window_acts = _rounded(state.top_acts.gather(1, order[..., None].expand_as(state.top_acts))).tolist()
+    contexts = [[{"value": _round(kept[f][j]), "text": texts[f][j], "position": positions[f][j],
+                  "tokens": windows[f][j], "acts": window_acts[f][j]} for j in range(live[f])]
+                for f in range(state.n_features)]
+    used = {i for rows in contexts for c in rows for i in c["tokens"] if i >= 0}
     if logits is None:  # a site that writes nothing to the residual stream directly: no logit effect to show
         empty = torch.zeros(state.n_features, 0)
         logits = {"promoted_ids": empty.long(), "promoted": empty, "suppressed_ids": empty.long(), "suppressed": empty}
@@ -277,7 +271,7 @@ def _result(lm, sae, site, given, tokenized, state: _Running, logits, seconds: f
                   for ids, vals in zip(logits["promoted_ids"].tolist(), logits["promoted"].tolist())],
         suppressed=[[[int(i), _round(v)] for i, v in zip(ids, vals)]
                     for ids, vals in zip(logits["suppressed_ids"].tolist(), logits["suppressed"].tolist())],
-        vocab={str(i): _token_text(lm, i) for i in sorted(used)},
+        vocab=_vocab(lm, sorted(used)),
         seconds=round(seconds, 3),
     )
 
@@ -287,13 +281,21 @@ def _round(x: Any) -> float:
     return float(f"{value:.5g}") if math.isfinite(value) else value
 
 
+def _rounded(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to 5 significant digits, in float64 so that each value's ``repr`` is short (JSON size)."""
+    x = x.double()
+    scale = torch.pow(10.0, 4 - torch.floor(torch.log10(x.abs().clamp_min(1e-30))))
+    return torch.where(x == 0, x, torch.round(x * scale) / scale)
+
+
 def _sparse(counts: list[int]) -> dict[str, int]:
     """Histogram counts as ``{bin: count}`` for the non-empty bins (most bins of most features are empty)."""
     return {str(i): c for i, c in enumerate(counts) if c}
 
 
-def _token_text(lm: LoadedModel, token_id: int) -> str:
-    return lm.tokenizer.decode([token_id])
+def _vocab(lm: LoadedModel, ids: list[int]) -> dict[str, str]:
+    """Each token id's own text (decoded alone, as a context shows it)."""
+    return dict(zip(map(str, ids), lm.tokenizer.batch_decode([[i] for i in ids]), strict=True))
 
 
 def _describe(sae: Any, given: Any) -> dict[str, Any]:
