@@ -18,6 +18,7 @@ from workbench.tam import text_token_maps
 from workbench_analyses.activation_spectra import ActivationSpectraConfig
 from workbench_analyses.erank_dynamics import ErankDynamicsConfig
 from workbench_analyses.gradient_spectra import GradientSpectraConfig
+from workbench_analyses.low_rank import LowRankConfig
 from workbench_analyses.rankme import RankMeConfig
 from workbench_analyses.subspace_patching import SubspacePatchingConfig
 from workbench_analyses.weight_spectra import WeightSpectraConfig
@@ -223,6 +224,24 @@ def test_analyses_page_runs_any_analysis_and_reports_bad_json(app_model):
     at.text_area(key="config-weight_spectra").set_value(json.dumps({"esd_layer": "x"})).run()
     click(at, "go")
     assert any("'esd_layer'" in e.value for e in at.error)
+
+
+def test_analyses_page_runs_low_rank_with_the_apis_numbers(app_model):
+    """Issue 20: the low_rank analysis appears on the Analyses page by registering, and its rank table there equals
+    the API's for the same config (the verification truncates the tiny model and restores it)."""
+    config = {"prompts": "bundled:prose", "max_length": 32, "heldout_texts": 4, "verify_budgets": [0.3]}
+    at = page("Analyses")
+    at.selectbox(key="name").set_value("low_rank").run()
+    at.text_area(key="config-low_rank").set_value(json.dumps(config)).run()
+    click(at, "go")
+    assert not at.exception
+    expected = run_analysis(app_model, "low_rank", LowRankConfig(**config))
+    header, rows = expected.table()
+    shown = frame(at, "rank whitened @5 %")["rank whitened @5 %"]
+    assert list(shown) == [row[header.index("rank whitened @5 %")] for row in rows]
+    at.text_area(key="config-low_rank").set_value(json.dumps({"budgets": [2]})).run()
+    click(at, "go")
+    assert any("'budgets'" in e.value for e in at.error)
 
 
 def test_reports_page_opens_and_compares(app_model, tmp_path):

@@ -190,22 +190,29 @@ class EditHandle:
         if self.active:
             return self
         self.reverted = False
-        targets = [_rows(self.lm, e) for e in self.edits]  # validate everything before touching any weight
+        targets = [self._target(e) for e in self.edits]  # validate everything before touching any weight
         try:
             with torch.no_grad():
                 for (matrix, rows), edit in zip(targets, self.edits):
                     self._saved.append((matrix, rows, matrix[rows].clone()))
-                    change = edit.delta().to(matrix.device, matrix.dtype)
-                    if change.shape != matrix[rows].shape:
-                        raise shape_error("apply_edits", "edit", f"a change of shape {tuple(matrix[rows].shape)}",
-                                          tuple(change.shape))
-                    matrix[rows] += change
+                    matrix[rows] = self._updated(edit, matrix[rows])
         except BaseException:
             self.active = True
             self.revert()
             raise
         self.active = True
         return self
+
+    def _target(self, edit: ComponentEdit) -> tuple[torch.Tensor, slice | int]:
+        """The live matrix (a view of the parameter) and the rows ``edit`` changes; raises before any change."""
+        return _rows(self.lm, edit)
+
+    def _updated(self, edit: ComponentEdit, current: torch.Tensor) -> torch.Tensor:
+        """The new value of the rows ``edit`` changes, from their ``current`` value."""
+        change = edit.delta().to(current.device, current.dtype)
+        if change.shape != current.shape:
+            raise shape_error("apply_edits", "edit", f"a change of shape {tuple(current.shape)}", tuple(change.shape))
+        return current + change
 
     def revert(self) -> None:
         """Restore every edited row to its saved original (in reverse order, so overlapping edits unwind).

@@ -166,3 +166,34 @@ def continuation_nll(lm: LoadedModel, prompts: Sequence[str], continuations: Seq
             target = rows[i][start:end].to(logp.device)
             out[i] = float(-logp[torch.arange(end - start), target].mean())
     return out
+
+
+def token_predictions(lm: LoadedModel, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 8,
+                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token predictions over every position of ``texts`` (each cut to ``max_length`` tokens, BOS included):
+    ``(nll, top1)``, both ``[N]`` for the N predicted tokens (each text's tokens after its first), in text order —
+    the negative log-likelihood of the true next token (float64, nats) and the model's argmax there. Perplexity is
+    ``exp(nll.mean())``; top-1 agreement of two models is ``(top1_a == top1_b).double().mean()``.
+
+    Example: ``nll, top1 = token_predictions(lm, default_prompts("prose")[:16]); nll.mean().exp()``"""
+    from workbench.capture import tokens as tok
+    from workbench.progress import bar
+
+    call = "token_predictions"
+    check_int(call, "max_length", max_length, low=2)
+    check_int(call, "batch_size", batch_size, low=1)
+    texts = tok.check_texts(texts)
+    rows = tok.tokenize(lm, texts, max_length=max_length, max_tokens=None).ids
+    nll: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+    top1: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    for start in bar(range(0, len(order), batch_size), desc="Next-token predictions", disable=not progress):
+        chosen = order[start:start + batch_size]
+        ids = right_pad([rows[i] for i in chosen], pad_id(lm)).to(lm.device)
+        with torch.inference_mode():
+            logp = torch.log_softmax(lm.model(ids)[:, :-1].float(), -1)
+        for j, i in enumerate(chosen):
+            n = len(rows[i]) - 1
+            nll[i] = -logp[j, :n].gather(-1, ids[j, 1:n + 1, None])[:, 0].double().cpu()
+            top1[i] = logp[j, :n].argmax(-1).cpu()
+    return torch.cat(nll), torch.cat(top1)
