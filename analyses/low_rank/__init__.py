@@ -29,7 +29,7 @@ from workbench.errors import config_error
 from workbench.models.adapters import LAYER_KINDS, as_matrix
 from workbench.prompts import categories, default_prompts, read_prompts
 from workbench.results import Config
-from workbench.spectra.low_rank import second_moment, truncation_errors
+from workbench.spectra.low_rank import second_moment, truncation_errors, whitening_factor
 from workbench.validation import Choice, Int, ListOf, Number, Optional, Str
 
 from .result import LowRankResult
@@ -120,25 +120,40 @@ def _matrices(lm, config: LowRankConfig) -> list[tuple[str, int]]:
 
 
 def _spectra(lm, matrices, sites, cap) -> tuple[dict, dict, dict]:
-    """Per matrix: both methods' relative error curves, the numerical rank of C and the shape (batched per shape);
-    also the float64 matrices and the second moments per site, for the verification."""
-    moments = {s: second_moment(cap[s].mean.double(), cap[s].comoment.double(), cap[s].n) for s in set(sites.values())}
-    by_shape: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    """Per matrix: both methods' relative error curves, the numerical rank of C and the shape. The whitening factor
+    F (FᵀF = C, one ``eigh``) is computed once per site, batched per width, and shared by the matrices reading it;
+    the errors are batched per shape. Also returns the float64 matrices and, per site, ``(C, F)`` for the
+    verification."""
+    whitening = _whitening(cap, sorted(set(sites.values())))
     weights = {m: as_matrix(m[0], lm.weight(*m)).detach().to(torch.float64) for m in matrices}
+    by_shape: dict[tuple[int, int], list[tuple[str, int]]] = {}
     for m in matrices:
         by_shape.setdefault(tuple(weights[m].shape), []).append(m)
     out = {}
     for group in by_shape.values():
         w = torch.stack([weights[m] for m in group])
-        c = torch.stack([moments[sites[m]].to(w.device) for m in group])
-        errors = truncation_errors(w, c)
-        eig = torch.linalg.eigvalsh(c)
-        tol = eig[:, -1:] * c.shape[-1] * torch.finfo(torch.float64).eps
-        c_rank = (eig > tol).sum(-1)
+        c = torch.stack([whitening[sites[m]][0] for m in group])
+        f = torch.stack([whitening[sites[m]][1] for m in group])
+        errors = truncation_errors(w, c, factor=f)
+        c_rank = (f.abs().sum(-1) > 0).sum(-1)  # F's zero rows: directions C never excites
         for i, m in enumerate(group):
             out[m] = {"plain": errors.plain[i].cpu(), "whitened": errors.whitened[i].cpu(),
                       "c_rank": int(c_rank[i]), "shape": tuple(w.shape[1:])}
-    return out, weights, moments
+    return out, weights, whitening
+
+
+def _whitening(cap, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``site -> (C, F)``: the uncentred second moment of each site and its whitening factor, one batched ``eigh``
+    per site width."""
+    moments = {s: second_moment(cap[s].mean.double(), cap[s].comoment.double(), cap[s].n) for s in names}
+    out = {}
+    by_width: dict[int, list[str]] = {}
+    for s in names:
+        by_width.setdefault(moments[s].shape[-1], []).append(s)
+    for group in by_width.values():
+        factors = whitening_factor(torch.stack([moments[s] for s in group]))
+        out |= {s: (moments[s], factors[i]) for i, s in enumerate(group)}
+    return out
 
 
 def compute(inputs: Inputs, config: LowRankConfig) -> LowRankResult:
@@ -159,9 +174,9 @@ def compute(inputs: Inputs, config: LowRankConfig) -> LowRankResult:
                   max_tokens=config.max_tokens, batch_size=config.batch_size, gram_dtype="float64",
                   progress=inputs.progress)
     captured = time.perf_counter()
-    spectra, weights, moments = _spectra(lm, matrices, sites, cap)
+    spectra, weights, whitening = _spectra(lm, matrices, sites, cap)
     analysed = time.perf_counter()
-    checks = verify(lm, matrices, spectra, weights, moments, sites, held_out, config, inputs.progress)
+    checks = verify(lm, matrices, spectra, weights, whitening, sites, held_out, config, inputs.progress)
     layers = config.curve_layers or sorted({0, lm.n_layers // 2, lm.n_layers - 1})
     return LowRankResult.build(
         model=inputs.model_name, matrices=matrices, spectra=spectra, config=config, curve_layers=layers,

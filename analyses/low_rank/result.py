@@ -169,11 +169,12 @@ class LowRankResult(Result):
         for c in self.curves:
             color = PALETTE[kinds.index(c["matrix"]) % len(PALETTE)]
             for method, dash in (("whitened", "solid"), ("plain", "dot")):
-                fig.add_trace(go.Scatter(y=[max(v, 1e-6) for v in c[method]], mode="lines", line={"color": color,
+                fig.add_trace(go.Scatter(y=[max(v, 1e-4) for v in c[method]], mode="lines", line={"color": color,
                                          "dash": dash}, name=f"{c['matrix']} L{c['layer']} {method}",
                                          legendgroup=f"{c['matrix']}{c['layer']}"))
         fig.update_layout(title="Relative output error vs rank (solid: whitened, dotted: plain)", xaxis_title="rank r",
-                          yaxis_title="‖C½(W−W_r)‖/‖C½W‖", yaxis_type="log", height=500)
+                          yaxis_title="‖C½(W−W_r)‖/‖C½W‖ (clipped at 1e-4)", yaxis_type="log",
+                          yaxis_range=[-4, 0.05], height=500)
         return fig
 
     def plot_verification(self) -> go.Figure | None:
@@ -212,7 +213,8 @@ class LowRankResult(Result):
                  f"(calibration: {self.n_calibration_tokens} tokens of {self.n_calibration_texts} texts)"]
         if deficient:
             parts.append(f"{deficient} matrices' input second moment is rank-deficient on these tokens (directions "
-                         f"the text never excites cost nothing to drop, and the whitened factors zero them)")
+                         f"the text never excites cost nothing to drop; the truncation maps them to their output within the kept "
+                         f"directions, untested by the calibration text)")
         for budget in sorted({v["budget"] for v in self.verification}):
             w, p = (next(v for v in self.verification if v["budget"] == budget and v["method"] == m) for m in METHODS)
             better = "whitened" if w["ppl_ratio"] < p["ppl_ratio"] else "plain"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from workbench.intervene.low_rank_edit import LowRankReplacement, ReplacementHandle
 from workbench.intervene.readout import token_predictions
 from workbench.progress import bar
@@ -76,10 +78,32 @@ def _predicted(method: str, ranks: dict, spectra: dict) -> tuple[float, float]:
     return math.sqrt(sum(e * e for e in errors) / len(errors)), max(errors)
 
 
-def verify(lm, matrices, spectra, weights, moments, sites, held_out, config, progress: bool) -> dict:
-    """Measure every verification budget, both methods; ``{"base_ppl", "rows"}`` (rows: one per budget and method).
+def _full_factors(method, matrices, spectra, weights, whitening, sites, floor, progress) -> dict:
+    """Full-rank factors ``(W V, Vᵀ)`` of every matrix (float32, CPU), batched per shape: any rank's truncation is
+    their leading slice. The site's whitening factor is reused unless a ``floor`` asks for another."""
+    by_shape: dict[tuple[int, int], list] = {}
+    for m in matrices:
+        by_shape.setdefault(spectra[m]["shape"], []).append(m)
+    out = {}
+    for shape, group in bar(list(by_shape.items()), desc=f"Factorising ({method})", disable=not progress):
+        w = torch.stack([weights[m] for m in group])
+        c = torch.stack([whitening[sites[m]][0] for m in group])
+        if method == "plain":
+            left, right = truncate(w, c, min(shape), "plain")
+        elif floor > 0:
+            left, right = truncate(w, c, min(shape), "whitened", floor=floor)
+        else:
+            f = torch.stack([whitening[sites[m]][1] for m in group])
+            left, right = truncate(w, c, min(shape), "whitened", factor=f)
+        out |= {m: (left[i].float().cpu(), right[i].float().cpu()) for i, m in enumerate(group)}
+    return out
 
-    Example: ``verify(lm, matrices, spectra, weights, moments, sites, held_out, LowRankConfig(), progress=False)``"""
+
+def verify(lm, matrices, spectra, weights, whitening, sites, held_out, config, progress: bool) -> dict:
+    """Measure every verification budget, both methods; ``{"base_ppl", "rows"}`` (rows: one per budget and method).
+    ``whitening``: site -> (C, F) as computed for the spectra.
+
+    Example: ``verify(lm, matrices, spectra, weights, whitening, sites, held_out, LowRankConfig(), progress=False)``"""
     if not config.verify_budgets:
         return {"base_ppl": None, "rows": [], "n_tokens": 0}
     base_nll, base_top = token_predictions(lm, held_out, max_length=config.max_length, batch_size=config.batch_size)
@@ -91,12 +115,7 @@ def verify(lm, matrices, spectra, weights, moments, sites, held_out, config, pro
         plans += [(budget, "whitened", white, budget), (budget, "plain", plain, plain_budget)]
     rows = []
     for method in METHODS:
-        factors = {}
-        for m in bar(matrices, desc=f"Factorising ({method})", disable=not progress):
-            k = min(spectra[m]["shape"])
-            floor = config.floor if method == "whitened" else 0.0
-            left, right = truncate(weights[m], moments[sites[m]], k, method, floor=floor)
-            factors[m] = (left.float().cpu(), right.float().cpu())
+        factors = _full_factors(method, matrices, spectra, weights, whitening, sites, config.floor, progress)
         for budget, plan_method, ranks, own_budget in plans:
             if plan_method != method:
                 continue

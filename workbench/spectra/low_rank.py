@@ -76,6 +76,7 @@ __all__ = [
     "second_moment",
     "truncate",
     "truncation_errors",
+    "whitening_factor",
 ]
 
 METHODS = ("plain", "whitened")
@@ -190,7 +191,34 @@ class TruncationErrors:
     total: torch.Tensor
 
 
-def truncation_errors(weights: torch.Tensor, moments: torch.Tensor) -> TruncationErrors:
+def whitening_factor(moment: torch.Tensor, *, floor: float = 0.0) -> torch.Tensor:
+    """``F`` [..., d, d] float64 with ``FᵀF = C`` for a second moment ``moment`` [..., d, d]: ``Λ^{1/2} Qᵀ`` from C's
+    eigendecomposition, eigenvalues below ``d·eps·λ_max`` set to 0 and those below ``floor·λ_max`` raised to it (see
+    :func:`truncate`). Compute it once per site and pass it as ``factor=`` to :func:`truncation_errors` and
+    :func:`truncate` for every matrix reading that site (W_Q, W_K and W_V share an input): the ``eigh`` is most of
+    their cost. Rows of F that are zero mark directions C never excites, so its numerical rank is the count of the
+    non-zero rows.
+
+    Example: ``F = whitening_factor(moment=C); truncation_errors(weights=W, moments=C, factor=F)``"""
+    call = "whitening_factor"
+    floor = check_number(call, "floor", floor, low=0, high=1)
+    c, source = _real64(call, "moment", moment)
+    _matrix(call, "moment", c)
+    if c.shape[-1] != c.shape[-2]:
+        raise shape_error(call, "moment", "square [..., d, d]", f"shape {tuple(c.shape)}")
+    return _factor(call, "moment", (c + c.mT) / 2, source, floor)
+
+
+def _given_factor(call: str, factor: object, c: torch.Tensor) -> torch.Tensor:
+    f, _ = _real64(call, "factor", factor)
+    if f.shape != c.shape or f.device != c.device:
+        raise shape_error(call, "factor", f"whitening_factor(moment) of shape {tuple(c.shape)} on {c.device}",
+                          f"shape {tuple(f.shape)} on {f.device}")
+    return f
+
+
+def truncation_errors(weights: torch.Tensor, moments: torch.Tensor, *,
+                      factor: torch.Tensor | None = None) -> TruncationErrors:
     """Relative output errors ``‖C^{1/2}(W − W_r)‖_F / ‖C^{1/2} W‖_F`` of plain and whitened truncation for every rank
     r = 0..min(d_in, d_out) at once, exactly from spectra (no truncated matrix is formed).
 
@@ -199,12 +227,13 @@ def truncation_errors(weights: torch.Tensor, moments: torch.Tensor) -> Truncatio
     shared by several weights). Plain: ``Σ_{i>r} s_i² ‖F u_i‖²`` from ``W = U S Vᵀ``; whitened: ``Σ_{i>r} σ_i²``
     from the singular values of ``F W`` (AIoT-MLSys-Lab/SVD-LLM, ``SVDLLM.py``, ``profle_svdllm`` + ``whitening``;
     see the module docstring for the differences). A rank-deficient C is exact: directions it never excites add 0.
-    Costs one batched ``eigh`` of C, ``svd`` of W and ``svdvals`` of ``F W``; float64 on the inputs' device.
+    Costs one batched ``eigh`` of C (skipped when ``factor`` = :func:`whitening_factor` of ``moments`` is given),
+    ``svd`` of W and ``svdvals`` of ``F W``; float64 on the inputs' device.
 
     Example: ``errs = truncation_errors(weights=torch.randn(3, 64, 32), moments=torch.eye(64).expand(3, 64, 64))``"""
     call = "truncation_errors"
     w, c, source = _pair(call, weights, moments, "weights", "moments")
-    f = _factor(call, "moments", c, source)
+    f = _factor(call, "moments", c, source) if factor is None else _given_factor(call, factor, c)
     u, s, _ = torch.linalg.svd(w, full_matrices=False)
     fw = f @ w
     plain = s.square() * (f @ u).square().sum(-2)
@@ -244,7 +273,7 @@ def parameter_fraction(rank: int, d_in: int, d_out: int) -> float:
 
 
 def truncate(weight: torch.Tensor, moment: torch.Tensor, rank: int, method: str = "whitened", *,
-             floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             floor: float = 0.0, factor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` factors ``(left [..., d_in, r], right [..., r, d_out])``, float64, with ``W_r = left @ right``
     achieving exactly the error :func:`truncation_errors` predicts for ``method`` (``"plain"`` or ``"whitened"``).
 
@@ -254,7 +283,8 @@ def truncate(weight: torch.Tensor, moment: torch.Tensor, rank: int, method: str 
     ``S⁻¹``, so a rank-deficient ``moment`` needs no floor: inputs it never excites map to ``x W V_r V_rᵀ`` (see the
     module docstring). ``floor`` in [0, 1] (whitened only) raises C's eigenvalues below ``floor·λ_max`` to it before
     choosing ``V_r`` — the reference's fallback for a non-PD C, made relative; 0 (default) keeps the exact optimum on
-    C, 1 gives plain truncation. Cast the factors to the model's dtype yourself.
+    C, 1 gives plain truncation. ``factor``: :func:`whitening_factor` of ``moment`` (with this ``floor``), computed
+    once per site; it replaces the ``eigh`` (whitened only). Cast the factors to the model's dtype yourself.
 
     Example: ``left, right = truncate(weight=W, moment=C, rank=32, method="whitened", floor=0.0)``"""
     call = "truncate"
@@ -264,7 +294,11 @@ def truncate(weight: torch.Tensor, moment: torch.Tensor, rank: int, method: str 
         raise config_error(call, "floor", "0 with method='plain' (a floor only changes the whitening)", floor)
     w, c, source = _pair(call, weight, moment, "weight", "moment")
     rank = check_int(call, "rank", rank, low=0, high=min(w.shape[-2], w.shape[-1]))
-    target = w if method == "plain" else _factor(call, "moment", c, source, floor) @ w
+    if method == "plain":
+        target = w
+    else:
+        f = _factor(call, "moment", c, source, floor) if factor is None else _given_factor(call, factor, c)
+        target = f @ w
     _, _, vh = torch.linalg.svd(target, full_matrices=False)
     right = vh[..., :rank, :]
     return w @ right.mT, right

@@ -392,3 +392,24 @@ def test_bad_parameters_raise_config_errors():
     for fn, name in cases:
         with pytest.raises(ConfigError, match=f"parameter '{name}'"):
             fn()
+
+
+def test_a_precomputed_whitening_factor_gives_the_same_errors_and_factors():
+    """One factor per site, shared by the matrices that read it (W_Q/W_K/W_V), changes nothing but the cost."""
+    from workbench.spectra.low_rank import whitening_factor
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    c = (x.T @ x / 40).expand(2, 12, 12)
+    w = torch.randn(2, 12, 7, generator=g, dtype=torch.float64)
+    f = whitening_factor(c)
+    torch.testing.assert_close(f.mT @ f, c, rtol=1e-10, atol=1e-12)
+    plain, shared = truncation_errors(w, c), truncation_errors(w, c, factor=f)
+    torch.testing.assert_close(shared.whitened, plain.whitened, rtol=0, atol=1e-12)
+    torch.testing.assert_close(shared.plain, plain.plain, rtol=0, atol=1e-12)
+    for a, b in zip(truncate(w, c, 3, "whitened", factor=f), truncate(w, c, 3, "whitened"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ShapeError, match="'factor'"):
+        truncation_errors(w, c, factor=f[0])
+    deficient = whitening_factor(x[:5].T @ x[:5] / 5)
+    assert int((deficient.abs().sum(-1) > 0).sum()) == 5  # non-zero rows = the numerical rank of C
