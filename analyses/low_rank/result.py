@@ -88,12 +88,14 @@ class LowRankResult(Result):
     def table(self) -> tuple[list[str], list[list[Any]]]:
         header = ["matrix", "layer", "d_in", "d_out", "rank of C"]
         for b in self.budgets:
-            header += [f"rank plain @{_pct(b)}", f"rank whitened @{_pct(b)}", f"params whitened @{_pct(b)}"]
+            header += [f"rank plain @{_pct(b)}", f"rank whitened @{_pct(b)}", f"rank gap @{_pct(b)}",
+                       f"params whitened @{_pct(b)}"]
         rows = []
         for i in range(len(self.matrix)):
             row = [self.matrix[i], self.layer[i], self.d_in[i], self.d_out[i], self.c_rank[i]]
             for j in range(len(self.budgets)):
-                row += [self.rank_plain[i][j], self.rank_whitened[i][j], self._fraction(i, self.rank_whitened[i][j])]
+                row += [self.rank_plain[i][j], self.rank_whitened[i][j], self.rank_plain[i][j] - self.rank_whitened[i][j],
+                        self._fraction(i, self.rank_whitened[i][j])]
             rows.append(row)
         return header, rows
 
