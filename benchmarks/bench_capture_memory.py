@@ -15,9 +15,7 @@ informative; the target is on the total peak.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import common
 
@@ -60,12 +58,7 @@ def child(n_tokens: int) -> None:
 
 
 def run_child(n_tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(n_tokens)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"child for {n_tokens} tokens failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, n_tokens)
 
 
 def main() -> None:

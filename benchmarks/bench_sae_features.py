@@ -11,10 +11,8 @@ N = 4,000 tokens (1,000 with ``--quick``). The dense run's peak is printed besid
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import common
 
@@ -83,12 +81,7 @@ def child(mode: str, n_tokens: int) -> None:
 
 
 def run_child(mode: str, n_tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, str(n_tokens)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"child {mode} for {n_tokens} tokens failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, mode, n_tokens)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -134,6 +135,18 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, current_rss_mib())
+
+
+def run_child(script: str, *args: object) -> dict:
+    """Run ``script --child *args`` in a fresh interpreter (so its RSS readings start clean) and return the JSON object
+    on its last stdout line; a failed child stops the benchmark with its stderr."""
+    proc = subprocess.run([sys.executable, str(Path(script).resolve()), "--child", *map(str, args)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"child {' '.join(map(str, args))} of {Path(script).name} failed with exit code "
+                         f"{proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
