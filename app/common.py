@@ -9,24 +9,33 @@ widgets can be changed without recomputing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 import workbench
+from workbench.cli import is_loopback
 from workbench.errors import WorkbenchError
+from workbench.models.bundled import get_bundled
+from workbench.models.cache import cache_root
 from workbench.models.loaded import LoadedModel
 from workbench.progress import reporting
 from workbench.prompts import categories, default_prompts, parse_prompts
 from workbench.report import Report, package_versions
+from workbench.validation import check_within
 
 DEFAULT_MODEL = "smollm2-135m"  # WORKBENCH_APP_MODEL overrides it (read at every run: tests point it at tiny models)
-MAX_UPLOAD_BYTES = 8 * 2**20
+MAX_UPLOAD_BYTES = 8 * 2**20  # prompts and pair files; reports get MAX_REPORT_BYTES
+MAX_REPORT_BYTES = 32 * 2**20  # also the server's own limit (`workbench app` passes --server.maxUploadSize 32)
+ROOTS_ENV = "WORKBENCH_APP_ROOTS"  # os.pathsep-separated folders that typed paths must lie in (`--allow-root`)
+HOST_ENV = "WORKBENCH_APP_HOST"  # the address `workbench app` bound the server to
 
 
 @contextlib.contextmanager
@@ -57,22 +66,79 @@ def devices() -> list[str]:
         ["mps"] if torch.backends.mps.is_available() else [])
 
 
+def app_roots() -> list[Path]:
+    """The folders a typed path must lie in: ``$WORKBENCH_APP_ROOTS`` (os.pathsep-separated; set by ``workbench app
+    --allow-root``) when set, else the working directory and the workbench cache."""
+    listed = [r for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r.strip()]
+    return [Path(r).expanduser().resolve() for r in listed] if listed else [Path.cwd().resolve(), cache_root().resolve()]
+
+
+def local_path(name: str, path: str, where=st) -> Path:
+    """``path`` resolved when it lies inside the allowed roots; otherwise a one-line message in ``where`` naming the
+    parameter and the roots, and the page stops."""
+    try:
+        return check_within("dashboard", name, path, app_roots())
+    except WorkbenchError as exc:
+        where.error(str(exc))
+        st.stop()
+
+
+def upload_bytes(where, upload, limit: int = MAX_UPLOAD_BYTES) -> bytes | None:
+    """An uploaded file's bytes, or None with a message in ``where`` when it is over ``limit``."""
+    size = upload.size if getattr(upload, "size", None) is not None else len(upload.getvalue())
+    if size > limit:
+        where.error(f"{upload.name}: {size / 2**20:.1f} MiB is over the {limit / 2**20:.1f} MiB limit")
+        return None
+    return upload.getvalue()
+
+
+def share_notice() -> None:
+    """A sidebar warning when the server listens beyond this machine (``workbench app --host`` other than loopback)."""
+    host = os.environ.get(HOST_ENV) or st.get_option("server.address")
+    if host and not is_loopback(host):
+        st.sidebar.warning(f"Shared: this dashboard listens on {host}, so anyone who can reach this machine can use "
+                           f"it. Folders are limited to {', '.join(str(r) for r in app_roots())}; uploads are "
+                           f"size-bounded; your weight edits stay in your tab.")
+
+
+def own_model(lm: LoadedModel) -> LoadedModel:
+    """This tab's private deep copy of the shared cached ``lm`` (made once, then kept in the session): edits go to it
+    so that other tabs, which use the cached model, never see them. Costs the model's memory again while it lasts."""
+    held = st.session_state.get("own_model")
+    if held is None or (held[0] is not lm and held[1] is not lm):
+        held = st.session_state["own_model"] = (lm, copy.deepcopy(lm))
+    return held[1]
+
+
+def drop_own_model() -> None:
+    """Forget this tab's private copy (after a revert): the tab uses the shared cached model again."""
+    st.session_state.pop("own_model", None)
+
+
 def model():
-    """The sidebar's model (a bundled name such as ``smollm2-135m`` / ``gemma3-270m`` or a local folder)."""
+    """The sidebar's model (a bundled name such as ``smollm2-135m`` / ``gemma3-270m`` or a local folder inside the
+    allowed roots): the cached model shared by every tab, or this tab's own copy while it carries an edit."""
+    share_notice()
     st.sidebar.header("Model")
     source = st.sidebar.text_input("Bundled model name or local folder", key="model_source",
                                    value=os.environ.get("WORKBENCH_APP_MODEL", DEFAULT_MODEL),
                                    help="smollm2-135m (default) or gemma3-270m, or a folder with a Hugging Face model "
                                         "and its tokenizer")
     device = st.sidebar.selectbox("Device", devices(), key="device")
+    if get_bundled(source.strip()) is None:  # a folder: only inside the allowed roots
+        local_path("model folder", source.strip(), where=st.sidebar)
     with guard(f"Could not load {source!r}"), st.spinner(f"Loading {source} (converted once, then cached)…"):
         lm = _load(source.strip(), device)
+    held = st.session_state.get("own_model")
+    if held is not None and held[0] is lm:
+        lm = held[1]
     facts = lm.facts
     st.sidebar.caption(f"{lm.name}: {facts.n_layers} layers, d_model {facts.d_model}, {facts.n_heads} heads")
     handle = st.session_state.get("edit_handle")
     if handle is not None and handle.active and handle.lm is lm:
-        st.sidebar.warning("This model's weights carry a Steer2Edit edit: every page computes with it until you "
-                           "revert it on the Steering and edits page.")
+        st.sidebar.warning("This tab's model weights carry a Steer2Edit edit: every page computes with them in "
+                           "this tab (other tabs use the unedited model) until you revert it on the Steering and "
+                           "edits page.")
     return lm
 
 

@@ -230,8 +230,9 @@ def _provenance(lm: LoadedModel, results, prompts, names, batch_size, max_tokens
     }
 
 
-def dashboard_command(model: str, host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``).
+def dashboard_command(model: str, host: str, port: int, max_upload_mb: int = 32) -> list[str]:
+    """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``);
+    ``max_upload_mb`` is the server's own upload limit (the pages bound each upload again, lower for prompts).
 
     Example: ``subprocess.run(dashboard_command("smollm2-135m", "127.0.0.1", 8501))``"""
     import importlib.util
@@ -241,13 +242,34 @@ def dashboard_command(model: str, host: str, port: int) -> list[str]:
         raise typer.BadParameter("the dashboard package workbench_app is not installed (pip install spectral-workbench)")
     home = Path(spec.origin).parent / "Home.py"
     return [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.maxUploadSize", str(max_upload_mb)]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a bind address reaches this machine only (``localhost``, ``127.x.x.x``, ``::1``); an empty address
+    is not (Streamlit then listens on every interface).
+
+    Example: ``is_loopback("127.0.0.1"), is_loopback("0.0.0.0")  # (True, False)``"""
+    import ipaddress
+
+    if not host:
+        return False
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 def dashboard(
     model: Annotated[str, typer.Option(help="bundled name or local HF folder shown first")] = DEFAULT_MODEL,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 shares it on the network)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8501,
+    allow_root: Annotated[list[Path] | None, typer.Option(
+        "--allow-root", help="a folder that typed paths (model, SAE, reports, sweeps) may lie in; repeatable; "
+                             "replaces the default (the working directory and the workbench cache)")] = None,
 ) -> None:
     """Open the Streamlit dashboard (http://HOST:PORT) on a model.
     \f  (the CLI help stops here; the example is for Python callers)
@@ -256,8 +278,16 @@ def dashboard(
     import subprocess
 
     command = dashboard_command(model, host, port)
+    env = os.environ | {"WORKBENCH_APP_MODEL": model, "WORKBENCH_APP_HOST": host}
+    if allow_root:
+        env["WORKBENCH_APP_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in allow_root)
+    if not is_loopback(host):
+        roots = env.get("WORKBENCH_APP_ROOTS", "").split(os.pathsep) if env.get("WORKBENCH_APP_ROOTS") else [
+            str(Path.cwd()), "the workbench cache"]
+        _say(f"warning: the dashboard listens on {host}, not only on this machine: anyone who can reach port {port} "
+             f"can use it (folders limited to {', '.join(roots)}; edits stay in each browser tab)")
     _say(f"dashboard on http://{host}:{port} (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.run(command, env=os.environ | {"WORKBENCH_APP_MODEL": model}).returncode)
+    raise typer.Exit(subprocess.run(command, env=env).returncode)
 
 
 app.command("app")(dashboard)

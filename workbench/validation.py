@@ -17,8 +17,10 @@ A constraint (``Int(low=1)``, ``Number(low=0, high=1, high_open=True)``, ``Choic
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench.errors import config_error
@@ -384,6 +386,24 @@ def check_list(call: str, name: str, value: Any, item: Constraint, *, nonempty: 
     return ListOf(item, nonempty, distinct, length, allowed_text=allowed).check(call, name, value)
 
 
+def check_within(call: str, name: str, path: str | os.PathLike, roots: Iterable[str | os.PathLike]) -> Path:
+    """``path`` resolved (``~`` expanded, symlinks and ``..`` followed) when it lies inside one of ``roots`` (each
+    resolved the same way); otherwise a ConfigError naming the parameter and the allowed roots. Why resolve first: a
+    dashboard shared on a network takes folder paths from whoever opens it, and ``root/../etc`` or a symlink inside
+    the root pointing out must not reach past the roots it was started with. No roots allow nothing.
+
+    Example: ``check_within("dashboard", "reports folder", "reports/latest", [Path.cwd()])``"""
+    allowed = [Path(r).expanduser().resolve() for r in roots]
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: not a usable path either
+        resolved = None
+    if resolved is not None and any(resolved == r or resolved.is_relative_to(r) for r in allowed):
+        return resolved
+    inside = ", ".join(str(r) for r in allowed) if allowed else "none configured"
+    raise config_error(call, name, f"a path inside the allowed roots ({inside})", str(path))
+
+
 __all__ = ["Bool", "Choice", "Constraint", "DictOf", "Int", "ListOf", "Number", "Optional", "Str", "Where",
            "check_bool", "check_choice", "check_int", "check_list", "check_number", "check_optional", "check_str",
-           "is_int", "is_number"]
+           "check_within", "is_int", "is_number"]

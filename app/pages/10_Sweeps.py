@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from workbench.sweeps.compare import cells_table, counts_line, find_sweeps, layer_figure, read_sweep, step_figure
-from workbench_app.common import guard
+from workbench_app.common import guard, local_path, share_notice
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -35,6 +35,8 @@ st.set_page_config(page_title="Sweeps · workbench", layout="wide")
 st.title("Sweeps")
 folder = st.text_input("Sweep folder, or a folder holding sweeps", "sweeps", key="folder",
                        help="The --out folder of `workbench sweep` (it holds results.duckdb and cells/)")
+share_notice()
+local_path("sweep folder", folder.strip() or ".")  # only inside the allowed roots
 sweeps = [str(p) for p in find_sweeps(folder.strip())]
 if not sweeps:
     st.info(f"No sweep in {folder!r}: a sweep folder holds results.duckdb or cells/. Run `workbench sweep SPEC.toml "

@@ -9,7 +9,7 @@ import streamlit as st
 
 from workbench.capture.hooks import REPRESENTATION_KINDS, site
 from workbench.sae import feature_stats, load_sae, sae_hook_name, train_site_sae
-from workbench_app.common import guard, model, prompts_input, run
+from workbench_app.common import guard, local_path, model, prompts_input, run
 
 TRAIN, LOAD = "Train on this model", "Load a sae-lens folder"
 
@@ -38,6 +38,7 @@ if source == LOAD:
     path = st.text_input("SAE folder", key="sae_path", placeholder="runs/blocks.15.hook_resid_post",
                          help="A folder written by sae-lens's SAE.save_model (or its training runner)").strip()
     if path:
+        local_path("SAE folder", path)  # only inside the allowed roots
         with guard("Could not load the SAE"), st.spinner("Loading the SAE…"):
             sae = loaded_sae(path, str(lm.device), weights_stamp(path))
         hook = sae_hook_name(sae)

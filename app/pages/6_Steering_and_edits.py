@@ -1,5 +1,8 @@
 """Steering and edits: contrast vectors from two prompt sets, a generation steered live, Steer2Edit rank-1 edits
-applied to the weights and reverted exactly, and the steering-vs-editing trade-off sweep."""
+applied to the weights and reverted exactly, and the steering-vs-editing trade-off sweep.
+
+Edits are per browser tab: the edit goes to this tab's own deep copy of the cached model (``own_model``; twice the
+model's memory until the revert), so other tabs keep computing with the unedited weights."""
 
 import streamlit as st
 
@@ -9,7 +12,7 @@ from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_
 from workbench.runner import run_analysis
 from workbench.tasks.sentiment import sentiment_pairs
 from workbench_analyses.steer2edit import Steer2EditConfig
-from workbench_app.common import guard, model, run, show_result
+from workbench_app.common import drop_own_model, guard, model, own_model, run, show_result
 
 st.set_page_config(page_title="Steering and edits · workbench", layout="wide")
 st.title("Steering and edits")
@@ -67,14 +70,16 @@ edit_kind = st.radio("Edit", ["heads and neurons", "heads only", "neurons only"]
 handle = st.session_state.get("edit_handle")
 if handle is not None and handle.active:
     heads = sum(e.kind == "head" for e in handle.edits)
-    st.warning(f"The loaded model is edited ({heads} heads, {len(handle.edits) - heads} neurons): every page uses "
-               f"the edited weights until you revert.")
+    st.warning(f"The loaded model is edited ({heads} heads, {len(handle.edits) - heads} neurons) in this tab's own "
+               f"copy: every page uses the edited weights in this tab until you revert; other tabs are unaffected.")
     if "edited_text" in st.session_state:
         st.markdown("**With the edit** (no hooks attached)")
         st.text(prompt + st.session_state["edited_text"])
     if st.button("Revert the edit", key="revert", type="primary"):
         handle.revert()
-        st.session_state.pop("edited_text", None)
+        for name in ("edited_text", "edit_handle"):
+            st.session_state.pop(name, None)
+        drop_own_model()  # back to the shared cached model (the copy is freed)
         st.success("Weights restored bit for bit.")
         st.rerun()
 elif st.button("Apply the edit", key="apply", type="primary"):
@@ -84,6 +89,7 @@ elif st.button("Apply the edit", key="apply", type="primary"):
         if not edits:
             st.info(f"No component passes the threshold at ρ = {rho}: nothing to edit (lower ρ).")
             st.stop()
+        lm = own_model(lm)  # this tab's copy: other tabs keep the cached, unedited model
         st.session_state["edit_handle"] = apply_edits(lm, edits)
         st.session_state["edited_text"] = generate()
     st.rerun()

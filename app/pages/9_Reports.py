@@ -1,12 +1,12 @@
-"""Reports: open past JSON reports (from a folder or uploaded) and compare two side by side."""
+"""Reports: open past JSON reports (from a folder inside the allowed roots, or uploaded, at most 32 MiB each) and
+compare two side by side."""
 
 import json
-from pathlib import Path
 
 import streamlit as st
 
 from workbench.report import Report
-from workbench_app.common import MAX_UPLOAD_BYTES, show_result
+from workbench_app.common import MAX_REPORT_BYTES, local_path, share_notice, show_result, upload_bytes
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -17,8 +17,10 @@ def load(path: str, mtime: float) -> Report:
 
 st.set_page_config(page_title="Reports · workbench", layout="wide")
 st.title("Reports")
+share_notice()
 folder = st.text_input("Folder searched for report.json files", "reports", key="folder")
-found = sorted(Path(folder).glob("**/report.json")) if Path(folder).is_dir() else []
+root = local_path("reports folder", folder.strip() or ".")
+found = sorted(p for p in root.glob("**/report.json") if p.resolve().is_relative_to(root)) if root.is_dir() else []
 uploads = st.file_uploader("…or upload report.json files", type=["json"], accept_multiple_files=True, key="uploads")
 reports: dict[str, Report] = {}
 for path in found:
@@ -27,9 +29,8 @@ for path in found:
     except Exception as exc:  # noqa: BLE001 - a broken file is listed, not fatal
         st.warning(f"{path}: not a workbench report ({type(exc).__name__}: {exc})")
 for up in uploads or []:
-    data = up.getvalue()
-    if len(data) > 4 * MAX_UPLOAD_BYTES:
-        st.error(f"{up.name}: {len(data) / 2**20:.1f} MiB is over the {4 * MAX_UPLOAD_BYTES // 2**20} MiB limit")
+    data = upload_bytes(st, up, MAX_REPORT_BYTES)
+    if data is None:
         continue
     try:
         reports[f"upload: {up.name}"] = Report.from_dict(json.loads(data.decode("utf-8")))

@@ -175,11 +175,12 @@ def test_steering_page_steers_applies_and_reverts_exactly(app_model):
     texts = " ".join(m.value for m in at.markdown)
     assert "Unsteered" in texts and "Steered, α = 1.0" in texts
     assert len([t for t in at.text if t.value.startswith(PAGE_PROMPT)]) == 2  # both continuations shown
-    lm = _app_model(app_model.folder)
-    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    shared = _app_model(app_model.folder)
+    before = {k: v.clone() for k, v in shared.model.state_dict().items()}
     at.slider(key="rho").set_value(0.05).run()
     click(at, "apply")
     assert any("The loaded model is edited" in w.value for w in at.warning)
+    lm = at.session_state["edit_handle"].lm  # the tab's own copy (tests/app/test_dashboard_sharing.py: other tabs)
     assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())  # the weights changed
     other = page("Token_maps")  # a new session: its own state, so no banner there
     at.switch_page(str(APP / "pages" / "7_Token_maps.py")).run()  # the same session on another page: the banner

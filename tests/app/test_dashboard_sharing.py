@@ -1,0 +1,166 @@
+"""A dashboard safe to share (issue 21 point 4), under Streamlit's AppTest: two AppTest instances are two browser tabs
+of one server (they share ``st.cache_resource``, so the same cached model). A Steer2Edit edit in one tab goes to that
+tab's own copy — the other tab computes with the unedited weights — and its revert restores the copy bit for bit;
+typed folders outside the allowed roots are refused with one line naming the parameter and the roots; uploads are
+size-bounded; a non-loopback bind is announced in the sidebar and on the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from typer.testing import CliRunner
+
+from workbench.cli import app as cli
+from workbench.intervene.steer import contrast_vectors
+
+APP = Path(__file__).resolve().parents[2] / "app"
+
+
+def tab(name: str) -> AppTest:
+    path = APP / "Home.py" if name == "Home" else next((APP / "pages").glob(f"*_{name}.py"))
+    at = AppTest.from_file(str(path), default_timeout=300)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def click(at: AppTest, key: str) -> AppTest:
+    at.button(key=key).click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def weights(lm) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def app_model(tiny_model, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_APP_MODEL", str(tiny_model.folder))
+    monkeypatch.delenv("WORKBENCH_APP_HOST", raising=False)
+    return tiny_model
+
+
+def test_an_edit_stays_in_its_tab_and_reverts_bit_for_bit(app_model):
+    from workbench_app.common import _load
+
+    shared = _load(str(app_model.folder), "cpu")  # the cached model every tab starts from
+    original = weights(shared)
+    editor, other = tab("Steering_and_edits"), tab("Steering_and_edits")
+    click(editor, "build")
+    editor.slider(key="rho").set_value(0.05).run()
+    click(editor, "apply")
+    handle = editor.session_state["edit_handle"]
+    assert handle.active and handle.lm is not shared  # the edit went to the tab's own copy
+    assert not same(weights(handle.lm), original)
+    assert same(weights(shared), original)  # the cached model, which other tabs use, is untouched
+    assert any("in this tab's own copy" in w.value for w in editor.warning)
+
+    click(other, "build")  # the other tab computes on the unedited weights
+    pos, neg = (other.text_area(key=k).value.splitlines() for k in ("pos", "neg"))
+    layers = list(other.session_state["vectors"])
+    edited = contrast_vectors(handle.lm, pos, neg, layers=layers, span=other.radio(key="span").value)
+    changed = False
+    for layer, vecs in other.session_state["vectors"].items():
+        for name in ("v_attn", "v_mlp", "v_resid", "z_mean", "post_mean"):
+            v = getattr(vecs, name)
+            assert torch.equal(v, getattr(editor.session_state["vectors"][layer], name))  # = built before the edit
+            changed |= not torch.allclose(v, getattr(edited[layer], name))
+    assert changed  # the check has teeth: the edited copy gives other vectors
+    assert not other.warning and not other.sidebar.warning
+    other.switch_page(str(APP / "pages" / "1_Model.py")).run()
+    assert not other.sidebar.warning
+    editor.switch_page(str(APP / "pages" / "1_Model.py")).run()
+    assert any("carry a Steer2Edit edit" in w.value for w in editor.sidebar.warning)
+
+    editor.switch_page(str(APP / "pages" / "6_Steering_and_edits.py")).run()
+    click(editor, "revert")
+    assert not handle.active and same(weights(handle.lm), original)  # the copy restored bit for bit
+    assert same(weights(shared), original)
+    assert "own_model" not in editor.session_state and "edit_handle" not in editor.session_state  # copy freed
+    assert not any("edited" in w.value for w in editor.warning)
+
+
+def refused(at: AppTest, where, name: str) -> str:
+    assert not at.exception, [e.message for e in at.exception]
+    lines = [e.value for e in where.error if f"parameter '{name}' must be a path inside the allowed roots" in e.value]
+    assert len(lines) == 1 and "\n" not in lines[0], [e.value for e in where.error]
+    return lines[0]
+
+
+def test_typed_folders_outside_the_roots_are_refused(app_model, tmp_path, monkeypatch):
+    outside = tmp_path / "outside"
+    (outside / "r").mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setenv("WORKBENCH_APP_ROOTS", os.pathsep.join([str(root), str(app_model.folder)]))
+
+    reports = tab("Reports")
+    for typed in (str(root / "link" / "r"), f"{root}/../outside", "/etc"):
+        reports.text_input(key="folder").set_value(typed).run()
+        assert str(root) in refused(reports, reports, "reports folder")
+    reports.text_input(key="folder").set_value(str(root)).run()  # inside: no refusal, just no reports yet
+    assert not reports.error and any("No reports yet" in i.value for i in reports.info)
+
+    features = tab("Features")
+    features.radio(key="sae_source").set_value("Load a sae-lens folder").run()
+    features.text_input(key="sae_path").set_value(str(root / "link")).run()
+    refused(features, features, "SAE folder")
+
+    sweeps = tab("Sweeps")
+    sweeps.text_input(key="folder").set_value("/etc").run()
+    refused(sweeps, sweeps, "sweep folder")
+
+    monkeypatch.setenv("WORKBENCH_APP_ROOTS", str(root))  # the model folder is now outside
+    home = AppTest.from_file(str(APP / "Home.py"), default_timeout=300).run()
+    refused(home, home.sidebar, "model folder")
+    monkeypatch.delenv("WORKBENCH_APP_ROOTS")  # the default roots: the working directory and the cache
+    from workbench.models.cache import cache_root
+    from workbench_app.common import app_roots
+
+    assert app_roots() == [Path.cwd().resolve(), cache_root().resolve()]
+
+
+def test_report_uploads_over_the_limit_are_refused(app_model):
+    from workbench_app.common import MAX_REPORT_BYTES
+
+    at = tab("Reports")
+    at.file_uploader(key="uploads").set_value(("big.json", b" " * (MAX_REPORT_BYTES + 1), "application/json")).run()
+    assert not at.exception
+    assert any(e.value == "big.json: 32.0 MiB is over the 32.0 MiB limit" for e in at.error), [e.value for e in at.error]
+
+
+def test_a_shared_bind_is_announced_in_the_sidebar(app_model, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_APP_HOST", "0.0.0.0")
+    at = tab("Home")
+    assert any("listens on 0.0.0.0" in w.value for w in at.sidebar.warning)
+    monkeypatch.setenv("WORKBENCH_APP_HOST", "127.0.0.1")
+    assert not tab("Home").sidebar.warning
+
+
+def test_the_cli_binds_loopback_by_default_and_warns_otherwise(monkeypatch, tmp_path):
+    runs = []
+    monkeypatch.setattr(subprocess, "run", lambda command, env: runs.append((command, env))
+                        or subprocess.CompletedProcess(command, 0))
+    runner = CliRunner()
+    local = runner.invoke(cli, ["app"])
+    assert local.exit_code == 0 and "warning" not in local.stderr
+    command, env = runs[-1]
+    assert command[command.index("--server.address") + 1] == "127.0.0.1" and env["WORKBENCH_APP_HOST"] == "127.0.0.1"
+    assert command[command.index("--server.maxUploadSize") + 1] == "32"
+    shared = runner.invoke(cli, ["app", "--host", "0.0.0.0", "--allow-root", str(tmp_path), "--allow-root", "."])
+    assert shared.exit_code == 0 and "warning: the dashboard listens on 0.0.0.0" in shared.stderr
+    command, env = runs[-1]
+    assert env["WORKBENCH_APP_HOST"] == "0.0.0.0"
+    assert env["WORKBENCH_APP_ROOTS"].split(os.pathsep) == [str(tmp_path.resolve()), str(Path.cwd().resolve())]
+    assert str(tmp_path.resolve()) in shared.stderr
