@@ -12,7 +12,10 @@ import contextlib
 import copy
 import json
 import os
+import threading
+import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,38 @@ def _load(source: str, device: str):
     return workbench.load_model(source, device=device)
 
 
+@st.cache_resource(show_spinner=False)
+def _locks() -> tuple[threading.Lock, weakref.WeakKeyDictionary]:
+    return threading.Lock(), weakref.WeakKeyDictionary()
+
+
+def model_lock(lm: LoadedModel) -> threading.RLock:
+    """The lock of one model in memory, shared by every tab of this server. Why: tabs run in threads of one process
+    and share the cached model, and a computation hooks it (capture, steering, patching) or edits it for a while
+    (the low_rank and steer2edit analyses truncate or edit and restore): two at once would record, steer or
+    truncate each other's forward passes. A tab's own edited copy has its own lock."""
+    guard_lock, locks = _locks()
+    with guard_lock:
+        return locks.setdefault(lm.model, threading.RLock())
+
+
+@contextlib.contextmanager
+def exclusive(lm: LoadedModel) -> Iterator[None]:
+    """Hold ``lm``'s lock for the block; while another tab holds it, say so and wait (a Cancel still reruns the page:
+    the message is refreshed every quarter second, and a refresh is where Streamlit stops a script)."""
+    lock = model_lock(lm)
+    if not lock.acquire(blocking=False):
+        note, started = st.empty(), time.monotonic()
+        while not lock.acquire(timeout=0.25):
+            note.info(f"Waiting for another tab's computation on this model ({time.monotonic() - started:.0f} s): "
+                      f"one computation at a time on a shared model.")
+        note.empty()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def devices() -> list[str]:
     import torch
 
@@ -81,6 +116,20 @@ def local_path(name: str, path: str, where=st) -> Path:
     except WorkbenchError as exc:
         where.error(str(exc))
         st.stop()
+
+
+def config_paths(data: Any, where=st, prefix: str = "config") -> None:
+    """Every string in a JSON config that looks like a path (holds a separator or starts with ``~``) must lie inside
+    the allowed roots: analyses read prompt and pair files named in their configs. A bare name such as
+    ``bundled:prose`` or ``report`` holds no separator and resolves, if at all, inside the working directory."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            config_paths(value, where, f"{prefix}.{key}")
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            config_paths(value, where, f"{prefix}[{i}]")
+    elif isinstance(data, str) and (data.startswith("~") or "/" in data or os.sep in data):
+        local_path(prefix, data, where=where)
 
 
 def upload_bytes(where, upload, limit: int = MAX_UPLOAD_BYTES) -> bytes | None:
@@ -145,7 +194,7 @@ def model():
 def run(label: str, fn: Callable[..., Any], *args: Any, spinner: bool = True, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` with a progress bar fed by the library's bars and a Cancel button (clicking it
     reruns the page, which stops the work at its next step — for generation, at the next token; hooks and edits are
-    released by the library). ``spinner=False`` for work whose bar moves often (generation reports every token), so
+    released by the library). The model among the arguments is held (``exclusive``) while the work runs. ``spinner=False`` for work whose bar moves often (generation reports every token), so
     the bar alone shows progress."""
     cancel = st.empty()
     cancel.button("Cancel", key=f"cancel-{label}", help="Stops the work at its next step")
@@ -155,7 +204,9 @@ def run(label: str, fn: Callable[..., Any], *args: Any, spinner: bool = True, **
         frac = min(1.0, done / total) if total else 0.0
         bar.progress(frac, text=f"{label} — {desc}: {done}/{total if total else '?'}")
 
-    with guard(label), reporting(callback), (st.spinner(f"{label}…") if spinner else contextlib.nullcontext()):
+    models = [a for a in (*args, *kwargs.values()) if isinstance(a, LoadedModel)]
+    with guard(label), (exclusive(models[0]) if models else contextlib.nullcontext()), reporting(callback), \
+            (st.spinner(f"{label}…") if spinner else contextlib.nullcontext()):
         out = fn(*args, **kwargs)
     bar.empty()
     cancel.empty()

@@ -12,7 +12,7 @@ from workbench.intervene.steer import SPANS, contrast_vectors, steering, vector_
 from workbench.runner import run_analysis
 from workbench.tasks.sentiment import sentiment_pairs
 from workbench_analyses.steer2edit import Steer2EditConfig
-from workbench_app.common import drop_own_model, guard, model, own_model, run, show_result
+from workbench_app.common import drop_own_model, exclusive, guard, model, own_model, run, show_result
 
 st.set_page_config(page_title="Steering and edits · workbench", layout="wide")
 st.title("Steering and edits")
@@ -47,7 +47,7 @@ max_new = c3.slider("Tokens", 4, 64, 24, key="max_new")
 
 
 def generate(steers=()):
-    with steering(lm, list(steers)):
+    with exclusive(lm), steering(lm, list(steers)):  # hooks on a shared model: one tab at a time
         return lm.tokenizer.decode(greedy_continuations(lm, [prompt], max_new_tokens=max_new)[0],
                                    skip_special_tokens=True)
 
@@ -84,12 +84,13 @@ if handle is not None and handle.active:
         st.rerun()
 elif st.button("Apply the edit", key="apply", type="primary"):
     with guard("Steer2Edit"):
-        edits = steer2edit(lm, vectors, rho=-1.0 if edit_kind == "neurons only" else rho,
-                           rho_mlp=-1.0 if edit_kind == "heads only" else rho)
-        if not edits:
-            st.info(f"No component passes the threshold at ρ = {rho}: nothing to edit (lower ρ).")
-            st.stop()
-        lm = own_model(lm)  # this tab's copy: other tabs keep the cached, unedited model
+        with exclusive(lm):  # read and copied while no other tab has it hooked or transiently truncated
+            edits = steer2edit(lm, vectors, rho=-1.0 if edit_kind == "neurons only" else rho,
+                               rho_mlp=-1.0 if edit_kind == "heads only" else rho)
+            if not edits:
+                st.info(f"No component passes the threshold at ρ = {rho}: nothing to edit (lower ρ).")
+                st.stop()
+            lm = own_model(lm)  # this tab's copy: other tabs keep the cached, unedited model
         st.session_state["edit_handle"] = apply_edits(lm, edits)
         st.session_state["edited_text"] = generate()
     st.rerun()

@@ -1,4 +1,5 @@
-"""Analyses: any registered analysis (the same registry as the CLI), its config edited as JSON."""
+"""Analyses: any registered analysis (the same registry as the CLI), its config edited as JSON (file paths in it only
+inside the allowed roots)."""
 
 import json
 
@@ -6,7 +7,7 @@ import streamlit as st
 
 from workbench import registry
 from workbench.runner import run_analyses
-from workbench_app.common import guard, model, prompts_input, run, show_result
+from workbench_app.common import config_paths, guard, model, prompts_input, run, show_result
 
 st.set_page_config(page_title="Analyses · workbench", layout="wide")
 st.title("Analyses")
@@ -25,6 +26,8 @@ if st.button("Run", key="go", type="primary"):
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"the config is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    config_paths(data)  # prompt / pair files named in the config: only inside the allowed roots
+    with guard("Config"):
         config = spec.config.from_dict(data)
     st.session_state["any_result"] = (name, run(name, run_analyses, lm, {name: config}, texts=texts,
                                                 progress=True)[name])

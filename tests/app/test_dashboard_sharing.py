@@ -6,8 +6,11 @@ size-bounded; a non-loopback bind is announced in the sidebar and on the termina
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,39 @@ def test_the_cli_binds_loopback_by_default_and_warns_otherwise(monkeypatch, tmp_
     assert env["WORKBENCH_APP_HOST"] == "0.0.0.0"
     assert env["WORKBENCH_APP_ROOTS"].split(os.pathsep) == [str(tmp_path.resolve()), str(Path.cwd().resolve())]
     assert str(tmp_path.resolve()) in shared.stderr
+
+
+def test_file_paths_in_an_analysis_config_are_checked_too(app_model, tmp_path, monkeypatch):
+    outside = tmp_path / "outside" / "mine.txt"
+    outside.parent.mkdir()
+    outside.write_text("a private text\n")
+    monkeypatch.setenv("WORKBENCH_APP_ROOTS", os.pathsep.join([str(tmp_path / "root"), str(app_model.folder)]))
+    at = tab("Analyses")
+    at.selectbox(key="name").set_value("rankme").run()
+    at.text_area(key="config-rankme").set_value(json.dumps({"prompt_sets": {"mine": str(outside)}})).run()
+    click(at, "go")
+    refused(at, at, "config.prompt_sets.mine")
+    assert "any_result" not in at.session_state
+
+
+def test_a_computation_waits_while_another_tab_holds_the_shared_model(app_model):
+    """Tabs share the cached model, and computations hook it or edit it for a while (capture, steering, low_rank):
+    one at a time. Another tab (here a thread) holds the model's lock for a second; this tab's computation waits."""
+    from workbench_app.common import _load, model_lock
+
+    lock, held, hold_s = model_lock(_load(str(app_model.folder), "cpu")), threading.Event(), 1.5
+
+    def other_tab():
+        with lock:
+            held.set()
+            time.sleep(hold_s)
+
+    at = tab("Model")
+    thread = threading.Thread(target=other_tab)
+    thread.start()
+    held.wait(10)
+    started = time.monotonic()
+    click(at, "go")
+    waited = time.monotonic() - started
+    thread.join()
+    assert waited >= hold_s * 0.9 and "model_result" in at.session_state
