@@ -75,3 +75,15 @@ class FigureExportError(WorkbenchError, RuntimeError):
     """A figure could not be written as an image (no Chromium for kaleido, or kaleido missing); says what to install.
 
     Example: ``pytest.raises(FigureExportError, result.save_figures, "figures")  # when no Chromium is installed``"""
+
+
+class DiskFullError(WorkbenchError, OSError):
+    """The disk (or quota) filled up while writing an output; nothing partial was left, the message names the path.
+
+    Example: ``pytest.raises(DiskFullError, report.write, "reports/run")  # when the disk is full``"""
+
+
+class BusyError(WorkbenchError, RuntimeError):
+    """Another process holds the lock of the output being written, longer than this call would wait.
+
+    Example: ``pytest.raises(BusyError, replace_folder, target, fill)  # while another process writes target``"""

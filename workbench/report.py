@@ -111,12 +111,16 @@ class Report:
 
         Example: ``Report({"rankme": run_analysis(lm, "rankme")}).write("reports/rankme", overwrite=True)``"""
         out = Path(out)
+        exists = ConfigError(f"Report.write(): parameter 'out' must not exist (or pass overwrite=True / "
+                             f"--overwrite); received {str(out)!r}, which exists")
         if out.exists() and not overwrite:
-            raise ConfigError(f"Report.write(): parameter 'out' must not exist (or pass overwrite=True / "
-                              f"--overwrite); received {str(out)!r}, which exists")
+            raise exists
         if out.exists() and not out.is_dir():
             raise ConfigError(f"Report.write(): parameter 'out' must be a folder; received {str(out)!r}, a file")
-        replace_folder(out, self._fill)
+        try:
+            replace_folder(out, self._fill, overwrite=overwrite)
+        except ConfigError:  # another process wrote it since the check above (checked again under the lock)
+            raise exists from None
         return out
 
 

@@ -10,7 +10,7 @@ import torch
 
 from workbench.capture import tokens as tok
 from workbench.capture.accumulators import Moments, Reservoir, RowStore
-from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, stoppable
+from workbench.capture.hooks import StopForward, hook_user, hooks_attached, resolve_sites, stoppable
 from workbench.capture.result import CaptureResult, SiteStats
 from workbench.errors import BudgetError, SiteError, config_error
 from workbench.models.load import load_model
@@ -123,6 +123,7 @@ def _probe(lm: LoadedModel, points: dict, sites: list[str], ids: torch.Tensor) -
     return shapes[0]
 
 
+@hook_user("capture", exercise=lambda lm: capture(lm, ["ab cd", "ef"], sites="blocks.*.hook_resid_post"))
 def capture(
     lm: LoadedModel | torch.nn.Module | str,
     texts: str | Sequence[str],

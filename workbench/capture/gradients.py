@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from workbench.capture.hooks import LINEAR_COMPONENTS, hooks_attached, site
+from workbench.capture.hooks import LINEAR_COMPONENTS, hook_user, hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.models.chat import DEFAULT_SYSTEM, sft_ids
 from workbench.models.loaded import LoadedModel
@@ -132,6 +132,7 @@ def factor_sites(lm: LoadedModel, projections: Sequence[str]) -> list[tuple[str,
     return sites
 
 
+@hook_user("gradients", exercise=lambda lm: dataset_gradients(lm, [("ab", "cd")], chat_template=False, max_length=16))
 def dataset_gradients(lm: LoadedModel, pairs: Sequence[tuple[str, str]], *, projections: Sequence[str] = ATTENTION,
                       max_length: int = 2048, chat_template: bool = True, system_prompt: str | None = DEFAULT_SYSTEM,
                       n_top: int = 8, route: str = "factor", name: str = "dataset",

@@ -13,13 +13,36 @@ import fnmatch
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, TypeVar
 
 import torch
 
-from workbench.errors import SiteError
+from workbench.errors import ConfigError, SiteError
 from workbench.validation import is_int
 
 HookFn = Callable[..., object]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Every function or context manager that attaches hooks, by name: (its qualified name, ``exercise(lm)``: one small call
+# of it on any loaded model). Filled by :func:`hook_user` where each one is defined; the fault tests run every exercise
+# with an exception injected into the forward and check that no hook is left and no weight changed.
+HOOK_USERS: dict[str, tuple[str, Callable[[Any], object]]] = {}
+
+
+def hook_user(name: str, exercise: Callable[[Any], object]) -> Callable[[F], F]:
+    """Register the decorated function as a user of hooks, with ``exercise(lm)``: a small call of it on any loaded
+    model (the tests give a tiny random one). A second registration of ``name`` by another function raises.
+
+    Example: ``hook_user("readout.final_residual", exercise=lambda lm: final_residual(lm, lm.model.to_tokens("ab")))(final_residual)``"""
+    def register(fn: F) -> F:
+        owner = f"{fn.__module__}.{fn.__qualname__}"
+        if name in HOOK_USERS and HOOK_USERS[name][0] != owner:
+            raise ConfigError(f"hook_user(): parameter 'name' must be new; received {name!r}, already registered "
+                              f"by {HOOK_USERS[name][0]}")
+        HOOK_USERS[name] = (owner, exercise)
+        return fn
+
+    return register
 
 
 class StopForward(Exception):

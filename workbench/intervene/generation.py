@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.capture.hooks import hooks_attached
+from workbench.capture.hooks import hook_user, hooks_attached
 from workbench.capture.tokens import pad_id
 from workbench.errors import config_error
 from workbench.models.loaded import LoadedModel
@@ -110,6 +110,7 @@ def eos_id(lm: LoadedModel) -> int | None:
     return int(eos) if eos is not None else None
 
 
+@hook_user("generation", exercise=lambda lm: generate(lm, [lm.model.to_tokens("abc")[0]], max_new_tokens=2, record=["blocks.0.hook_resid_post"]))
 def generate(lm: LoadedModel, prompts: Sequence[torch.Tensor], *, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, stop_at_eos: bool = True, record: Sequence[str] = (),
              logits: str | None = None, batch_size: int = 32, cached: bool = True, progress: bool = False,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, split_site, stoppable
+from workbench.capture.hooks import StopForward, hook_user, hooks_attached, resolve_sites, split_site, stoppable
 from workbench.errors import SiteError, config_error, shape_error
 from workbench.intervene.generation import hf_causal_lm
 from workbench.intervene.readout import UNEMBED_INPUT
@@ -166,6 +166,7 @@ def _mix(base: torch.Tensor, source: torch.Tensor, basis: torch.Tensor | None) -
     return source if basis is None else subspace_patch(base, source, basis)
 
 
+@hook_user("patch.record", exercise=lambda lm: record(lm, lm.model.to_tokens("abc"), ["blocks.0.hook_resid_post"]))
 def record(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations at ``sites`` for ``inputs`` (no grad), from one forward pass; hooks removed afterwards. The
     forward stops as soon as every site has been recorded (what follows, unembedding included, is not computed).
@@ -199,6 +200,7 @@ def check_sites(points: Mapping[str, torch.nn.Module], sites: Sequence[str]) -> 
     return list(dict.fromkeys(sites))
 
 
+@hook_user("patch.patching", exercise=lambda lm: _exercise_patching(lm))
 @contextmanager
 def patching(lm: LoadedModel | HookedRootModule, patches: Sequence[Patch], source_acts: Mapping[str, torch.Tensor],
              bases: Mapping[str, torch.Tensor] | None = None) -> Iterator[None]:
@@ -273,6 +275,7 @@ class Prefix:
         return replace(self, resid=pick(self.resid), entries=tuple((pick(k), pick(v)) for k, v in self.entries))
 
 
+@hook_user("patch.cached_prefix", exercise=lambda lm: cached_prefix(lm, lm.model.to_tokens("abc"), 1))
 def cached_prefix(lm: LoadedModel, inputs: torch.Tensor, at: int) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """Every layer's (keys, values) at positions 0..``at``-1 of ``inputs`` ``[B, P]``: one cached forward of those
     positions (no grad, nothing unembedded but one row), for :class:`Prefix`. The model must be a TransformerBridge
@@ -321,6 +324,7 @@ def prefix_state(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, sites
     return Prefix(layer=layer, resid=box["resid"], entries=entries)
 
 
+@hook_user("patch.last_logits", exercise=lambda lm: last_logits(lm, lm.model.to_tokens("abc")))
 def last_logits(lm: LoadedModel | HookedRootModule, inputs: torch.Tensor, *, start: Start | Prefix | None = None
                 ) -> torch.Tensor:
     """``[B, V]``: the last position's logits of ``inputs`` — ``forward(lm, inputs)[:, -1]`` to float round-off,
@@ -441,3 +445,10 @@ def _skipping(points: Mapping[str, torch.nn.Module], blocks: Sequence[torch.nn.M
     finally:
         for block in replaced:
             block.__dict__.pop("forward", None)
+
+
+def _exercise_patching(lm: LoadedModel) -> None:
+    """One patched forward (the hook-fault tests' call of :func:`patching`)."""
+    tokens, where = lm.model.to_tokens("abc"), "blocks.0.hook_resid_post"
+    with patching(lm, [Patch(where, positions=-1)], record(lm, tokens, [where])):
+        forward(lm, tokens)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from workbench.capture.hooks import StopForward, hooks_attached, stoppable
+from workbench.capture.hooks import StopForward, hook_user, hooks_attached, stoppable
 from workbench.capture.tokens import pad_id, right_pad
 from workbench.errors import config_error, shape_error
 from workbench.intervene.generation import cut_at_eos as cut_at_eos  # re-exported: its home before generation.py
@@ -25,6 +25,7 @@ from workbench.validation import check_int
 UNEMBED_INPUT = "unembed.hook_in"
 
 
+@hook_user("readout.final_residual", exercise=lambda lm: final_residual(lm, lm.model.to_tokens("abc")))
 def final_residual(lm: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     """``[B, T, d]``: the input of the unembedding (after the final norm) for ``tokens`` ``[B, T]``; the forward stops
     there (no logits are computed).
@@ -56,6 +57,7 @@ def unembed(lm: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], out.shape[-1]).float()
 
 
+@hook_user("readout.position_logits", exercise=lambda lm: position_logits(lm, lm.model.to_tokens("abc"), torch.tensor([1])))
 def position_logits(lm: LoadedModel, tokens: torch.Tensor, positions: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
     """``[B, V]`` next-token logits of example ``b`` at ``positions[b]`` (e.g. each prompt's last real token in a
     right-padded batch), computed without unembedding the other positions.

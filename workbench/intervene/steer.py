@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from workbench.capture import capture
-from workbench.capture.hooks import hooks_attached, site
+from workbench.capture.hooks import hook_user, hooks_attached, site
 from workbench.errors import config_error, shape_error
 from workbench.intervene.patch import check_sites, hook_points
 from workbench.models.loaded import LoadedModel
@@ -97,6 +97,7 @@ def _delta(part: torch.Tensor, steer: Steer, x: torch.Tensor) -> torch.Tensor:
     return delta
 
 
+@hook_user("steering", exercise=lambda lm: _exercise_steering(lm))
 @contextmanager
 def steering(lm: LoadedModel | HookedRootModule, steers: Sequence[Steer]) -> Iterator[None]:
     """Within the block every forward (and ``generate``) of ``lm`` is steered; hooks removed on exit.
@@ -212,3 +213,11 @@ def vector_steers(vectors: dict[int, ContrastVectors], alpha: float, *, where: s
         for name, v in pairs:
             out.append(Steer(name, v / v.norm().clamp_min(1e-12) if unit else v, scale=float(alpha), positions=pos))
     return out
+
+
+def _exercise_steering(lm: LoadedModel) -> None:
+    """One steered forward (the hook-fault tests' call of :func:`steering`)."""
+    from workbench.intervene.patch import forward
+
+    with steering(lm, [Steer("blocks.0.hook_resid_post", torch.ones(lm.model.cfg.d_model))]):
+        forward(lm, lm.model.to_tokens("abc"))

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from workbench.capture import tokens as tok
-from workbench.capture.hooks import StopForward, hooks_attached, stoppable
+from workbench.capture.hooks import StopForward, hook_user, hooks_attached, stoppable
 from workbench.errors import config_error
 from workbench.intervene.direct_logits import direction_logits
 from workbench.models.load import load_model
@@ -148,6 +148,7 @@ def _encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out).float()
 
 
+@hook_user("sae.feature_stats", exercise=lambda lm: _exercise_feature_stats(lm))
 def feature_stats(lm: LoadedModel | str, sae: Any, texts: str | Sequence[str], *, site: str | None = None,
                   k: int = 20, window: int = 8, n_logits: int = 10, batch_size: int = 8, max_length: int | None = 128,
                   max_tokens: int | None = None, exclude_bos: bool = True, min_activation: float = 0.0,
@@ -306,3 +307,14 @@ def _describe(sae: Any, given: Any) -> dict[str, Any]:
     elif isinstance(given, TrainedSAE):
         out |= {"fvu": given.fvu, "l0": given.l0, "path": None if given.path is None else str(given.path)}
     return out
+
+
+def _exercise_feature_stats(lm: LoadedModel) -> None:
+    """Feature statistics of a briefly trained SAE (the hook-fault tests' call of :func:`feature_stats`)."""
+    from workbench.sae.training import train_sae
+
+    where = "blocks.0.hook_resid_post"
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(64, lm.model.cfg.d_model, generator=generator)
+    sae = train_sae(z, d_sae=8, k=2, epochs=1, hook_name=where)
+    feature_stats(lm, sae, ["ab cd"], site=where, k=2, window=2, n_logits=2)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.capture.hooks import StopForward, hooks_attached, resolve_sites, stoppable
+from workbench.capture.hooks import StopForward, hook_user, hooks_attached, resolve_sites, stoppable
 from workbench.errors import ModelLoadError, SiteError, config_error
 from workbench.models.loaded import LoadedModel
 from workbench.sae.training import TrainedSAE, cached_sae
@@ -66,6 +66,7 @@ def sae_hook_name(sae: Any) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
+@hook_user("sae.site_width", exercise=lambda lm: site_width(lm, "blocks.0.hook_resid_post"))
 def site_width(lm: LoadedModel, site: str) -> int:
     """The per-token width of ``site`` (trailing dimensions multiplied, as capture flattens them), from one forward of
     two tokens that stops at the site. A site that is not per-token is a SiteError.

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.atomic import replace_folder
+from workbench.atomic import folder_lock, replace_folder
 from workbench.errors import config_error, shape_error
 from workbench.validation import check_bool, check_int, check_number
 
@@ -394,7 +394,9 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
     ``key``: a JSON-serialisable dict describing where the activations came from (model, layer, data, ...); it is
     stored with the SAE. ``cache_dir``: default ``workbench.models.cache.cache_root() / "sae"``. A folder that is
     incomplete, unreadable or trained for other arguments is retrained and replaced; the folder is written atomically
-    (:func:`workbench.atomic.replace_folder`), so an interrupted save leaves nothing behind.
+    (:func:`workbench.atomic.replace_folder`), so an interrupted save leaves nothing behind. Processes asking for the
+    same folder at once take turns (:func:`workbench.atomic.folder_lock`): the first trains and writes, the others
+    wait and load its SAE.
 
     Example: ``cached_sae(z, key={"model": "gemma3-270m", "layer": 15}, d_sae=1024, k=32)``
     """
@@ -440,18 +442,19 @@ def cached_sae(activations: torch.Tensor, *, key: dict[str, Any], cache_dir: Pat
         identity["hook_name"] = hook_name
     name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir) / f"{spec.architecture}-{spec.d_sae}-{name}"
-    if folder.is_dir():
-        hit = _load_cached(folder, identity, device)
-        if hit is not None:
-            return hit
+    with folder_lock(folder, timeout=None):  # a second process training the same SAE waits, then loads this one
+        if folder.is_dir():
+            hit = _load_cached(folder, identity, device)
+            if hit is not None:
+                return hit
 
-    trained = _train(activations, spec, device, progress, hook_name)
+        trained = _train(activations, spec, device, progress, hook_name)
 
-    def fill(tmp: Path) -> None:
-        trained.sae.save_model(tmp)
-        info = {"identity": identity, "fvu": trained.fvu, "l0": trained.l0, "history": list(trained.history)}
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))  # written last: marks completion
+        def fill(tmp: Path) -> None:
+            trained.sae.save_model(tmp)
+            info = {"identity": identity, "fvu": trained.fvu, "l0": trained.l0, "history": list(trained.history)}
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))  # written last: marks completion
 
-    replace_folder(folder, fill)
+        replace_folder(folder, fill, locked=True)
     return TrainedSAE(sae=trained.sae, fvu=trained.fvu, l0=trained.l0, history=trained.history, path=folder,
                       key=key_json)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workbench.capture.hooks import hook_user
 from workbench.errors import config_error, shape_error
 from workbench.models.loaded import LoadedModel
 from workbench.tam.core import (
@@ -163,6 +164,7 @@ def prompt_layout(lm: LoadedModel, prompt: str, chat_template: bool) -> tuple[to
     return ids, first_prompt_position(lm, ids), len(ids)
 
 
+@hook_user("tam.text_token_maps", exercise=lambda lm: text_token_maps(lm, "ab", max_new_tokens=2))
 def text_token_maps(lm: LoadedModel, prompt: str, *, max_new_tokens: int = 16, kernel_size: int = 3, chat_template: bool = False,
                     eci_weights: str = "reference") -> TextTokenMaps:
     """TAM on a text model: greedy-generate up to ``max_new_tokens`` after ``prompt`` (laid out by
