@@ -73,6 +73,9 @@ def report(
     max_tokens: Annotated[int | None, typer.Option(help="cap on the total tokens fed to the model")] = None,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N, ...")] = "cpu",
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="load a model folder whose only weights are "
+                                                                       "pickle *.bin files (unpickling can run code: "
+                                                                       "only for folders you trust)")] = False,
     config: Annotated[Path | None, typer.Option(help="JSON or TOML (.toml) file: {analysis name: {config field: "
                                                          "value}} (e.g. RankMe prompt sets, gradient datasets)")] = None,
     seed: Annotated[int, typer.Option(help="seed for anything random")] = 0,
@@ -91,6 +94,7 @@ def report(
     import torch
 
     from workbench import registry
+    from workbench.devices import check_device
     from workbench.errors import WorkbenchError
     from workbench.models import load_model
     from workbench.prompts import default_prompts, read_prompts
@@ -103,6 +107,7 @@ def report(
         if json_to not in (None, "-"):
             raise WorkbenchError(f"--json takes only '-' (stdout), not {json_to!r}; use --out DIR for a file")
         formats = _figure_formats(figures, out)
+        check_device("report", "--device", device)  # before any work: no raw AssertionError from torch later
         if out is None and json_to is None:
             out = DEFAULT_OUT
         if out is not None and out.exists() and not overwrite:
@@ -116,7 +121,7 @@ def report(
         model = model or registry.default_model(list(configs), DEFAULT_MODEL)
         _say(f"loading {model} on {device} ...")
         loading = time.perf_counter()
-        lm = load_model(model, device=device)
+        lm = load_model(model, device=device, allow_pickle=allow_pickle)
         seconds = {"load": time.perf_counter() - loading}
         _say(f"{lm!r}; {len(texts)} prompts; analyses: {', '.join(configs)}")
         results = run_analyses(lm, configs, texts=texts, batch_size=batch_size, max_tokens=max_tokens,

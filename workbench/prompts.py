@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -75,9 +76,15 @@ def _decode(call: str, name: object, data: bytes, max_bytes: int = MAX_PROMPT_FI
     if b"\x00" in data:
         raise ConfigError(f"{call}(): {name} is a binary file, not text")
     try:
-        return data.decode("utf-8").splitlines()
+        text = data.decode("utf-8-sig")  # a leading byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{call}(): {name} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return _LINE_BREAK.split(text.removesuffix("\n").removesuffix("\r"))
+
+
+# Lines end at \n, \r\n or \r only (the JSON Lines rule): str.splitlines would also split at \x0b, \x0c, \x1c-\x1e,
+# \x85, U+2028 and U+2029, which JSON allows unescaped inside a string, so a valid .jsonl line would be cut in two.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _size(n: int) -> str:

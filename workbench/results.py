@@ -42,14 +42,17 @@ class Serialisable:
         unknown field.
 
         Example: ``RankMeConfig.from_dict({"eps": 1e-6})``"""
+        call = f"{cls.__name__}.from_dict"
+        if not isinstance(data, dict):
+            raise config_error(call, "data", "a dict of field name → value", data)
         data = dict(data)
         kind = data.pop("kind", cls.kind)
         if kind != cls.kind:
-            raise config_error(f"{cls.__name__}.from_dict", "data['kind']", repr(cls.kind), kind)
+            raise config_error(call, "data['kind']", repr(cls.kind), kind)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(data) - names, key=repr)
         if unknown:
-            raise config_error(f"{cls.__name__}.from_dict", "data", f"only the keys {sorted(names)}", unknown)
+            raise config_error(call, "data", f"only the keys {sorted(names)}", unknown)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -63,7 +66,12 @@ class Serialisable:
         """Rebuild from :meth:`to_json`'s text.
 
         Example: ``type(result).from_json(Path("result.json").read_text())``"""
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError, RecursionError) as exc:  # not text, not JSON, or nested past the stack
+            raise config_error(f"{cls.__name__}.from_json", "text", f"JSON text of a dict ({type(exc).__name__}: "
+                               f"{str(exc)[:80]})", text) from None
+        return cls.from_dict(data)
 
 
 # Line colours shared by the analyses' plots (plotly's default sequence), so a dataset keeps its colour across figures.

@@ -12,6 +12,7 @@ from workbench.capture import tokens as tok
 from workbench.capture.accumulators import Moments, Reservoir, RowStore
 from workbench.capture.hooks import StopForward, hook_user, hooks_attached, resolve_sites, stoppable
 from workbench.capture.result import CaptureResult, SiteStats
+from workbench.devices import check_device
 from workbench.errors import BudgetError, SiteError, config_error
 from workbench.models.load import load_model
 from workbench.models.loaded import LoadedModel
@@ -172,6 +173,7 @@ def capture(
     check_int("capture", "reservoir_size", reservoir_size, low=1)
     check_int("capture", "memory_budget", memory_budget, low=0)
     check_choice("capture", "gram_dtype", gram_dtype, GRAM_DTYPES)
+    where = check_device("capture", "device", device) if device is not None else lm.device
     chosen_keep = _check_keep(keep)
     points = lm.hook_points()
     names = resolve_sites(points, sites)
@@ -183,9 +185,8 @@ def capture(
     shapes = _probe(lm, points, names, tokenized.ids[0])
     batches = list(tok.batches(tokenized, batch_size, tok.pad_id(lm), positions, exclude_bos))
     state = _allocate(names, shapes, batches, tokenized, chosen_keep, reservoir_size, memory_budget, seed,
-                      torch.device(device) if device is not None else lm.device, gram_dtype)
-    _keep_per_prompt(state, per_prompt, shapes, len(tokenized.ids),
-                     torch.device(device) if device is not None else lm.device)
+                      where, gram_dtype)
+    _keep_per_prompt(state, per_prompt, shapes, len(tokenized.ids), where)
     _run(lm, points, state, batches, tokenized.n_tokens, progress)
     return CaptureResult(
         stats={name: site.result() for name, site in state.items()}, model=lm.name, n_texts=len(tokenized.ids),

@@ -1,0 +1,80 @@
+"""Hostile configs for every registered analysis: each generated value either builds a valid config (which then
+survives its own JSON round trip) or raises ConfigError naming a field of that config — never another exception.
+``from_dict``/``from_json`` take junk data and junk text the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.hostile.strategies import json_text, json_values, junk
+from workbench import registry
+from workbench.errors import ConfigError
+
+NAMES = registry.names()
+PARAM = re.compile(r"parameter '([^']+)'")
+
+
+def _fields(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(registry.get(name).config)]
+
+
+def _named_field(exc: ConfigError, fields: list[str]) -> bool:
+    """The message names a field of the config (``parameter 'field'`` or ``parameter 'field[...]'``)."""
+    match = PARAM.search(str(exc))
+    return bool(match) and match.group(1).split("[")[0] in fields
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_config_fields_take_junk(name, data):
+    config, fields = registry.get(name).config, _fields(name)
+    values = data.draw(st.dictionaries(st.sampled_from(fields), junk, min_size=1, max_size=3), label="fields")
+    try:
+        made = config(**values)
+    except ConfigError as exc:
+        assert _named_field(exc, fields), f"{exc} names no field of {config.__name__}"
+        return
+    again = config.from_json(made.to_json())  # an accepted config is a valid one: it round-trips
+    assert again.to_json() == made.to_json()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_config_from_dict_takes_junk(name, data):
+    config, fields = registry.get(name).config, _fields(name)
+    keys = st.one_of(st.sampled_from(fields + ["kind"]), st.text(max_size=8), st.integers(), st.none())
+    value = data.draw(st.one_of(junk, st.dictionaries(keys, junk, max_size=4)), label="data")
+    try:
+        config.from_dict(value)
+    except ConfigError as exc:
+        assert "from_dict" in str(exc) or _named_field(exc, fields)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", NAMES)
+@given(text=st.one_of(st.text(max_size=40), st.binary(max_size=40), json_values.map(json_text),
+                      st.integers(1, 50_000).map(lambda n: "[" * n + "]" * n), st.just("{" * 100_000), junk))
+def test_config_from_json_takes_junk(name, text):
+    config = registry.get(name).config
+    try:
+        config.from_json(text)
+    except ConfigError:
+        pass
+
+
+def test_from_json_names_the_problem():
+    config = registry.get("rankme").config
+    with pytest.raises(ConfigError, match=r"from_json\(\): parameter 'text'"):
+        config.from_json("{not json")
+    with pytest.raises(ConfigError, match=r"from_dict\(\): parameter 'data'"):
+        config.from_json(json.dumps([1, 2]))
+    with pytest.raises(ConfigError, match=r"from_dict\(\): parameter 'data'"):
+        config.from_dict({1: 2, "a": 3})  # mixed key types: named, not a TypeError from sorting them
