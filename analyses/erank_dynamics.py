@@ -36,7 +36,7 @@ from workbench.models.loaded import LoadedModel
 from workbench.results import Config, Result
 from workbench.spectra import dynamics
 from workbench.spectra.dynamics import VARIANTS, prefix_lengths
-from workbench.validation import Bool, Choice, Int, Number, Optional, Str
+from workbench.validation import SEED, Bool, Choice, Int, Number, Optional, Str
 
 __all__ = ["ErankDynamicsConfig", "ErankDynamicsResult", "compute", "response_hidden"]
 
@@ -80,7 +80,7 @@ class ErankDynamicsConfig(Config):
     alignment: str = "generating"
 
     constraints = {"prompt": Str(nonempty=True), "response": Optional(Str(nonempty=True)), "max_new_tokens": Int(low=1),
-                   "do_sample": Bool(), "seed": Int(), "temperature": Number(low=0, low_open=True),
+                   "do_sample": Bool(), "seed": SEED, "temperature": Number(low=0, low_open=True),
                    "stride": Int(low=1), "max_seq_len": Int(), "center": Bool(), "chat_template": Bool(),
                    "variant": Choice(VARIANTS), "alignment": Choice(ALIGNMENTS)}
 

@@ -47,7 +47,7 @@ from workbench.models.adapters import LAYER_KINDS
 from workbench.models.chat import DEFAULT_SYSTEM
 from workbench.prompts import PAIR_SETS, bundled_pairs, read_pairs
 from workbench.results import PALETTE, Config, Result
-from workbench.validation import Bool, Choice, DictOf, Int, ListOf, Optional, Str
+from workbench.validation import SEED, Bool, Choice, DictOf, Int, ListOf, Optional, Str
 
 # the gradient capture's names moved to workbench.capture.gradients; their old import path here keeps working for one
 # release, with a DeprecationWarning
@@ -97,7 +97,7 @@ class GradientSpectraConfig(Config):
                                                        f"{list(PAIR_SETS)}) or a .jsonl path"),
         "projections": ListOf(Choice(LAYER_KINDS), nonempty=True, distinct=True), "max_samples": Optional(Int(low=1)),
         "max_length": Int(low=2), "chat_template": Bool(), "system_prompt": Optional(Str()), "route": Choice(ROUTES),
-        "n_top": Int(low=1), "shuffled_control": Bool(), "seed": Int()}
+        "n_top": Int(low=1), "shuffled_control": Bool(), "seed": SEED}
 
 
 @dataclass(frozen=True)

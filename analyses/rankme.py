@@ -32,7 +32,7 @@ from workbench.prompts import categories, default_prompts, read_prompts
 from workbench.results import PALETTE, Config, Result
 from workbench.spectra import effective_rank, rankme
 from workbench.spectra.embeddings import embedding_spectra
-from workbench.validation import Bool, Choice, DictOf, Int, ListOf, Number, Optional, Str
+from workbench.validation import SEED, Bool, Choice, DictOf, Int, ListOf, Number, Optional, Str
 
 POOLINGS = ("last", "mean")
 DEFAULT_SETS = {"report prompts": "report", "prose": "bundled:prose", "code": "bundled:code",
@@ -84,7 +84,7 @@ class RankMeConfig(Config):
             allowed_text="a dict label → .npy/.pt/.safetensors path")),
         "site_kind": Choice(REPRESENTATION_KINDS), "poolings": ListOf(Choice(POOLINGS), nonempty=True, distinct=True),
         "eps": Number(low=0), "center": Bool(), "equal_size": Bool(), "max_length": Int(low=1),
-        "batch_size": Int(low=1), "seed": Int()}
+        "batch_size": Int(low=1), "seed": SEED}
 
     def validate(self) -> None:
         super().validate()

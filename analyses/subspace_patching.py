@@ -39,7 +39,7 @@ from workbench.models.loaded import LoadedModel
 from workbench.progress import bar as progress_bar
 from workbench.results import Config, Result
 from workbench.tasks.ioi import TEMPLATES, ioi_pairs
-from workbench.validation import Choice, Int, Number, Optional
+from workbench.validation import SEED, Choice, Int, Number, Optional
 
 EFFECTS = ("v", "v_row", "v_null", "whole site")
 SPLITS = ("paper", "random")
@@ -79,7 +79,7 @@ class SubspacePatchingConfig(Config):
         "layer": Optional(Int(low=0)), "heatmap_pairs": Int(low=1),
         "heatmap_template": Int(low=0, high=len(TEMPLATES), high_open=True), "n_reader_heads": Int(low=1),
         "epochs": Int(low=1), "lr": Number(low=0, low_open=True), "batch_size": Int(low=1), "patience": Int(low=0),
-        "split": Choice(SPLITS), "seed": Int()}
+        "split": Choice(SPLITS), "seed": SEED}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from workbench.tam.core import ECI_WEIGHTS, KERNEL_SIZE, interference, interferi
 from workbench.tam.plots import shown
 from workbench.tam.text import TextTokenMaps, first_prompt_position, maps_from_logits, sequence_logits, text_token_maps
 from workbench.tasks.recall import FAMILIES, recall_prompts
-from workbench.validation import Bool, Choice, Int, ListOf, Optional, Str, check_int
+from workbench.validation import SEED, Bool, Choice, Int, ListOf, Optional, Str, check_int
 
 EXAMPLES = (
     "I need to buy milk, eggs and rice. The first thing I need to buy is",
@@ -74,7 +74,7 @@ class TokenMapsConfig(Config):
     eci_weights: str = "reference"
 
     constraints = {"prompts": Optional(ListOf(Str(nonempty=True), nonempty=True)), "max_new_tokens": Int(low=1),
-                   "kernel_size": KERNEL_SIZE, "eval_prompts": Int(low=0), "seed": Int(), "baseline": Bool(),
+                   "kernel_size": KERNEL_SIZE, "eval_prompts": Int(low=0), "seed": SEED, "baseline": Bool(),
                    "batch_size": Int(low=1), "chat_template": Bool(), "eci_weights": Choice(ECI_WEIGHTS)}
 
 

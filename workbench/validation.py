@@ -330,6 +330,12 @@ class Where(Constraint):
         return self.plural_text if self.plural_text is not None else super()._plural()
 
 
+# A seed field: any int torch.Generator().manual_seed takes after the small offsets analyses add (seed + 1, seed + 2,
+# seed + 1 + i); unbounded, a config accepted seed = 2**70 and the analysis failed deep inside with torch's
+# "ValueError: Overflow when unpacking long long".
+SEED = Int(low=-(2**62), high=2**62, allowed_text="an int in [-2**62, 2**62] (it seeds torch)")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # check functions (library call sites)
 
@@ -404,6 +410,6 @@ def check_within(call: str, name: str, path: str | os.PathLike, roots: Iterable[
     raise config_error(call, name, f"a path inside the allowed roots ({inside})", str(path))
 
 
-__all__ = ["Bool", "Choice", "Constraint", "DictOf", "Int", "ListOf", "Number", "Optional", "Str", "Where",
+__all__ = ["SEED", "Bool", "Choice", "Constraint", "DictOf", "Int", "ListOf", "Number", "Optional", "Str", "Where",
            "check_bool", "check_choice", "check_int", "check_list", "check_number", "check_optional", "check_str",
            "check_within", "is_int", "is_number"]

@@ -60,7 +60,7 @@ from workbench.tasks.language import (
     split_pairs,
     unicode_token_ids,
 )
-from workbench.validation import Bool, Choice, Int, ListOf, Number, Optional, Str
+from workbench.validation import SEED, Bool, Choice, Int, ListOf, Number, Optional, Str
 
 from .plots import layer_figure, spectra_figure, stage1_figure, steering_figure
 from .stages import stage1, stage2
@@ -156,7 +156,7 @@ class LanguageNeuronsConfig(Config):
         "lambdas": ListOf(Number(), nonempty=True, distinct=True),
         "ratios": ListOf(Number(low=0), nonempty=True, distinct=True),
         "n_random": Int(low=0), "eval_prompts": Optional(Int(low=1)), "max_new_tokens": Int(low=1),
-        "batch_size": Int(low=1), "seed": Int()}
+        "batch_size": Int(low=1), "seed": SEED}
 
     def validate(self) -> None:
         super().validate()

@@ -30,7 +30,7 @@ from workbench.models.adapters import LAYER_KINDS, as_matrix
 from workbench.prompts import categories, default_prompts, read_prompts
 from workbench.results import Config
 from workbench.spectra.low_rank import second_moment, truncation_errors, whitening_factor
-from workbench.validation import Choice, Int, ListOf, Number, Optional, Str
+from workbench.validation import SEED, Choice, Int, ListOf, Number, Optional, Str
 
 from .result import LowRankResult
 from .sites import input_site
@@ -74,7 +74,7 @@ class LowRankConfig(Config):
             lambda s: s == "bundled" or (s.startswith("bundled:") and s[8:] in categories()) or s.endswith(
                 (".txt", ".jsonl")), '"bundled", "bundled:<category>" or a .txt/.jsonl path'),
         "heldout_fraction": Number(low=0, high=0.9, low_open=True),
-        "split_seed": Int(),
+        "split_seed": SEED,
         "kinds": ListOf(Choice(LAYER_KINDS), nonempty=True, distinct=True),
         "budgets": ListOf(BUDGET, nonempty=True, distinct=True),
         "map_budget": BUDGET,
