@@ -3,7 +3,8 @@ chosen point.
 
 Points are file-system events under the run's root folder seen by a :func:`sys.addaudithook` hook: every open for
 writing, mkdir, mkdtemp, chmod, rename, remove and rmtree. ``kill_at=N`` kills the process just before its N-th
-event (SIGKILL: no ``finally``, no atexit); ``kill_at=0`` completes and writes the event count to ``count_file``. The points are deterministic (the same job makes the same events), so a loaded machine changes
+event (SIGKILL: no ``finally``, no atexit); ``kill_at=0`` completes and writes the event count to ``count_file``
+(and the events, one a line, to ``count_file.log``). The points are deterministic (the same job makes the same events), so a loaded machine changes
 nothing but the time.
 
 Run as ``python -c "from tests.faults.child import main; main()"`` from the repository root: a fork server that
@@ -30,7 +31,7 @@ def _is_write(args: tuple) -> bool:
     return bool(isinstance(flags, int) and flags & _WRITE_FLAGS)
 
 
-_STATE = {"kill_at": 0, "seen": 0}
+_STATE: dict = {"kill_at": 0, "seen": 0, "log": []}
 
 
 def install(root: str) -> None:
@@ -49,6 +50,7 @@ def install(root: str) -> None:
         if not os.path.abspath(os.fsdecode(path)).startswith(root):
             return
         _STATE["seen"] += 1
+        _STATE["log"].append(f"{event} {os.path.relpath(os.fsdecode(path), root)}")
         if _STATE["seen"] == _STATE["kill_at"]:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -79,9 +81,12 @@ def job_edits(root: Path) -> None:
 
 
 def job_model(root: Path) -> None:
-    from workbench.models.cache import build_atomically
+    """``ensure_converted`` of a bundled source whose GGUF conversion is replaced by a fake one (the real conversion
+    of the bundled 135M model takes minutes on 2 cores): what is under test is finding a whole cached folder (its
+    manifest verified) or rebuilding it, and the atomic build."""
+    from workbench.models import bundled
 
-    def fake_conversion(tmp: Path) -> dict[str, object]:
+    def fake_conversion(source: bundled.BundledSource, tmp: Path) -> dict[str, object]:
         """Stands in for the GGUF conversion: the same kinds of files, several writes each."""
         (tmp / "config.json").write_text(json.dumps({"model_type": "llama"}))
         for i in range(3):
@@ -89,9 +94,13 @@ def job_model(root: Path) -> None:
                 for block in range(4):
                     handle.write(bytes([i * 4 + block]) * 4096)
         (tmp / "tokenizer.json").write_text("{}")
-        return {"source": "fake"}
+        return {"source": source.name}
 
-    build_atomically(root / "models" / "fake", fake_conversion)
+    os.environ["WORKBENCH_CACHE"] = str(root)
+    bundled._convert = fake_conversion
+    source = bundled.BundledSource(name="fake", description="a fake source", package="json", module="json",
+                                   gguf_file="__init__.py", license="none")
+    bundled.ensure_converted(source)
 
 
 def job_report(root: Path, model: str, prompts: str, *extra: str) -> None:
@@ -111,7 +120,7 @@ def _prepare() -> None:
 
     import workbench.cli  # noqa: F401
     import workbench.intervene.edit  # noqa: F401
-    import workbench.models.cache  # noqa: F401
+    import workbench.models.bundled  # noqa: F401
     import workbench.runner  # noqa: F401
     import workbench.sae.training  # noqa: F401
 
@@ -133,12 +142,13 @@ def _child(request: dict, go: Path | None) -> None:
         while go is not None and not go.exists():
             time.sleep(0.001)
         install(request["root"])
-        _STATE.update(kill_at=request["kill_at"], seen=0)
+        _STATE.update(kill_at=request["kill_at"], seen=0, log=[])
         try:
             _JOBS[request["job"]](Path(request["root"]), *request["args"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         Path(request["count_file"]).write_text(str(_STATE["seen"]))
+        Path(request["count_file"] + ".log").write_text("\n".join(_STATE["log"]) + "\n")  # the events, in order
     except BaseException:
         import traceback
 

@@ -1,11 +1,13 @@
 """SIGKILL at seeded points of every atomic write (issue 21 point 1): the SAE cache (``cached_sae``), ``workbench
-report --out``, ``save_edits`` and the model cache (``build_atomically``, with a fake conversion: the real one converts
-the bundled 135M-parameter GGUF, minutes on 2 cores, for the same ``build_atomically`` path).
+report --out``, ``save_edits`` and the model cache (``ensure_converted`` of a bundled source, with a fake conversion:
+the real one converts the bundled 135M-parameter GGUF, minutes on 2 cores; finding a whole folder or rebuilding it,
+and the atomic build, are the same).
 
 Each job runs in a fork server (tests/faults/child.py: one interpreter, started with ``subprocess.Popen``, that
 forks one real process per run), killed with SIGKILL just before its N-th file-system event under the test's
 folder (open for writing, mkdir, mkdtemp, chmod, rename, remove, rmtree — seen by an audit hook, so the points are
-deterministic however loaded the machine). After each kill the target is absent or complete; the next run finds it
+deterministic however loaded the machine); a replacing writer is also killed in the gap between moving the old
+version aside and renaming the new one in. After each kill the target is absent or complete; the next run finds it
 complete or rebuilds it, its files equal those of an uninterrupted run, and the folder holds the target alone (the
 next writer removed the dead writer's temporary folder and lock file).
 """
@@ -34,11 +36,17 @@ def _points(seed: str, n_events: int) -> list[int]:
 def _kill_and_recover(run, parent: Path, target, complete, *, fresh: bool, seed: str) -> list[int]:
     """The reference run, then per kill point: kill, check (absent or complete), re-run, check (complete, equal to the
     reference by ``complete``'s measure, nothing else in ``parent``). ``fresh``: delete the target before each kill
-    (for a cache, whose existing entry would only be read). Returns the kill points."""
+    (for a cache, whose existing entry would only be read); else every kill replaces a whole target, and the points
+    include the event just after the old version was moved aside. Returns the kill points."""
     pid, code = run(0)
     assert code == 0
     reference = complete(target())
     points = _points(seed, run.events())
+    if not fresh:  # a replacing run: also kill in the gap between moving the old version aside and renaming the new in
+        assert run(0)[1] == 0
+        events = run.log()
+        gap = next(i for i, line in enumerate(events, 1) if line.startswith("shutil.rmtree") and ".old-" in line)
+        points = sorted(set(_points(seed, len(events))) | {gap})
     for point in points:
         if fresh:
             import shutil
@@ -67,6 +75,9 @@ class Job:
 
     def events(self) -> int:
         return int((self.root.parent / f"{self.name}.count").read_text())
+
+    def log(self) -> list[str]:
+        return (self.root.parent / f"{self.name}.count.log").read_text().splitlines()
 
 
 @pytest.fixture
@@ -103,7 +114,7 @@ def test_save_edits_survives_sigkill(fork_server, fault_root):
     parent = fault_root / "out"
     job = Job(fork_server, "edits", fault_root)
     assert len(_kill_and_recover(job, parent, lambda missing_ok=False: parent / "edits", complete, fresh=False,
-                                 seed="edits")) == POINTS
+                                 seed="edits")) >= POINTS
 
 
 def test_model_cache_survives_sigkill(fork_server, fault_root):
@@ -115,7 +126,7 @@ def test_model_cache_survives_sigkill(fork_server, fault_root):
 
     parent = fault_root / "models"
     job = Job(fork_server, "model", fault_root)
-    assert len(_kill_and_recover(job, parent, lambda missing_ok=False: parent / "fake", complete, fresh=False,
+    assert len(_kill_and_recover(job, parent, lambda missing_ok=False: parent / "fake", complete, fresh=True,
                                  seed="model")) == POINTS
 
 
@@ -131,4 +142,4 @@ def test_report_out_survives_sigkill(fork_server, fault_root, tiny_model_folder,
     parent = fault_root / "out"
     job = Job(fork_server, "report", fault_root, str(tiny_model_folder), str(prompts), "--overwrite")
     assert len(_kill_and_recover(job, parent, lambda missing_ok=False: parent / "report", complete, fresh=False,
-                                 seed="report")) == POINTS
+                                 seed="report")) >= POINTS
