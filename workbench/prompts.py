@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def parse_prompts(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BY
     if suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"{call}(): parameter 'path' must end in .txt or .jsonl; received {Path(name).name!r}")
     lines = _decode(call, name, data, max_bytes)
-    prompts = _jsonl(name, lines) if suffix == ".jsonl" else [line for line in lines if line.strip()]
+    prompts = _jsonl(name, lines) if suffix == ".jsonl" else [line for line in lines if _visible(line)]
     if not prompts:
         raise ConfigError(f"{call}(): {name} holds no prompts")
     return prompts
@@ -87,6 +88,12 @@ def _decode(call: str, name: object, data: bytes, max_bytes: int = MAX_PROMPT_FI
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character that is neither whitespace nor an invisible format character (a stray
+    byte-order mark U+FEFF, a zero-width space U+200B): a line of those alone is blank, not a prompt."""
+    return any(not (c.isspace() or unicodedata.category(c) == "Cf") for c in text)
+
+
 def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} bytes"
 
@@ -99,7 +106,7 @@ def _read_lines(call: str, path: Path) -> list[str]:
 def _records(call: str, name: object, lines: list[str]):
     """``(line number, parsed object)`` for each non-blank JSONL line."""
     for number, line in enumerate(lines, 1):
-        if not line.strip():
+        if not _visible(line):
             continue
         try:
             yield number, json.loads(line)
@@ -110,7 +117,7 @@ def _records(call: str, name: object, lines: list[str]):
 def _jsonl(path: object, lines: list[str]) -> list[str]:
     prompts = []
     for number, record in _records("read_prompts", path, lines):
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not _visible(record["text"]):
             raise ConfigError(f'read_prompts(): {path}:{number} must be an object with a non-empty "text" string')
         prompts.append(record["text"])
     return prompts
@@ -156,7 +163,7 @@ def _pairs(name: str, lines: list[str]) -> list[tuple[str, str]]:
     for number, record in _records("read_pairs", name, lines):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "response")):
             raise ConfigError(f'read_pairs(): {name}:{number} must be an object with "prompt" and "response" strings')
-        if not record["response"].strip():
+        if not _visible(record["response"]):
             raise ConfigError(f"read_pairs(): {name}:{number} has an empty response (the loss is on response tokens)")
         pairs.append((record["prompt"], record["response"]))
     if not pairs:

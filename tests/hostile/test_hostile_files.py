@@ -8,12 +8,13 @@ import io
 import json
 import pickle
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.hostile.strategies import Payload, json_text, json_values
@@ -42,8 +43,12 @@ jsonl_files = st.lists(records.map(json_text), max_size=5).map(lambda ls: "\n".j
 
 def _clean_prompts(prompts: object) -> None:
     assert isinstance(prompts, list) and prompts
-    assert all(isinstance(p, str) and p.strip() and "\n" not in p and "\r" not in p for p in prompts)
-    assert not prompts[0].startswith("\ufeff")
+    assert all(isinstance(p, str) and _visible(p) and "\n" not in p and "\r" not in p for p in prompts)
+
+
+def _visible(text: str) -> bool:
+    """Something besides whitespace and invisible format characters (a file of two BOMs was one prompt '\ufeff')."""
+    return any(not (c.isspace() or unicodedata.category(c) == "Cf") for c in text)
 
 
 def _file(data: bytes, suffix: str) -> Path:
@@ -55,6 +60,7 @@ def _file(data: bytes, suffix: str) -> Path:
 
 @pytest.mark.timeout(120)
 @given(data=st.one_of(hostile_bytes, jsonl_files), suffix=st.sampled_from([".txt", ".jsonl", ".csv", ""]))
+@example(data=BOM + BOM, suffix=".txt")  # found by the long profile: one prompt, '\ufeff'
 def test_prompt_files(data, suffix):
     for read in (lambda: parse_prompts(f"upload{suffix}", data), lambda: read_prompts(_file(data, suffix))):
         try:
@@ -73,7 +79,7 @@ def test_pair_files(data):
                 pairs = read()
             except WorkbenchError:
                 continue
-            assert pairs and all(isinstance(p, str) and isinstance(r, str) and r.strip() for p, r in pairs)
+            assert pairs and all(isinstance(p, str) and isinstance(r, str) and _visible(r) for p, r in pairs)
         try:
             en_es = read_en_es_pairs(path)
         except WorkbenchError:
@@ -90,8 +96,11 @@ def test_a_bom_and_unicode_line_separators_are_text_not_line_breaks():
     assert parse_prompts("p.jsonl", BOM + line + b"\n") == ["a\u2028b\x0cc"]
     pair = json.dumps({"prompt": "p\u2029", "response": "r\x85"}, ensure_ascii=False).encode()
     assert parse_pairs("p.jsonl", BOM + pair) == [("p\u2029", "r\x85")]
-    with pytest.raises(ConfigError, match="holds no prompts"):
-        parse_prompts("p.txt", BOM)
+    for blank in (BOM, BOM + BOM, "\u200b \ufeff\n".encode()):
+        with pytest.raises(ConfigError, match="holds no prompts"):
+            parse_prompts("p.txt", blank)
+    with pytest.raises(ConfigError, match="non-empty"):
+        parse_prompts("p.jsonl", json.dumps({"text": "\ufeff\u200b"}).encode())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
