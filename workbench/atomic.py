@@ -151,8 +151,9 @@ def replace_folder(target: Path, fill: Callable[[Path], T], *, overwrite: bool =
     if target.exists() and not overwrite:
         raise ConfigError(f"replace_folder(): parameter 'target' must not exist; received {str(target)!r}, which "
                           f"exists (another process may have just written it)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         value = fill(tmp)
         os.chmod(tmp, umask_mode(0o777))
         if target.exists():
@@ -161,12 +162,14 @@ def replace_folder(target: Path, fill: Callable[[Path], T], *, overwrite: bool =
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, target)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in _FULL:
             raise DiskFullError(f"the disk is full: writing {str(target)!r} failed ({exc}); nothing was left there "
                                 f"(the previous version, if any, is intact). Free some space and run again") from exc
         raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return value

@@ -89,6 +89,19 @@ def test_full_disk_while_writing_a_cache_entry_leaves_nothing(tmp_path, full_dis
     assert verify(build_atomically(tmp_path / "models" / "fake", lambda tmp: {})) is None
 
 
+def test_full_disk_before_the_first_byte(tmp_path, monkeypatch):
+    """Even the temporary folder cannot be made: still the named error, and nothing there."""
+    import tempfile
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_space)
+    with pytest.raises(DiskFullError, match="out"):
+        replace_folder(tmp_path / "out", lambda tmp: None)
+    assert _listing(tmp_path) == []
+
+
 def test_disk_full_error_is_named():
     assert issubclass(DiskFullError, OSError) and issubclass(BusyError, RuntimeError)
 
