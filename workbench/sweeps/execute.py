@@ -167,10 +167,13 @@ def _check_args(device: str, max_parallel: int | None) -> None:
 
 
 def _remove_stale(out: Path) -> None:
-    """Temporary folders left by a kill mid-write (``cells/.<id>.tmp-*``, ``.<id>.old-*``) and temporary databases:
-    before a run (a killed driver's) and after it (a killed worker's, whose cell Ray ran again)."""
+    """Temporary folders left by a kill mid-write (``cells/.<id>.tmp-*``, ``.<id>.old-*``), lock files
+    (``cells/.<id>.lock``, see :func:`workbench.atomic.folder_lock`) and temporary databases: before a run (a killed
+    driver's) and after it (a killed worker's, whose cell Ray ran again) — never while a worker may hold a lock."""
     for path in [*(out / CELLS).glob(".*.tmp-*"), *(out / CELLS).glob(".*.old-*")]:
         shutil.rmtree(path, ignore_errors=True)
+    for path in (out / CELLS).glob(".*.lock"):
+        path.unlink(missing_ok=True)
     for path in out.glob(".results.duckdb.tmp-*"):
         path.unlink(missing_ok=True)
 
