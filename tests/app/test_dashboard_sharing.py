@@ -18,24 +18,12 @@ import torch
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
+from tests.app.test_pages import click
+from tests.app.test_pages import page as tab
 from workbench.cli import app as cli
 from workbench.intervene.steer import contrast_vectors
 
 APP = Path(__file__).resolve().parents[2] / "app"
-
-
-def tab(name: str) -> AppTest:
-    path = APP / "Home.py" if name == "Home" else next((APP / "pages").glob(f"*_{name}.py"))
-    at = AppTest.from_file(str(path), default_timeout=300)
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
-
-
-def click(at: AppTest, key: str) -> AppTest:
-    at.button(key=key).click().run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
 
 
 def weights(lm) -> dict[str, torch.Tensor]:
