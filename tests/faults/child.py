@@ -81,13 +81,17 @@ def job_edits(root: Path) -> None:
 
 
 def job_model(root: Path) -> None:
-    """``ensure_converted`` of a bundled source whose GGUF conversion is replaced by a fake one (the real conversion
-    of the bundled 135M model takes minutes on 2 cores): what is under test is finding a whole cached folder (its
-    manifest verified) or rebuilding it, and the atomic build."""
+    """``ensure_converted`` of a bundled source whose GGUF conversion is replaced by a stand-in (the real one,
+    :func:`job_bundled`, takes about 20 s a run): what is under test is finding a whole cached folder (its manifest
+    verified) or rebuilding it, the atomic build, and racers converting once."""
     from workbench.models import bundled
 
     def fake_conversion(source: bundled.BundledSource, tmp: Path) -> dict[str, object]:
-        """Stands in for the GGUF conversion: the same kinds of files, several writes each."""
+        """Stands in for the GGUF conversion: the same kinds of files, several writes each (and one line a
+        conversion in ``conversions.log`` beside the root, outside the audited folder)."""
+        with open(root.parent / "conversions.log", "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # a conversion takes time: a racer arrives while it runs
         (tmp / "config.json").write_text(json.dumps({"model_type": "llama"}))
         for i in range(3):
             with open(tmp / f"model-0000{i}.safetensors", "wb") as handle:
@@ -101,6 +105,15 @@ def job_model(root: Path) -> None:
     source = bundled.BundledSource(name="fake", description="a fake source", package="json", module="json",
                                    gguf_file="__init__.py", license="none")
     bundled.ensure_converted(source)
+
+
+def job_bundled(root: Path) -> None:
+    """The real thing: ``ensure_converted`` of the bundled SmolLM2-135M (its GGUF dequantised and saved as a 538 MB
+    float32 folder, about 20 s) into a cache under ``root``."""
+    from workbench.models import bundled
+
+    os.environ["WORKBENCH_CACHE"] = str(root)
+    bundled.ensure_converted(bundled.get_bundled("smollm2-135m"))
 
 
 def job_report(root: Path, model: str, prompts: str, *extra: str) -> None:
@@ -127,7 +140,35 @@ def _prepare() -> None:
     torch.set_num_threads(1)
 
 
-_JOBS = {"sae": job_sae, "edits": job_edits, "model": job_model, "report": job_report}
+_JOBS = {"sae": job_sae, "edits": job_edits, "model": job_model, "bundled": job_bundled, "report": job_report}
+
+
+def _kill_at_offset(root: str, offset: int, report: Path) -> None:
+    """SIGKILL this process once a file under ``root`` open in it has its position at byte ``offset`` or beyond:
+    inside a write that no audit event marks (safetensors writes its weights from Rust, by ``write(2)`` in 16 MiB
+    blocks after sizing the file; the GIL is released meanwhile, so a thread watching ``/proc/self/fdinfo`` sees the
+    position move). Before the kill, ``report`` gets the file's path and position."""
+    import threading
+
+    root = os.path.realpath(root)
+
+    def watch() -> None:
+        while True:
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    path = os.readlink(f"/proc/self/fd/{fd}")
+                    if not path.startswith(root):
+                        continue
+                    with open(f"/proc/self/fdinfo/{fd}") as info:
+                        position = int(info.readline().split()[1])  # the first line is "pos:\t<offset>"
+                except (OSError, ValueError, IndexError):
+                    continue
+                if position >= offset:
+                    report.write_text(f"{path}\n{position}\n")
+                    os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.002)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _child(request: dict, go: Path | None) -> None:
@@ -143,6 +184,8 @@ def _child(request: dict, go: Path | None) -> None:
             time.sleep(0.001)
         install(request["root"])
         _STATE.update(kill_at=request["kill_at"], seen=0, log=[])
+        if request.get("kill_at_offset"):
+            _kill_at_offset(request["root"], request["kill_at_offset"], Path(request["count_file"] + ".offset"))
         try:
             _JOBS[request["job"]](Path(request["root"]), *request["args"])
         except SystemExit as exc:
@@ -177,7 +220,7 @@ def _serve(request: dict) -> list[tuple[int, int]]:
 
 def main() -> None:
     """A fork server: read requests from stdin (one JSON object a line: job, root, args, kill_at (0: run to the
-    end), count_file, race), run each in a forked child killed at that point (two at once for a race), answer
+    end), count_file, race, kill_at_offset (optional: also killed once a file under the root is written up to that byte)), run each in a forked child killed at that point (two at once for a race), answer
     ``<child pid> <exit code>`` per child (``-9``: killed) on stdout. A child's stderr goes to ``<pid>.err`` beside
     the root."""
     _prepare()

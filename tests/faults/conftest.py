@@ -28,8 +28,10 @@ class ForkServer:
         numbers = list(map(int, self.proc.stdout.readline().split()))
         return list(zip(numbers[::2], numbers[1::2]))
 
-    def run(self, job: str, root: Path, kill_at: int, *args: str) -> list[tuple[int, int]]:
-        return self._ask({"job": job, "root": str(root), "args": list(args), "kill_at": kill_at})
+    def run(self, job: str, root: Path, kill_at: int, *args: str, kill_at_offset: int = 0) -> list[tuple[int, int]]:
+        """``kill_at_offset``: also killed once a file under ``root`` is written up to that byte (0: never)."""
+        return self._ask({"job": job, "root": str(root), "args": list(args), "kill_at": kill_at,
+                          "kill_at_offset": kill_at_offset})
 
     def race(self, job: str, root: Path, *args: str) -> list[tuple[int, int]]:
         return self._ask({"job": job, "root": str(root), "args": list(args), "kill_at": 0, "race": True})

@@ -118,6 +118,17 @@ def test_two_processes_training_the_same_sae_share_one_entry(fork_server, tmp_pa
     assert json.loads((root / "sae" / entries[0] / "workbench-sae.json").read_text())["fvu"] == one["fvu"]
 
 
+def test_two_processes_asking_for_one_bundled_model_convert_it_once(fork_server, tmp_path):
+    from workbench.models.cache import verify
+
+    root = tmp_path / "root"
+    root.mkdir()
+    runs = fork_server.race("model", root)
+    assert [code for _, code in runs] == [0, 0], [(tmp_path / f"{pid}.err").read_text() for pid, _ in runs]
+    assert len((tmp_path / "conversions.log").read_text().split()) == 1  # the other waited, then found the folder
+    assert _listing(root / "models") == ["fake"] and verify(root / "models" / "fake") is None
+
+
 def test_two_reports_racing_for_one_out(fork_server, tiny_model_folder, tmp_path):
     root = tmp_path / "root"
     root.mkdir()

@@ -1,7 +1,7 @@
 """SIGKILL at seeded points of every atomic write (issue 21 point 1): the SAE cache (``cached_sae``), ``workbench
-report --out``, ``save_edits`` and the model cache (``ensure_converted`` of a bundled source, with a fake conversion:
-the real one converts the bundled 135M-parameter GGUF, minutes on 2 cores; finding a whole folder or rebuilding it,
-and the atomic build, are the same).
+report --out``, ``save_edits`` and the model cache (``ensure_converted`` of a bundled source, with a stand-in
+conversion that writes the same kinds of files in a fraction of a second; the real conversion of the bundled GGUF,
+about 20 s a run, is killed the same way in test_kill_conversion.py, marked slow).
 
 Each job runs in a fork server (tests/faults/child.py: one interpreter, started with ``subprocess.Popen``, that
 forks one real process per run), killed with SIGKILL just before its N-th file-system event under the test's
@@ -15,38 +15,29 @@ next writer removed the dead writer's temporary folder and lock file).
 from __future__ import annotations
 
 import json
-import random
-import signal
 from pathlib import Path
 
 import pytest
 
-POINTS = 4  # kill points per artefact (seeded random draws among all the job's events)
-KILLED = -signal.SIGKILL
-
-
-def _contents(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-def _points(seed: str, n_events: int) -> list[int]:
-    return sorted(random.Random(seed).sample(range(1, n_events + 1), min(POINTS, n_events)))
+from tests.faults.kills import KILLED, POINTS, Job, contents, kill_points
 
 
 def _kill_and_recover(run, parent: Path, target, complete, *, fresh: bool, seed: str) -> list[int]:
     """The reference run, then per kill point: kill, check (absent or complete), re-run, check (complete, equal to the
     reference by ``complete``'s measure, nothing else in ``parent``). ``fresh``: delete the target before each kill
-    (for a cache, whose existing entry would only be read); else every kill replaces a whole target, and the points
-    include the event just after the old version was moved aside. Returns the kill points."""
+    (for a cache, whose existing entry would only be read), and the points include the last event (the target whole,
+    its lock file not yet removed: the next run finds a whole entry and must still clear the lock file); else every
+    kill replaces a whole target, and the points include the event just after the old version was moved aside.
+    Returns the kill points."""
     pid, code = run(0)
     assert code == 0
     reference = complete(target())
-    points = _points(seed, run.events())
+    points = sorted(set(kill_points(seed, run.events())) | {run.events()})
     if not fresh:  # a replacing run: also kill in the gap between moving the old version aside and renaming the new in
         assert run(0)[1] == 0
         events = run.log()
         gap = next(i for i, line in enumerate(events, 1) if line.startswith("shutil.rmtree") and ".old-" in line)
-        points = sorted(set(_points(seed, len(events))) | {gap})
+        points = sorted(set(kill_points(seed, len(events))) | {gap})
     for point in points:
         if fresh:
             import shutil
@@ -62,22 +53,6 @@ def _kill_and_recover(run, parent: Path, target, complete, *, fresh: bool, seed:
         assert complete(target()) == reference
         assert sorted(p.name for p in parent.iterdir()) == [target().name], f"litter after a kill at event {point}"
     return points
-
-
-class Job:
-    """One job on the server: ``job(n)`` runs it killed at event n; ``job.events()``: the last full run's count."""
-
-    def __init__(self, server, name: str, root: Path, *args: str) -> None:
-        self.server, self.name, self.root, self.args = server, name, root, args
-
-    def __call__(self, kill_at: int) -> tuple[int, int]:
-        return self.server.run(self.name, self.root, kill_at, *self.args)[0]
-
-    def events(self) -> int:
-        return int((self.root.parent / f"{self.name}.count").read_text())
-
-    def log(self) -> list[str]:
-        return (self.root.parent / f"{self.name}.count.log").read_text().splitlines()
 
 
 @pytest.fixture
@@ -96,12 +71,12 @@ def test_sae_cache_survives_sigkill(fork_server, fault_root):
         return found[0] if found else None
 
     def complete(folder):
-        contents = _contents(folder)
-        assert json.loads(contents["workbench-sae.json"])["identity"]
-        return contents
+        found = contents(folder)
+        assert json.loads(found["workbench-sae.json"])["identity"]
+        return found
 
     job = Job(fork_server, "sae", fault_root)
-    assert len(_kill_and_recover(job, parent, target, complete, fresh=True, seed="sae")) == POINTS
+    assert len(_kill_and_recover(job, parent, target, complete, fresh=True, seed="sae")) >= POINTS
 
 
 def test_save_edits_survives_sigkill(fork_server, fault_root):
@@ -109,7 +84,7 @@ def test_save_edits_survives_sigkill(fork_server, fault_root):
 
     def complete(folder):
         assert len(load_edits(folder)) == 2
-        return _contents(folder)
+        return contents(folder)
 
     parent = fault_root / "out"
     job = Job(fork_server, "edits", fault_root)
@@ -122,12 +97,12 @@ def test_model_cache_survives_sigkill(fork_server, fault_root):
 
     def complete(folder):
         assert verify(folder) is None
-        return _contents(folder)
+        return contents(folder)
 
     parent = fault_root / "models"
     job = Job(fork_server, "model", fault_root)
     assert len(_kill_and_recover(job, parent, lambda missing_ok=False: parent / "fake", complete, fresh=True,
-                                 seed="model")) == POINTS
+                                 seed="model")) >= POINTS
 
 
 def test_report_out_survives_sigkill(fork_server, fault_root, tiny_model_folder, tmp_path):

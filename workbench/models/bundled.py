@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench.atomic import folder_lock, lock_path
 from workbench.errors import ModelLoadError
 from workbench.models import cache
 
@@ -173,14 +174,22 @@ def ensure_converted(source: BundledSource) -> Path:
     """The cached HF folder of ``source``, converted first if absent, rebuilt if damaged.
 
     Damage is judged from the manifest: sizes and SHA-256 of every file (≈ 0.4 s for SmolLM2's 517 MB), so a
-    truncated, deleted or same-size corrupted file is caught.
+    truncated, deleted or same-size corrupted file is caught. Processes asking at once take turns
+    (:func:`workbench.atomic.folder_lock`, no time limit: a conversion takes 20 s to minutes): the first converts,
+    the others wait and then find its folder. A writer killed mid-conversion left a temporary folder (and its lock
+    file); the next call removes both.
 
     Example: ``ensure_converted(get_bundled("smollm2-135m"))  # the cached HF folder``"""
     folder = source.cache_folder()
-    if folder.exists():
-        problem = cache.verify(folder)
-        if problem is None:
-            return folder
-        log.warning("cached %s is damaged (%s); rebuilding it", source.name, problem)
-    source.gguf_path()  # fail early, with the install command, before touching the cache
-    return cache.build_atomically(folder, lambda tmp: _convert(source, tmp))
+    if folder.exists() and not lock_path(folder).exists() and cache.verify(folder) is None:
+        return folder  # the common case: whole, and nobody is (or was, when killed) writing it
+    if not folder.exists():
+        source.gguf_path()  # not installed: say so (with the install command) before touching the cache
+    with folder_lock(folder, timeout=None):
+        if folder.exists():
+            problem = cache.verify(folder)
+            if problem is None:
+                return folder  # another process converted it while this one waited
+            log.warning("cached %s is damaged (%s); rebuilding it", source.name, problem)
+        source.gguf_path()  # fail early, with the install command, before building anything
+        return cache.build_atomically(folder, lambda tmp: _convert(source, tmp), locked=True)

@@ -77,12 +77,13 @@ def verify(folder: Path, *, check_hashes: bool = True) -> str | None:
     return None
 
 
-def build_atomically(target: Path, build: Callable[[Path], dict[str, object]]) -> Path:
+def build_atomically(target: Path, build: Callable[[Path], dict[str, object]], *, locked: bool = False) -> Path:
     """Run ``build(tmp_folder)`` (returns provenance), stamp a manifest, then rename the folder to ``target``.
 
     An existing ``target`` is replaced (the caller decided it was corrupt). On any error the temporary folder is
-    removed and ``target`` is left as it was.
+    removed and ``target`` is left as it was. ``locked=True``: the caller already holds
+    :func:`workbench.atomic.folder_lock` of ``target`` (else it is taken here, waiting at most 60 s).
 
     Example: ``build_atomically(cache_root() / "models" / "mine", lambda tmp: {"source": "mine"})``"""
-    replace_folder(target, lambda tmp: write_manifest(tmp, build(tmp)))
+    replace_folder(target, lambda tmp: write_manifest(tmp, build(tmp)), locked=locked)
     return target
