@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import threading
 import time
@@ -142,12 +143,26 @@ def upload_bytes(where, upload, limit: int = MAX_UPLOAD_BYTES) -> bytes | None:
 
 
 def share_notice() -> None:
-    """A sidebar warning when the server listens beyond this machine (``workbench app --host`` other than loopback)."""
+    """A sidebar warning when the server listens beyond this machine: ``workbench app --host`` other than loopback,
+    or ``streamlit run`` without ``--server.address`` started outside the repository (whose
+    ``.streamlit/config.toml`` binds 127.0.0.1), where Streamlit listens on every interface. In that second case
+    the terminal gets the warning too, once (``workbench app`` prints its own)."""
+    global _TERMINAL_WARNED
     host = os.environ.get(HOST_ENV) or st.get_option("server.address")
-    if host and not is_loopback(host):
-        st.sidebar.warning(f"Shared: this dashboard listens on {host}, so anyone who can reach this machine can use "
-                           f"it. Folders are limited to {', '.join(str(r) for r in app_roots())}; uploads are "
-                           f"size-bounded; your weight edits stay in your tab.")
+    if is_loopback(host):
+        return
+    where = host or "every network interface (Streamlit's default when started without --server.address)"
+    st.sidebar.warning(f"Shared: this dashboard listens on {where}, so anyone who can reach this machine can use "
+                       f"it. Folders are limited to {', '.join(str(r) for r in app_roots())}; uploads are "
+                       f"size-bounded; your weight edits stay in your tab.")
+    if not os.environ.get(HOST_ENV) and not _TERMINAL_WARNED:
+        _TERMINAL_WARNED = True
+        logging.getLogger("workbench.app").warning(
+            "the dashboard listens on %s: anyone who can reach this machine can use it. Start it with `workbench app` "
+            "(127.0.0.1 unless --host is given) or pass --server.address 127.0.0.1", where)
+
+
+_TERMINAL_WARNED = False  # the terminal warning of share_notice() is given once per server process
 
 
 def own_model(lm: LoadedModel) -> LoadedModel:

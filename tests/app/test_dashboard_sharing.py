@@ -139,6 +139,71 @@ def test_a_shared_bind_is_announced_in_the_sidebar(app_model, monkeypatch):
     assert not tab("Home").sidebar.warning
 
 
+def test_streamlit_run_without_an_address_is_announced(app_model, caplog):
+    """``streamlit run app/Home.py`` started outside the repository (no ``.streamlit/config.toml`` there, no
+    ``--server.address``): Streamlit listens on every interface, and the sidebar and the terminal say so."""
+    from streamlit import config
+
+    import workbench_app.common as common
+
+    old = config.get_option("server.address")
+    config.set_option("server.address", None)
+    try:
+        common._TERMINAL_WARNED = False
+        at = tab("Home")
+        assert any("listens on every network interface" in w.value for w in at.sidebar.warning)
+        assert any("listens on every network interface" in r.getMessage() and "workbench app" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        config.set_option("server.address", old)
+    assert not tab("Home").sidebar.warning  # the repository's .streamlit/config.toml: 127.0.0.1
+
+
+def _listening(port: int) -> list[str]:
+    """The local addresses of the sockets listening on ``port`` (from /proc/net/tcp and tcp6, hex as the kernel
+    writes them)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    found.append(address)
+    return found
+
+
+def test_a_plain_streamlit_run_in_the_repository_listens_on_loopback_only(tiny_model):
+    import signal
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"WORKBENCH_APP_MODEL": str(tiny_model.folder)}
+    env.pop("WORKBENCH_APP_HOST", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.headless", "true",
+                             "--server.port", str(port)], cwd=APP.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the dashboard did not start in 60 s"
+                time.sleep(0.25)
+        addresses = _listening(port)
+        # 127.0.0.1 as /proc writes it; Streamlit's own default (every interface) would be 00000000 or ::
+        assert addresses == ["0100007F"], addresses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_the_cli_binds_loopback_by_default_and_warns_otherwise(monkeypatch, tmp_path):
     runs = []
     monkeypatch.setattr(subprocess, "run", lambda command, env: runs.append((command, env))
