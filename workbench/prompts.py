@@ -64,8 +64,8 @@ def parse_prompts(name: str, data: bytes, *, max_bytes: int = MAX_PROMPT_FILE_BY
 
 def _read_bytes(call: str, path: Path) -> bytes:
     if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-        raise ConfigError(f"{call}(): {path} is {path.stat().st_size / 2**20:.0f} MiB, over the "
-                          f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB limit for a prompt file")
+        raise ConfigError(f"{call}(): {path} is {_size(path.stat().st_size)}, over the "
+                          f"{_size(MAX_PROMPT_FILE_BYTES)} limit for a prompt file")
     return path.read_bytes()
 
 
@@ -112,6 +112,18 @@ def _records(call: str, name: object, lines: list[str]):
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{call}(): {name}:{number} is not valid JSON ({exc.msg})") from None
+
+
+def jsonl_records(call: str, path: str | Path) -> list[tuple[int, object]]:
+    """``(line number, parsed object)`` of each non-blank line of the JSONL file ``path``, read as every prompt file
+    is (at most ``MAX_PROMPT_FILE_BYTES``, 64 MiB; UTF-8, a leading byte-order mark dropped; lines end at \\n, \\r\\n or \\r only). Errors are
+    ``ConfigError`` naming ``call``, the file and the line; all lines are parsed before anything is returned.
+
+    Example: ``[record["en"] for _, record in jsonl_records("my_reader", "pairs.jsonl")]``"""
+    path = Path(path)
+    if not path.is_file():
+        raise config_error(call, "path", "an existing JSONL file", str(path))
+    return list(_records(call, path, _read_lines(call, path)))
 
 
 def _jsonl(path: object, lines: list[str]) -> list[str]:

@@ -209,30 +209,24 @@ def language_token_ids(tokenizer, pairs: Sequence[tuple[str, str]], *,
 
 def read_en_es_pairs(path) -> list[tuple[str, str]]:
     """(English, Spanish) pairs from a JSONL file, one ``{"en": ..., "es": ...}`` object a line (the bundled file's
-    format; other keys such as ``"topic"`` are ignored). Every line must carry both sides as non-empty strings: a
-    line with one side missing (unpaired data) is refused with its line number, before anything is computed.
+    format; other keys such as ``"topic"`` are ignored), read as prompt files are
+    (:func:`workbench.prompts.jsonl_records`: at most 64 MiB, a byte-order mark dropped). Every line must carry both
+    sides as non-empty strings: a line with one side missing (unpaired data) is refused with its line number, before
+    anything is computed.
 
     Example: ``read_en_es_pairs("my-pairs.jsonl")  # lines of {"en": ..., "es": ...}``"""
     from pathlib import Path
 
+    from workbench.prompts import jsonl_records
+
     call = "read_en_es_pairs"
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise config_error(call, "path", "a readable UTF-8 JSONL file", str(path)) from exc
     pairs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise config_error(call, f"{path.name} line {number}", "a JSON object", line[:80]) from exc
+    for number, record in jsonl_records(call, path):
         sides = [record.get(k) if isinstance(record, dict) else None for k in ("en", "es")]
         if not all(isinstance(s, str) and s.strip() for s in sides):
             raise config_error(call, f"{path.name} line {number}",
-                               'a pair {"en": non-empty text, "es": non-empty text}', line[:80])
+                               'a pair {"en": non-empty text, "es": non-empty text}', json.dumps(record)[:80])
         pairs.append((sides[0], sides[1]))
     if len(pairs) < 2:
         raise config_error(call, "path", "a file with at least 2 pairs", f"{len(pairs)} pairs in {path}")

@@ -223,7 +223,7 @@ def test_read_pairs_round_trips_and_refuses_unpaired_lines(tmp_path):
     path.write_text('{"en": "one", "es": "uno", "topic": "x"}\n\n{"en": "two", "es": "dos"}\n')
     assert read_en_es_pairs(path) == [("one", "uno"), ("two", "dos")]
     for bad, where in [('{"en": "one"}', "line 2"), ('{"en": "one", "es": " "}', "line 2"),
-                       ("not json", "line 2"), ('["one", "uno"]', "line 2")]:
+                       ("not json", "pairs.jsonl:2 is not valid JSON"), ('["one", "uno"]', "line 2")]:
         path.write_text('{"en": "a", "es": "b"}\n' + bad + "\n")
         with pytest.raises(ConfigError, match=where):
             read_en_es_pairs(path)
@@ -232,6 +232,21 @@ def test_read_pairs_round_trips_and_refuses_unpaired_lines(tmp_path):
         read_en_es_pairs(path)
     with pytest.raises(ConfigError, match="'path'"):
         read_en_es_pairs(tmp_path / "missing.jsonl")
+
+
+def test_read_en_es_pairs_reads_as_prompt_files_do(tmp_path):
+    """A byte-order mark and CRLF line ends are text conventions, not data; an oversized file is refused before it
+    is read (the rules of every prompt and pair file, workbench.prompts.jsonl_records)."""
+    from workbench.prompts import MAX_PROMPT_FILE_BYTES
+    from workbench.tasks.language import read_en_es_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"en": "one", "es": "uno"}\r\n{"en": "two\xe2\x80\xa8", "es": "dos"}\r\n')
+    assert read_en_es_pairs(path) == [("one", "uno"), ("two\u2028", "dos")]
+    with open(path, "ab") as handle:
+        handle.truncate(MAX_PROMPT_FILE_BYTES + 1)
+    with pytest.raises(ConfigError, match=r"is 64\.0 MiB, over the 64\.0 MiB limit"):
+        read_en_es_pairs(path)
 
 
 def test_split_pairs_matches_the_bundled_split():
