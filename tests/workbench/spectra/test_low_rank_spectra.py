@@ -42,18 +42,19 @@ def _sqrtm(c):
     return np.real(root)
 
 
+def _best_rank(m, r):
+    """Eckart–Young: the best rank-r approximation of ``m`` in Frobenius norm, from its SVD."""
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
 def _explicit(w, c, method):
     """Relative errors for r = 0..k by building each W_r and multiplying: ‖C^{1/2}(W − W_r)‖_F / ‖C^{1/2} W‖_F."""
     root = _sqrtm(c)
     k = min(w.shape)
     out = []
     for r in range(k + 1):
-        if method == "plain":
-            u, s, vt = np.linalg.svd(w, full_matrices=False)
-            w_r = (u[:, :r] * s[:r]) @ vt[:r]
-        else:
-            p, sig, qt = np.linalg.svd(root @ w, full_matrices=False)
-            w_r = np.linalg.solve(root, (p[:, :r] * sig[:r]) @ qt[:r])
+        w_r = _best_rank(w, r) if method == "plain" else np.linalg.solve(root, _best_rank(root @ w, r))
         out.append(np.linalg.norm(root @ (w - w_r)) / np.linalg.norm(root @ w))
     return np.array(out)
 
@@ -65,12 +66,7 @@ def _explicit_from_rows(w, x, method):
     xw = x @ w
     out = []
     for r in range(k + 1):
-        if method == "plain":
-            u, s, vt = np.linalg.svd(w, full_matrices=False)
-            w_r = (u[:, :r] * s[:r]) @ vt[:r]
-        else:
-            p, sig, qt = np.linalg.svd(xw, full_matrices=False)
-            w_r = np.linalg.pinv(x) @ ((p[:, :r] * sig[:r]) @ qt[:r])
+        w_r = _best_rank(w, r) if method == "plain" else np.linalg.pinv(x) @ _best_rank(xw, r)
         out.append(np.linalg.norm(x @ (w - w_r)) / np.linalg.norm(xw))
     return np.array(out)
 
