@@ -116,8 +116,9 @@ def _records(call: str, name: object, lines: list[str]):
 
 def jsonl_records(call: str, path: str | Path) -> list[tuple[int, object]]:
     """``(line number, parsed object)`` of each non-blank line of the JSONL file ``path``, read as every prompt file
-    is (at most ``MAX_PROMPT_FILE_BYTES``, 64 MiB; UTF-8, a leading byte-order mark dropped; lines end at \\n, \\r\\n or \\r only). Errors are
-    ``ConfigError`` naming ``call``, the file and the line; all lines are parsed before anything is returned.
+    is (at most ``MAX_PROMPT_FILE_BYTES``, 64 MiB; UTF-8, a leading byte-order mark dropped; lines end at \\n,
+    \\r\\n or \\r only). Errors are ``ConfigError`` naming ``call``, the file and the line; all lines are parsed
+    before anything is returned.
 
     Example: ``[record["en"] for _, record in jsonl_records("my_reader", "pairs.jsonl")]``"""
     path = Path(path)
