@@ -119,8 +119,10 @@ class Report:
             raise ConfigError(f"Report.write(): parameter 'out' must be a folder; received {str(out)!r}, a file")
         try:
             replace_folder(out, self._fill, overwrite=overwrite)
-        except ConfigError:  # another process wrote it since the check above (checked again under the lock)
-            raise exists from None
+        except ConfigError:
+            if overwrite or not out.exists():
+                raise  # not the race below: a ConfigError of the report's own making, passed on as it is
+            raise exists from None  # another process wrote it since the check above (checked again under the lock)
         return out
 
 

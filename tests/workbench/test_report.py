@@ -42,6 +42,17 @@ def test_refuses_existing_folder_without_overwrite(report, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
 
 
+def test_a_config_error_inside_the_write_is_not_called_an_existing_out(report, tmp_path, monkeypatch):
+    def refuse(self):
+        raise ConfigError("to_html(): parameter 'x' must be fine; received 'bad'")
+
+    monkeypatch.setattr(Report, "to_html", refuse)
+    for out, overwrite in ((tmp_path / "new", False), (tmp_path / "new", True)):
+        with pytest.raises(ConfigError, match="parameter 'x' must be fine"):
+            report.write(out, overwrite=overwrite)
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_failure_mid_write_leaves_nothing(report, tmp_path, monkeypatch):
     def boom(self):
         raise RuntimeError("render failed")
