@@ -210,6 +210,7 @@ def test_interrupted_save_leaves_nothing_and_a_damaged_folder_is_rebuilt(tmp_pat
     ({"seed": 1.5}, ConfigError, "seed"),
     ({"l1_coefficient": -1.0}, ConfigError, "l1_coefficient"),
     ({"device": "nonsense"}, ConfigError, "device"),
+    ({"device": "cuda:99"}, ConfigError, "device"),  # parsed by torch, but not on this machine (issue 21 point 3)
     ({"progress": "yes"}, ConfigError, "progress"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, error, param, data):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from workbench.atomic import folder_lock, replace_folder
+from workbench.devices import check_device
 from workbench.errors import config_error, shape_error
 from workbench.validation import check_bool, check_int, check_number
 
@@ -135,13 +136,8 @@ def _check_activations(call: str, activations: Any) -> torch.Tensor:
 
 
 def _check_device(call: str, device: Any, default: torch.device) -> torch.device:
-    if device is None:
-        return default
-    try:
-        return torch.device(device)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise config_error(call, "device", "None, a torch.device or a device string such as 'cpu' or 'cuda:0'",
-                           device) from exc
+    """``default`` for None, else a device this machine has (:func:`workbench.devices.check_device`)."""
+    return default if device is None else check_device(call, "device", device)
 
 
 @dataclass(frozen=True)
