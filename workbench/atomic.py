@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -89,17 +89,9 @@ def folder_lock(target: Path, *, timeout: float | None = 60.0) -> Iterator[None]
     try:
         yield
     finally:
-        with _suppress_missing():
+        with suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
-
-
-@contextmanager
-def _suppress_missing() -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError:
-        pass
 
 
 def _alive(pid: int) -> bool:
@@ -161,15 +153,11 @@ def replace_folder(target: Path, fill: Callable[[Path], T], *, overwrite: bool =
             os.rename(target, old)
             shutil.rmtree(old, ignore_errors=True)
         os.rename(tmp, target)
-    except OSError as exc:
+    except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno in _FULL:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
             raise DiskFullError(f"the disk is full: writing {str(target)!r} failed ({exc}); nothing was left there "
                                 f"(the previous version, if any, is intact). Free some space and run again") from exc
-        raise
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return value
