@@ -191,5 +191,4 @@ def ensure_converted(source: BundledSource) -> Path:
             if problem is None:
                 return folder  # another process converted it while this one waited
             log.warning("cached %s is damaged (%s); rebuilding it", source.name, problem)
-        source.gguf_path()  # fail early, with the install command, before building anything
         return cache.build_atomically(folder, lambda tmp: _convert(source, tmp), locked=True)
