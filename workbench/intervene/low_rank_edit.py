@@ -51,10 +51,12 @@ class ReplacementHandle(EditHandle):
             raise config_error(call, "replacements", "LowRankReplacement objects", type(edit).__name__)
         if edit.kind not in LAYER_KINDS:
             raise config_error(call, "kind", f"one of {LAYER_KINDS}", edit.kind)
-        found = [p for p in self.lm.parameters([edit.kind]) if p.layer == edit.layer]
-        if not found:
+        by_layer = self.__dict__.setdefault("_by_layer", {})  # kind -> {layer: parameter}, fetched once per kind
+        if edit.kind not in by_layer:
+            by_layer[edit.kind] = {p.layer: p for p in self.lm.parameters([edit.kind])}
+        wp = by_layer[edit.kind].get(edit.layer) if isinstance(edit.layer, int) else None
+        if wp is None:
             raise config_error(call, "layer", f"an int in [0, {self.lm.n_layers})", edit.layer)
-        (wp,) = found
         matrix = wp.matrix(wp.param.data)
         if matrix.untyped_storage().data_ptr() != wp.param.untyped_storage().data_ptr():
             raise config_error(call, "kind", f"a matrix this model stores so that it can be written in place ({edit.kind} "
