@@ -25,7 +25,7 @@ import pandas as pd
 import streamlit as st
 
 import workbench
-from workbench.cli import is_loopback
+from workbench.cli import APP_HOST_ENV, APP_MAX_UPLOAD_MB, APP_ROOTS_ENV, is_loopback
 from workbench.errors import WorkbenchError
 from workbench.models.bundled import get_bundled
 from workbench.models.cache import cache_root
@@ -37,9 +37,9 @@ from workbench.validation import check_within
 
 DEFAULT_MODEL = "smollm2-135m"  # WORKBENCH_APP_MODEL overrides it (read at every run: tests point it at tiny models)
 MAX_UPLOAD_BYTES = 8 * 2**20  # prompts and pair files; reports get MAX_REPORT_BYTES
-MAX_REPORT_BYTES = 32 * 2**20  # also the server's own limit (`workbench app` passes --server.maxUploadSize 32)
-ROOTS_ENV = "WORKBENCH_APP_ROOTS"  # os.pathsep-separated folders that typed paths must lie in (`--allow-root`)
-HOST_ENV = "WORKBENCH_APP_HOST"  # the address `workbench app` bound the server to
+MAX_REPORT_BYTES = APP_MAX_UPLOAD_MB * 2**20  # also the server's own limit (`workbench app`, .streamlit/config.toml)
+ROOTS_ENV = APP_ROOTS_ENV
+HOST_ENV = APP_HOST_ENV
 
 
 @contextlib.contextmanager

@@ -235,7 +235,12 @@ def _provenance(lm: LoadedModel, results, prompts, names, batch_size, max_tokens
     }
 
 
-def dashboard_command(model: str, host: str, port: int, max_upload_mb: int = 32) -> list[str]:
+APP_HOST_ENV = "WORKBENCH_APP_HOST"  # the address `workbench app` bound the server to (read by the dashboard)
+APP_ROOTS_ENV = "WORKBENCH_APP_ROOTS"  # os.pathsep-separated folders that typed paths must lie in (`--allow-root`)
+APP_MAX_UPLOAD_MB = 32  # the server's own upload limit; the dashboard bounds report uploads at the same size
+
+
+def dashboard_command(model: str, host: str, port: int, max_upload_mb: int = APP_MAX_UPLOAD_MB) -> list[str]:
     """The ``streamlit run`` command for the installed dashboard (``workbench_app``, the source folder ``app/``);
     ``max_upload_mb`` is the server's own upload limit (the pages bound each upload again, lower for prompts).
 
@@ -283,11 +288,11 @@ def dashboard(
     import subprocess
 
     command = dashboard_command(model, host, port)
-    env = os.environ | {"WORKBENCH_APP_MODEL": model, "WORKBENCH_APP_HOST": host}
+    env = os.environ | {"WORKBENCH_APP_MODEL": model, APP_HOST_ENV: host}
     if allow_root:
-        env["WORKBENCH_APP_ROOTS"] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in allow_root)
+        env[APP_ROOTS_ENV] = os.pathsep.join(str(Path(r).expanduser().resolve()) for r in allow_root)
     if not is_loopback(host):
-        roots = env.get("WORKBENCH_APP_ROOTS", "").split(os.pathsep) if env.get("WORKBENCH_APP_ROOTS") else [
+        roots = env.get(APP_ROOTS_ENV, "").split(os.pathsep) if env.get(APP_ROOTS_ENV) else [
             str(Path.cwd()), "the workbench cache"]
         _say(f"warning: the dashboard listens on {host}, not only on this machine: anyone who can reach port {port} "
              f"can use it (folders limited to {', '.join(roots)}; edits stay in each browser tab)")
